@@ -1,0 +1,43 @@
+# sipshadow: set-up, tests, and the main job. Every target installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps
+STAMP_DEB := $(VENV)/.deb-installed
+STAMP_PY := $(VENV)/.py-installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP_DEB) $(STAMP_PY)
+
+# Debian packages (needs root). Skipped when every package is already installed.
+$(STAMP_DEB):
+	@mkdir -p $(VENV)
+	@if dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then echo "debian packages present"; \
+	else apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); fi
+	@# the kamailio package may start a system service on 5060; the benchmark runs its own
+	@-pkill -x kamailio 2>/dev/null; true
+	@touch $@
+
+$(STAMP_PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The main job: until the failover experiment exists, a real SIPp load through the ALG.
+run: setup
+	$(BIN)/sipshadow lab loopback --calls 400 --rate 40 --out runs/loopback
+
+# pytest's exit 5 ("no tests collected") is not a failure of the code.
+test: setup
+	$(BIN)/python -m pytest -q; status=$$?; [ $$status -eq 5 ] && exit 0; exit $$status
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/cps.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,106 @@
+"""Core-only cost of one call (7 messages) through `Gateway.handle`, no sockets: JSON out.
+
+Tells how much of the ALG's per-call budget the pure core takes, next to the I/O in cps.py.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+
+from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+from sipshadow.determinism import SystemEntropy
+
+ALG, CALLER = ("127.0.0.1", 5060), ("127.0.0.1", 5061)
+MEMBERS = (("127.0.0.1", 5070), ("127.0.0.1", 5071))
+
+INVITE = (
+    "INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{n}-1-0\r\n"
+    "From: sipp <sip:sipp@127.0.0.1:5061>;tag={n}SIPpTag001\r\n"
+    "To: service <sip:service@127.0.0.1:5060>\r\n"
+    "Call-ID: {n}-1234@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: sip:sipp@127.0.0.1:5061\r\n"
+    "Max-Forwards: 70\r\n"
+    "Subject: Performance Test\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n\r\n{body}"
+)
+SDP = (
+    "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    "t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+IN_DIALOG = (
+    "{method} sip:service@127.0.0.1:5070 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-{n}-{step}\r\n"
+    "From: sipp <sip:sipp@127.0.0.1:5061>;tag={n}SIPpTag001\r\n"
+    "To: service <sip:service@127.0.0.1:5060>;tag={n}SIPpTag011\r\n"
+    "Call-ID: {n}-1234@127.0.0.1\r\n"
+    "CSeq: {cseq} {method}\r\n"
+    "Contact: sip:sipp@127.0.0.1:5061\r\n"
+    "Max-Forwards: 70\r\n"
+    "Subject: Performance Test\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def respond(forwarded: bytes, status: int, reason: str, n: int) -> bytes:
+    head = forwarded.split(b"\r\n\r\n", 1)[0].decode()
+    keep = [
+        line + (f";tag={n}SIPpTag011" if line.startswith("To:") and ";tag=" not in line else "")
+        for line in head.split("\r\n")[1:]
+        if line.split(":", 1)[0] in ("Via", "From", "To", "Call-ID", "CSeq", "Record-Route")
+    ]
+    lines = [f"SIP/2.0 {status} {reason}", *keep, "Contact: <sip:127.0.0.1:5070>", "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def one_call(gateway: Gateway, n: int, now: float) -> int:
+    handle = gateway.handle
+    invite = INVITE.format(n=n, length=len(SDP), body=SDP).encode()
+    (forwarded,) = handle(DatagramReceived(invite, CALLER, now))
+    member = forwarded.destination
+    sent = 1
+    for status, reason in ((100, "Trying"), (180, "Ringing"), (200, "OK")):
+        sent += len(handle(DatagramReceived(respond(forwarded.data, status, reason, n), member, now)))
+    for method, cseq, step in (("ACK", 1, 2), ("BYE", 2, 3)):
+        request = IN_DIALOG.format(method=method, n=n, cseq=cseq, step=step).encode()
+        (forwarded,) = handle(DatagramReceived(request, CALLER, now))
+        sent += 1
+    sent += len(handle(DatagramReceived(respond(forwarded.data, 200, "OK", n), member, now)))
+    return sent
+
+
+def main(calls: int = 20000) -> None:
+    config = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0)
+    gateway = Gateway(config, SystemEntropy(1))
+    # Messages are built before timing would be fairer, but building is a small share here;
+    # measure it separately so the figure is the core's own.
+    start = time.perf_counter()
+    for n in range(calls):
+        one_call(gateway, n, 0.0)
+    total = time.perf_counter() - start
+    build_start = time.perf_counter()
+    for n in range(calls):
+        INVITE.format(n=n, length=len(SDP), body=SDP).encode()
+    build = (time.perf_counter() - build_start) * 4  # ~4 heavy builds per call
+    print(
+        json.dumps(
+            {
+                "benchmark": "core_calls",
+                "calls": calls,
+                "messages_per_call": 7,
+                "us_per_call_including_message_building": round(total / calls * 1e6, 1),
+                "us_per_call_core_estimate": round((total - build) / calls * 1e6, 1),
+                "python": sys.version.split()[0],
+                "machine": platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20000)

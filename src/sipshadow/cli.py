@@ -1,0 +1,84 @@
+"""The `sipshadow` command line: `serve` a node, read its `stats`, run the `lab`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sipshadow import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipshadow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sipshadow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the ALG")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="service address (overrides service.listen)")
+    serve.add_argument(
+        "--member", action="append", metavar="HOST:PORT", help="cluster member (repeatable; replaces cluster.members)"
+    )
+    serve.add_argument("--policy", help="round-robin | least-active-calls | weighted-random | call-id-hash")
+    serve.add_argument("--status-file", metavar="PATH", help="write counters here as JSON every status.interval_s")
+
+    stats = commands.add_parser("stats", help="print a running node's status file")
+    stats.add_argument("file", type=Path)
+    stats.add_argument("--json", action="store_true", help="raw JSON instead of a table")
+
+    lab = commands.add_parser("lab", help="experiments with real SIPp")
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True)
+    loopback = lab_commands.add_parser("loopback", help="SIPp UAC -> sipshadow -> 2 SIPp UAS on loopback")
+    loopback.add_argument("--calls", type=int, default=400)
+    loopback.add_argument("--rate", type=float, default=40.0)
+    loopback.add_argument("--policy", default="round-robin")
+    loopback.add_argument("--out", type=Path, default=Path("runs/loopback"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "stats":
+        return _stats(args)
+    from sipshadow.lab.loopback import run_loopback
+
+    return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sipshadow.runtime.config import ConfigError, ConfigFile, build, load_file
+    from sipshadow.runtime.serve import run
+
+    try:
+        file = load_file(args.config) if args.config else ConfigFile()
+        config = build(file, listen=args.listen, members=args.member, policy=args.policy, status_file=args.status_file)
+    except ConfigError as error:
+        print(f"sipshadow: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(config)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    try:
+        document = json.loads(args.file.read_text())
+    except (OSError, ValueError) as error:
+        print(f"sipshadow: cannot read status file {args.file}: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    from sipshadow.runtime.stats_view import render
+
+    render(document)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The gateway core: a pure, deterministic state machine for a dialog-aware SIP ALG.
+
+Rules (the reason active replication works; `tests/unit/test_purity.py` guards them):
+
+1. Nothing in `sip/` or `core/` imports a clock, randomness, sockets, threads or the OS.
+2. Every input is an event (`core.events`) that carries `now`; `Gateway.handle(event)` is the
+   only way to change state, and it returns the datagrams to send (`core.actions`).
+3. Every other non-deterministic value (a weighted draw) comes from the injected `Entropy`
+   (`core.entropy`); the primary records it, the shadow replays it.
+4. Timers are one deadline (`Gateway.next_deadline()`); the adaptor delivers a `TimerExpired`
+   event when it passes. Which timers fire is decided here, from `now`, never by the adaptor.
+5. Adaptors (runtime, replication) make no decisions: they move bytes and time in and out.
+
+Theory of operation: a new INVITE is dispatched to a healthy cluster member by the policy and
+opens a dialog keyed by Call-ID; every later message of that call follows the dialog, whatever
+its Request-URI says. Responses return along the Via stack. The gateway is transaction-
+stateless (§16.11): branches are derived from the incoming branch, so a retransmission, a
+CANCEL and an ACK for a non-2xx response take the same branch as their INVITE.
+"""
+
+from sipshadow.core.actions import SendDatagram
+from sipshadow.core.config import GatewayConfig, MemberSpec
+from sipshadow.core.entropy import Entropy
+from sipshadow.core.events import DatagramReceived, Event, TimerExpired
+from sipshadow.core.gateway import Gateway
+
+__all__ = [
+    "DatagramReceived",
+    "Entropy",
+    "Event",
+    "Gateway",
+    "GatewayConfig",
+    "MemberSpec",
+    "SendDatagram",
+    "TimerExpired",
+]

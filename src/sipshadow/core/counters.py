@@ -1,0 +1,30 @@
+"""What an operator counts: calls, spread, rejections and bad input. Plain integers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class Counters:
+    requests: int = 0
+    responses: int = 0
+    calls: int = 0
+    calls_per_member: list[int] = field(default_factory=list)
+    rejected: dict[int, int] = field(default_factory=dict)
+    malformed_requests: int = 0
+    malformed_responses: int = 0
+    stray_responses: int = 0
+    unroutable_acks: int = 0
+    keepalives: int = 0
+    dialogs_reaped_early: int = 0
+    dialogs_reaped_confirmed: int = 0
+    probes_sent: int = 0
+    member_down_events: int = 0
+    member_up_events: int = 0
+
+    def reject(self, status: int) -> None:
+        self.rejected[status] = self.rejected.get(status, 0) + 1
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)

@@ -1,0 +1,57 @@
+"""Member health from OPTIONS probes: N unanswered probes in a row take a member out.
+
+A member out of service gets no new calls; calls it already holds keep their route. Any
+response to a probe (even 404) proves the member alive and puts it back.
+"""
+
+from __future__ import annotations
+
+
+class MemberHealth:
+    """Probe bookkeeping for one member."""
+
+    __slots__ = ("misses", "outstanding", "sequence", "up")
+
+    def __init__(self) -> None:
+        self.up = True
+        self.misses = 0
+        self.outstanding = False
+        self.sequence = 0
+
+
+class HealthMonitor:
+    """Decides, at each probe round, who is up; the gateway builds and sends the probes."""
+
+    def __init__(self, member_count: int, interval_s: float, misses_allowed: int) -> None:
+        self.members = [MemberHealth() for _ in range(member_count)]
+        self.interval_s = interval_s
+        self.misses_allowed = misses_allowed
+        # Due at once (the first timer event); None switches probing off.
+        self.next_round_at: float | None = 0.0 if interval_s > 0 and member_count else None
+
+    def healthy(self) -> list[int]:
+        return [index for index, member in enumerate(self.members) if member.up]
+
+    def start_round(self, now: float) -> list[int]:
+        """Account for last round's unanswered probes; return the members to probe now."""
+        if self.next_round_at is None or now < self.next_round_at:
+            return []
+        self.next_round_at = now + self.interval_s
+        for member in self.members:
+            if member.outstanding:
+                member.misses += 1
+                if member.misses >= self.misses_allowed:
+                    member.up = False
+            member.outstanding = True
+            member.sequence += 1
+        return list(range(len(self.members)))
+
+    def answered(self, index: int, sequence: int) -> bool:
+        """A probe response arrived; returns whether the member came back into service."""
+        member = self.members[index]
+        came_back = not member.up
+        member.up = True
+        member.misses = 0
+        if sequence == member.sequence:
+            member.outstanding = False
+        return came_back

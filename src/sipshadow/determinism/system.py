@@ -1,0 +1,23 @@
+"""The real sources, used by a solo node (the primary will wrap them in a recorder)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+
+class SystemEntropy:
+    """Uniform draws from a private PRNG seeded by the OS."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._random = random.Random(seed)
+
+    def random(self) -> float:
+        return self._random.random()
+
+
+class SystemClock:
+    """Monotonic seconds for timers; the event loop's clock is the same one."""
+
+    def now(self) -> float:
+        return time.monotonic()

@@ -1,0 +1,129 @@
+"""Run `sipshadow serve` as a real child process for tests, benchmarks and the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+Address = tuple[str, int]
+
+
+def options_ping(target: Address, timeout_s: float = 0.2) -> bool:
+    """Send one OPTIONS to `target` and say whether a 200 came back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout_s)
+        port = sock.getsockname()[1]
+        request = (
+            f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKping{port}\r\n"
+            f"From: <sip:ping@127.0.0.1>;tag=ping\r\nTo: <sip:{target[0]}>\r\n"
+            f"Call-ID: ping-{port}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        sock.sendto(request, target)
+        try:
+            reply = sock.recv(65535)
+        except OSError:
+            return False
+        return reply.startswith(b"SIP/2.0 200")
+
+
+class AlgProcess:
+    """A `sipshadow serve` child on loopback, ready when it answers OPTIONS; stopped by SIGTERM."""
+
+    def __init__(
+        self,
+        listen: Address,
+        members: Sequence[Address],
+        workdir: Path,
+        *,
+        policy: str = "round-robin",
+        config_text: str = "",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.listen = listen
+        self.members = list(members)
+        self.workdir = workdir
+        self.policy = policy
+        self.config_text = config_text
+        self.extra_args = list(extra_args)
+        self.status_file = workdir / "alg-status.json"
+        self.log_file = workdir / "alg.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def command(self) -> list[str]:
+        config = self.workdir / "alg.toml"
+        config.write_text(self.config_text or "[status]\ninterval_s = 0.2\n")
+        command = [
+            sys.executable,
+            "-m",
+            "sipshadow.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"{self.listen[0]}:{self.listen[1]}",
+            "--policy",
+            self.policy,
+            "--status-file",
+            str(self.status_file),
+        ]
+        for member in self.members:
+            command += ["--member", f"{member[0]}:{member[1]}"]
+        return command + self.extra_args
+
+    def start(self, ready_timeout_s: float = 10.0) -> AlgProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sipshadow exited with {self.process.returncode}: {self.log_file.read_text()}")
+            if options_ping(self.listen):
+                return self
+        self.stop()
+        raise RuntimeError(f"sipshadow did not answer OPTIONS on {self.listen} within {ready_timeout_s} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.status_file.read_text())
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            self.returncode = process.returncode if process else None
+            return self.returncode
+        process.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            self.returncode = process.wait()
+        return self.returncode
+
+    def __enter__(self) -> AlgProcess:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()

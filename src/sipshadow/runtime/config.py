@@ -1,0 +1,197 @@
+"""The node's TOML config, validated into plain values; one clear line per mistake.
+
+Layout (every key optional but `cluster.members`; flags given on the command line win):
+
+    [service]   listen = "HOST:PORT", advertise = "HOST:PORT"
+    [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}]
+    [health]    probe_interval_ms = 1000, probe_misses = 3
+    [dialogs]   early_timeout_s = 180, confirmed_timeout_s = 7200, terminated_linger_s = 32
+    [status]    file = "PATH", interval_s = 1.0
+    [log]       level = "info"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from sipshadow.core.config import POLICIES, GatewayConfig, MemberSpec
+from sipshadow.runtime.addresses import Address, is_ip_literal, parse_address
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A config or flag mistake: `key` names where, the message says what is wrong."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config error: {key}: {problem}")
+        self.key = key
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class MemberEntry(_Strict):
+    address: str
+    weight: int = 1
+
+
+class ServiceSection(_Strict):
+    listen: str = "127.0.0.1:5060"
+    advertise: str = ""
+
+
+class ClusterSection(_Strict):
+    policy: str = "round-robin"
+    members: list[str | MemberEntry] = msgspec.field(default_factory=list)
+
+
+class HealthSection(_Strict):
+    probe_interval_ms: int = 1000
+    probe_misses: int = 3
+
+
+class DialogsSection(_Strict):
+    early_timeout_s: float = 180.0
+    confirmed_timeout_s: float = 7200.0
+    terminated_linger_s: float = 32.0
+
+
+class StatusSection(_Strict):
+    file: str = ""
+    interval_s: float = 1.0
+
+
+class LogSection(_Strict):
+    level: str = "info"
+
+
+class ConfigFile(_Strict):
+    service: ServiceSection = msgspec.field(default_factory=ServiceSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
+    health: HealthSection = msgspec.field(default_factory=HealthSection)
+    dialogs: DialogsSection = msgspec.field(default_factory=DialogsSection)
+    status: StatusSection = msgspec.field(default_factory=StatusSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs, validated."""
+
+    listen: Address
+    gateway: GatewayConfig
+    status_file: Path | None
+    status_interval_s: float
+    log_level: str
+
+
+def load_file(path: Path) -> ConfigFile:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError("--config", f"cannot read {path}: {error.strerror}") from None
+    try:
+        return msgspec.toml.decode(raw, type=ConfigFile)
+    except msgspec.ValidationError as error:
+        raise _from_validation(error) from None
+    except msgspec.DecodeError as error:
+        raise ConfigError(str(path), f"not valid TOML ({error})") from None
+
+
+def _from_validation(error: msgspec.ValidationError) -> ConfigError:
+    message = str(error)
+    problem, _, where = message.partition(" - at `$")
+    key = where.rstrip("`").lstrip(".") or "(top level)"
+    if problem.startswith("Object contains unknown field"):
+        field_name = problem.split("`")[1]
+        key = f"{key}.{field_name}" if key != "(top level)" else field_name
+        problem = "unknown key"
+    return ConfigError(key, problem[0].lower() + problem[1:])
+
+
+def build(
+    file: ConfigFile,
+    *,
+    listen: str | None = None,
+    members: list[str] | None = None,
+    policy: str | None = None,
+    status_file: str | None = None,
+) -> NodeConfig:
+    """Merge flags over the file and validate every value."""
+    listen_text = listen if listen is not None else file.service.listen
+    listen_address = _address("service.listen" if listen is None else "--listen", listen_text)
+    advertise = listen_address
+    if file.service.advertise:
+        advertise = _address("service.advertise", file.service.advertise)
+    if not is_ip_literal(advertise[0]) or advertise[0] in ("0.0.0.0", "::"):
+        raise ConfigError("service.advertise", f"{advertise[0]!r} is not a usable IP address to put in Via")
+    specs = _members(file.cluster.members, members)
+    chosen_policy = policy if policy is not None else file.cluster.policy
+    if chosen_policy not in POLICIES:
+        key = "--policy" if policy is not None else "cluster.policy"
+        raise ConfigError(key, f"unknown policy {chosen_policy!r}; expected one of {', '.join(POLICIES)}")
+    _positive("health.probe_interval_ms", file.health.probe_interval_ms, allow_zero=True)
+    _positive("health.probe_misses", file.health.probe_misses)
+    for name in ("early_timeout_s", "confirmed_timeout_s", "terminated_linger_s"):
+        _positive(f"dialogs.{name}", getattr(file.dialogs, name))
+    _positive("status.interval_s", file.status.interval_s)
+    if file.log.level not in LOG_LEVELS:
+        raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    gateway = GatewayConfig(
+        service=advertise,
+        members=specs,
+        policy=chosen_policy,
+        probe_interval_s=file.health.probe_interval_ms / 1000,
+        probe_misses=file.health.probe_misses,
+        early_timeout_s=file.dialogs.early_timeout_s,
+        confirmed_timeout_s=file.dialogs.confirmed_timeout_s,
+        terminated_linger_s=file.dialogs.terminated_linger_s,
+        aliases=(listen_address,) if listen_address != advertise else (),
+    )
+    status_path = status_file if status_file is not None else file.status.file
+    return NodeConfig(
+        listen=listen_address,
+        gateway=gateway,
+        status_file=Path(status_path) if status_path else None,
+        status_interval_s=file.status.interval_s,
+        log_level=file.log.level,
+    )
+
+
+def _address(key: str, text: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise ConfigError(key, str(error)) from None
+
+
+def _members(entries: list[str | MemberEntry], flags: list[str] | None) -> tuple[MemberSpec, ...]:
+    specs: list[MemberSpec] = []
+    if flags:
+        specs = [MemberSpec(_address("--member", text)) for text in flags]
+    else:
+        for index, entry in enumerate(entries):
+            key = f"cluster.members[{index}]"
+            if isinstance(entry, str):
+                specs.append(MemberSpec(_address(key, entry)))
+            else:
+                _positive(f"{key}.weight", entry.weight)
+                specs.append(MemberSpec(_address(f"{key}.address", entry.address), entry.weight))
+    if not specs:
+        raise ConfigError("cluster.members", "at least one member is required (or give --member)")
+    seen: set[Address] = set()
+    for spec in specs:
+        if spec.address in seen:
+            raise ConfigError("cluster.members", f"{spec.address[0]}:{spec.address[1]} is listed twice")
+        seen.add(spec.address)
+    return tuple(specs)
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")

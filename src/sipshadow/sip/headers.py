@@ -1,0 +1,276 @@
+"""Typed views of the headers a proxy routes on: Via, name-addr (From/To/Route), CSeq, URIs.
+
+Each view parses one header value (RFC 3261 §20, §25.1) and raises `SipParseError` on bad
+input. Headers the gateway does not route on are never parsed: they pass through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sipshadow.sip.errors import SipParseError
+
+#: RFC 3261 §7.3.3 compact forms, plus the later RFCs' (3265 o/u, 3515 r, 3892 b, 4028 x,
+#: 3841 a/j/d, 4474 y/n).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
+}
+
+_TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
+TOKEN_RE = re.compile(_TOKEN)
+_SENT_PROTOCOL_RE = re.compile(
+    r"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*(" + _TOKEN + r")"
+    r"[ \t]+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
+    r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*$",
+    re.IGNORECASE,
+)
+_CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+(" + _TOKEN + r")[ \t]*$")
+_HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?$")
+_URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def split_header_values(value: str) -> list[str]:
+    """Split a comma-separated header value (§7.3.1), respecting quotes and <...>."""
+    if "," not in value:
+        return [value.strip()]
+    if '"' not in value and "<" not in value:
+        parts = [part.strip() for part in value.split(",")]
+        if not all(parts):
+            raise SipParseError("Malformed header list")
+        return parts
+    parts = []
+    depth = 0
+    quoted = False
+    escaped = False
+    start = 0
+    for index, char in enumerate(value):
+        if quoted:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(value[start:index].strip())
+            start = index + 1
+    parts.append(value[start:].strip())
+    if quoted or depth != 0 or any(not part for part in parts):
+        raise SipParseError("Malformed header list")
+    return parts
+
+
+def parse_params(text: str) -> dict[str, str | None]:
+    """Parse `;name=value;flag` parameters; names are case-insensitive (§7.3.1)."""
+    params: dict[str, str | None] = {}
+    for item in text.split(";") if '"' not in text else _split_unquoted(text, ";"):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not TOKEN_RE.fullmatch(name):
+            raise SipParseError("Malformed parameter")
+        params[name] = value.strip() if sep else None
+    return params
+
+
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    """`text.split(separator)`, but not inside quoted strings (`;x="a;b"` is one parameter)."""
+    parts: list[str] = []
+    quoted = False
+    escaped = False
+    start = 0
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append(text[start:index])
+            start = index + 1
+    if quoted:
+        raise SipParseError("Unterminated quoted string")
+    parts.append(text[start:])
+    return parts
+
+
+def format_params(params: dict[str, str | None]) -> str:
+    """The inverse of `parse_params`, with a leading `;` for each parameter."""
+    return "".join(
+        f";{name}" if value is None else f";{name}={value}" for name, value in params.items()
+    )
+
+
+def parse_hostport(text: str) -> tuple[str, int | None]:
+    """`host[:port]` with IPv6 references in brackets (§25.1)."""
+    match = _HOSTPORT_RE.match(text.strip())
+    if match is None:
+        raise SipParseError("Malformed host")
+    port = match.group(2)
+    return match.group(1).lower(), _port(port) if port else None
+
+
+def _port(text: str) -> int:
+    if not (len(text) <= 5 and text.isascii() and text.isdigit()):
+        raise SipParseError("Malformed port")  # e.g. rport=abc: int() would raise ValueError
+    port = int(text)
+    if not 0 < port < 65536:
+        raise SipParseError("Port out of range")
+    return port
+
+
+@dataclass(frozen=True, slots=True)
+class Uri:
+    """A SIP or SIPS URI's routing parts (§19.1.1): enough to ask "is this addressed to me?"."""
+
+    scheme: str
+    user: str | None
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+
+    @classmethod
+    def parse(cls, text: str) -> Uri:
+        text = text.strip()
+        scheme_match = _URI_SCHEME_RE.match(text)
+        if scheme_match is None:
+            raise SipParseError("Malformed URI")
+        scheme = scheme_match.group(0)[:-1].lower()
+        rest = text[scheme_match.end() :]
+        if scheme not in ("sip", "sips"):
+            return cls(scheme, None, "", None, {})
+        rest = rest.split("?", 1)[0]
+        user: str | None = None
+        if "@" in rest:
+            user, rest = rest.rsplit("@", 1)
+        hostport, _, params = rest.partition(";")
+        host, port = parse_hostport(hostport)
+        return cls(scheme, user, host, port, parse_params(params))
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via value (§20.42, §18.2.1, RFC 3581 rport)."""
+
+    transport: str
+    host: str
+    port: int | None
+    params: dict[str, str | None]
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        head, _, params = text.partition(";")
+        match = _SENT_PROTOCOL_RE.match(head)
+        if match is None:
+            raise SipParseError("Malformed Via")
+        port = match.group(3)
+        return cls(
+            match.group(1).upper(),
+            match.group(2).lower(),
+            _port(port) if port else None,
+            parse_params(params),
+        )
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    def response_address(self) -> tuple[str, int]:
+        """Where a response to this hop goes (§18.2.2, RFC 3581 §4): received, rport, sent-by."""
+        host = self.params.get("received") or self.host
+        rport = self.params.get("rport")
+        if rport:
+            return host.strip("[]"), _port(rport)
+        return host.strip("[]"), self.port or 5060
+
+    def __str__(self) -> str:
+        sent_by = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"SIP/2.0/{self.transport} {sent_by}{format_params(self.params)}"
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A From/To/Contact/Route value: optional display name, URI, header parameters (§20.10)."""
+
+    uri: str
+    params: dict[str, str | None]
+
+    @classmethod
+    def parse(cls, text: str) -> NameAddr:
+        text = text.strip()
+        if text.startswith('"'):
+            close = _closing_quote(text)
+            text = text[close + 1 :].lstrip()
+            if not text.startswith("<"):
+                raise SipParseError("Malformed name-addr")
+        less = text.find("<")
+        if less >= 0:
+            greater = text.find(">", less)
+            if greater < 0:
+                raise SipParseError("Malformed name-addr")
+            uri, params = text[less + 1 : greater].strip(), text[greater + 1 :]
+        else:
+            uri, _, params = text.partition(";")
+            params = ";" + params if params else ""
+        if not uri or _URI_SCHEME_RE.match(uri) is None:
+            raise SipParseError("Malformed URI")
+        if params.strip() and not params.lstrip().startswith(";"):
+            raise SipParseError("Malformed name-addr")
+        return cls(uri, parse_params(params))
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+
+def _closing_quote(text: str) -> int:
+    escaped = False
+    for index in range(1, len(text)):
+        char = text[index]
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return index
+    raise SipParseError("Unterminated quoted string")
+
+
+def parse_cseq(text: str) -> tuple[int, str]:
+    """CSeq: a 32-bit sequence number and a method (§20.16, §8.1.1.5)."""
+    match = _CSEQ_RE.match(text)
+    if match is None:
+        raise SipParseError("Malformed CSeq")
+    number = int(match.group(1))
+    if number >= 2**31:
+        raise SipParseError("CSeq number too large")
+    return number, match.group(2)

@@ -1,0 +1,302 @@
+"""A SIP message as a proxy sees it: a start line, headers kept raw and in order, a body.
+
+Parsing is lazy: `parse_message` splits lines and names; typed values (Via, CSeq, tags) are
+parsed on first use and cached. Headers are decoded as Latin-1 so that any byte sequence
+survives a round trip unchanged; the names and values a proxy reads are ASCII.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from sipshadow.sip.errors import SipParseError
+from sipshadow.sip.headers import (
+    COMPACT_FORMS,
+    TOKEN_RE,
+    NameAddr,
+    Via,
+    parse_cseq,
+    split_header_values,
+)
+
+SIP_VERSION: Final = "SIP/2.0"
+
+# Common spellings straight to their lower-case key, so the hot path skips strip/lower.
+_KNOWN_NAMES: dict[str, str] = {}
+for _name in (
+    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
+    "Content-Type", "Route", "Record-Route", "User-Agent", "Subject", "Allow", "Supported",
+    "Call-Id", "Expires", "Server", "Accept", "Event", "Session-Expires", "Min-SE",
+):
+    _KNOWN_NAMES[_name] = _name.lower()
+    _KNOWN_NAMES[_name.lower()] = _name.lower()
+for _short, _long in COMPACT_FORMS.items():
+    _KNOWN_NAMES[_short] = _long
+    _KNOWN_NAMES[_short.upper()] = _long
+
+#: Headers whose comma-separated values are separate entries the proxy reads one by one.
+LIST_HEADERS: Final = frozenset({"via", "route", "record-route", "contact"})
+
+_STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?$", re.IGNORECASE | re.DOTALL)
+_FOLD_RE = re.compile(r"\r\n[ \t]+")
+_UNSET: Final = object()
+#: The cached typed value each header feeds, forgotten when that header is rewritten.
+_CACHE_SLOTS: Final = {
+    "via": "_top_via",
+    "call-id": "_call_id",
+    "cseq": "_cseq",
+    "from": "_from_tag",
+    "to": "_to_tag",
+}
+
+#: A header entry: (key, name as written, value, raw line or None once rewritten).
+Header = tuple[str, str, str, str | None]
+
+
+class SipMessage:
+    """A request (`method` set) or a response (`status` set), rewritable in place."""
+
+    __slots__ = (
+        "_call_id",
+        "_cseq",
+        "_from_tag",
+        "_to_tag",
+        "_top_via",
+        "body",
+        "headers",
+        "method",
+        "reason",
+        "status",
+        "uri",
+    )
+
+    def __init__(
+        self,
+        headers: list[Header],
+        body: bytes = b"",
+        *,
+        method: str | None = None,
+        uri: str = "",
+        status: int = 0,
+        reason: str = "",
+    ) -> None:
+        self.method = method
+        self.uri = uri
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self._call_id: object = _UNSET
+        self._cseq: object = _UNSET
+        self._from_tag: object = _UNSET
+        self._to_tag: object = _UNSET
+        self._top_via: object = _UNSET
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def first(self, key: str) -> str | None:
+        """The first value of header `key` (lower-case, long form), or None."""
+        for entry in self.headers:
+            if entry[0] == key:
+                return entry[2]
+        return None
+
+    def count(self, key: str) -> int:
+        return sum(1 for entry in self.headers if entry[0] == key)
+
+    def values(self, key: str) -> list[str]:
+        """Every value of `key`, list headers split at their commas (§7.3.1)."""
+        found: list[str] = []
+        for entry in self.headers:
+            if entry[0] == key:
+                if key in LIST_HEADERS:
+                    found.extend(split_header_values(entry[2]))
+                else:
+                    found.append(entry[2])
+        return found
+
+    def first_value(self, key: str) -> str | None:
+        """The first comma-separated value of a list header such as Via or Route."""
+        raw = self.first(key)
+        if raw is None:
+            return None
+        return split_header_values(raw)[0] if "," in raw else raw.strip()
+
+    @property
+    def call_id(self) -> str | None:
+        if self._call_id is _UNSET:
+            value = self.first("call-id")
+            self._call_id = value.strip() if value else None
+        return self._call_id  # type: ignore[return-value]
+
+    @property
+    def cseq(self) -> tuple[int, str] | None:
+        if self._cseq is _UNSET:
+            value = self.first("cseq")
+            self._cseq = parse_cseq(value) if value is not None else None
+        return self._cseq  # type: ignore[return-value]
+
+    @property
+    def from_tag(self) -> str | None:
+        if self._from_tag is _UNSET:
+            value = self.first("from")
+            self._from_tag = NameAddr.parse(value).tag if value is not None else None
+        return self._from_tag  # type: ignore[return-value]
+
+    @property
+    def to_tag(self) -> str | None:
+        if self._to_tag is _UNSET:
+            value = self.first("to")
+            self._to_tag = NameAddr.parse(value).tag if value is not None else None
+        return self._to_tag  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via | None:
+        if self._top_via is _UNSET:
+            value = self.first_value("via")
+            self._top_via = Via.parse(value) if value is not None else None
+        return self._top_via  # type: ignore[return-value]
+
+    # -- rewriting (what a proxy does, §16.6) ---------------------------------------------
+
+    def _forget(self, key: str) -> None:
+        slot = _CACHE_SLOTS.get(key)
+        if slot is not None:
+            setattr(self, slot, _UNSET)
+
+    def _index(self, key: str) -> int:
+        for index, entry in enumerate(self.headers):
+            if entry[0] == key:
+                return index
+        return -1
+
+    def push_front(self, key: str, name: str, value: str, after: str | None = None) -> None:
+        """Add a header value above the existing ones of its kind (Via, Record-Route).
+
+        With none of its kind present it goes after the first header `after` (or first).
+        """
+        index = self._index(key)
+        if index < 0:
+            anchor = self._index(after) if after else -1
+            index = anchor + 1 if anchor >= 0 else 0
+        self.headers.insert(index, (key, name, value, None))
+        self._forget(key)
+
+    def pop_front(self, key: str) -> str | None:
+        """Remove and return the first value of a list header (the top Via, the top Route)."""
+        index = self._index(key)
+        if index < 0:
+            return None
+        entry = self.headers[index]
+        value = entry[2]
+        if "," in value:
+            parts = split_header_values(value)
+            if len(parts) > 1:
+                self.headers[index] = (key, entry[1], ", ".join(parts[1:]), None)
+                value = parts[0]
+            else:
+                del self.headers[index]
+        else:
+            del self.headers[index]
+        self._forget(key)
+        return value.strip()
+
+    def replace_front(self, key: str, value: str) -> None:
+        """Replace the first value of `key` (keeping any further comma-separated values).
+
+        Raises `KeyError` if there is no `key` header (it would overwrite the last header).
+        """
+        index = self._index(key)
+        if index < 0:
+            raise KeyError(key)
+        entry = self.headers[index]
+        if key in LIST_HEADERS and "," in entry[2]:
+            parts = split_header_values(entry[2])
+            value = ", ".join([value, *parts[1:]])
+        self.headers[index] = (key, entry[1], value, None)
+        self._forget(key)
+
+    def set(self, key: str, name: str, value: str) -> None:
+        """Set a single-valued header, adding it at the end if absent."""
+        index = self._index(key)
+        if index < 0:
+            self.headers.append((key, name, value, None))
+        else:
+            self.headers[index] = (key, self.headers[index][1], value, None)
+        self._forget(key)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def start_line(self) -> str:
+        if self.method is not None:
+            return f"{self.method} {self.uri} {SIP_VERSION}"
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def to_bytes(self) -> bytes:
+        lines = [self.start_line()]
+        for _key, name, value, raw in self.headers:
+            lines.append(raw if raw is not None else f"{name}: {value}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1") + self.body
+
+    def __repr__(self) -> str:
+        return f"<SipMessage {self.start_line()!r} call-id={self.call_id!r}>"
+
+
+def _header_key(name: str) -> str:
+    key = _KNOWN_NAMES.get(name)
+    if key is not None:
+        return key
+    stripped = name.strip(" \t")  # not str.strip(): "Via\xa0" is no token, so not a Via
+    if not TOKEN_RE.fullmatch(stripped):
+        raise SipParseError("Malformed header name")
+    lowered = stripped.lower()
+    return COMPACT_FORMS.get(lowered, lowered)
+
+
+def parse_message(data: bytes) -> SipMessage:
+    """Parse one UDP datagram into a `SipMessage` (§7); raises `SipParseError` if it is not one."""
+    data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line (no copy if none)
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head, body = data[:end], data[end + 4 :]
+    else:
+        bare = data.find(b"\n\n")
+        if bare < 0:
+            raise SipParseError("Missing end of headers")
+        head, body = data[:bare].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), data[bare + 2 :]
+    text = head.decode("latin-1")
+    if "\r\n " in text or "\r\n\t" in text:
+        text = _FOLD_RE.sub(" ", text)
+    lines = text.split("\r\n")
+    headers: list[Header] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError("Malformed header line")
+        headers.append((_header_key(name), name, value.strip(), line))
+    return _with_start_line(lines[0], headers, body)
+
+
+def _with_start_line(line: str, headers: list[Header], body: bytes) -> SipMessage:
+    if line[:4].upper() == "SIP/":
+        match = _STATUS_RE.match(line)
+        if match is None:
+            raise SipParseError("Malformed status line")
+        return SipMessage(headers, body, status=int(match.group(1)), reason=match.group(2) or "")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[1]:
+        raise SipParseError("Malformed request line")
+    method, uri, version = parts
+    if not TOKEN_RE.fullmatch(method):
+        raise SipParseError("Malformed method")
+    if version.upper() != SIP_VERSION:
+        raise SipParseError("Version Not Supported")
+    if ":" not in uri:
+        raise SipParseError("Malformed Request-URI")
+    return SipMessage(headers, body, method=method, uri=uri)

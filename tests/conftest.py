@@ -1,0 +1,48 @@
+"""Shared fixtures: SIPp members and a real `sipshadow serve` child, all on loopback."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.sipp import SippUas, free_udp_port
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+FAST_PROBES = "[health]\nprobe_interval_ms = 200\nprobe_misses = 2\n[status]\ninterval_s = 0.1\n"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if shutil.which("sipp") is None:
+        skip = pytest.mark.skip(reason="sipp is not installed (Debian package sip-tester; `make setup`)")
+        for item in items:
+            if "sipp" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def members(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[SippUas]]:
+    """Two SIPp UAS members; a test may ask for a scenario with `@pytest.mark.uas_scenario`."""
+    marker = request.node.get_closest_marker("uas_scenario")
+    scenario = SCENARIOS / marker.args[0] if marker else "uas"
+    pair = [SippUas(tmp_path, name=f"member-{name}", scenario=scenario, timeout=120) for name in "ab"]
+    try:
+        for uas in pair:
+            uas.start()
+        yield pair
+    finally:
+        for uas in pair:
+            uas.stop()
+
+
+@pytest.fixture
+def alg(tmp_path: Path, members: list[SippUas]) -> Iterator[AlgProcess]:
+    """A real `sipshadow serve` in front of the members, stopped by SIGTERM afterwards."""
+    process = AlgProcess(
+        ("127.0.0.1", free_udp_port()), [uas.address for uas in members], tmp_path, config_text=FAST_PROBES
+    )
+    with process:
+        yield process

@@ -1,0 +1,92 @@
+"""Config files and flags: good ones build, bad ones get one line naming the key, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sipshadow.cli import main
+from sipshadow.runtime.config import ConfigError, ConfigFile, build, load_file
+
+GOOD = """
+[service]
+listen = "127.0.0.1:5060"
+[cluster]
+policy = "weighted-random"
+members = ["127.0.0.1:5070", { address = "127.0.0.1:5071", weight = 3 }]
+[health]
+probe_interval_ms = 250
+[dialogs]
+terminated_linger_s = 4
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sipshadow.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file_builds_the_gateway_config(tmp_path: Path) -> None:
+    config = build(load_file(write(tmp_path, GOOD)))
+    gateway = config.gateway
+    assert config.listen == ("127.0.0.1", 5060)
+    assert [(m.address, m.weight) for m in gateway.members] == [(("127.0.0.1", 5070), 1), (("127.0.0.1", 5071), 3)]
+    assert (gateway.policy, gateway.probe_interval_s, gateway.terminated_linger_s) == ("weighted-random", 0.25, 4)
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    config = build(
+        load_file(write(tmp_path, GOOD)), listen="127.0.0.1:6000", members=["[::1]:7000"], policy="call-id-hash"
+    )
+    assert config.listen == ("127.0.0.1", 6000)
+    assert [m.address for m in config.gateway.members] == [("::1", 7000)]
+    assert config.gateway.policy == "call-id-hash"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[health]\nprobe_interval_ms = "fast"', "health.probe_interval_ms", "expected `int`, got `str`"),
+        ("[cluster]\nmembers = []", "cluster.members", "at least one member"),
+        ('[cluster]\nmembers = ["127.0.0.1"]', "cluster.members[0]", "has no port"),
+        ('[cluster]\nmembers = ["h:5060"]\npolicy = "fastest"', "cluster.policy", "unknown policy 'fastest'"),
+        ('[cluster]\nmembers = ["h:5060"]\n[service]\nlisten = "h:99999"', "service.listen", "bad port"),
+        ('[cluster]\nmembers = ["h:5060"]\n[dialogs]\nearly_timeout_s = -1', "dialogs.early_timeout_s", "must be > 0"),
+        ('[cluster]\nmembers = ["h:1", "h:1"]', "cluster.members", "listed twice"),
+        ('[servise]\nlisten = "h:1"', "servise", "unknown key"),
+        ('[service]\nlissen = "h:1"', "service.lissen", "unknown key"),
+        ('[cluster]\nmembers = ["h:1"]\n[service]\nlisten = "0.0.0.0:5060"', "service.advertise", "not a usable IP"),
+    ],
+)
+def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(load_file(write(tmp_path, text)))
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, '[health]\nprobe_misses = "three"\n')
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sipshadow: config error: health.probe_misses: expected `int`, got `str`"]
+
+
+def test_cli_rejects_a_bad_flag_and_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--member", "127.0.0.1:5070", "--listen", "nonsense"]) == 2
+    assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("sipshadow: config error: --listen:")
+    assert lines[1].startswith("sipshadow: config error: --config: cannot read")
+
+
+def test_not_toml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_file(write(tmp_path, "[service\n"))
+
+
+def test_defaults_need_only_members() -> None:
+    config = build(ConfigFile(), members=["127.0.0.1:5070"])
+    assert config.listen == ("127.0.0.1", 5060) and config.status_file is None
