@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,26 @@ def last_stat_row(path: Path) -> dict[str, str]:
     return dict(zip(header, rows[-1], strict=False))
 
 
+def offered_cps(path: Path) -> float | None:
+    """Median per-second call rate while the UAC was still placing calls.
+
+    Created/wall-time would understate it: the wall time includes the
+    -recv_timeout tail of calls that lost a datagram.
+    """
+    if not path.exists():
+        return None
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter=";"))
+    rates = []
+    for row in rows:
+        try:
+            if int(row.get("OutgoingCall(P)") or 0) > 0:
+                rates.append(float(row.get("CallRate(P)") or 0))
+        except ValueError:
+            continue
+    return round(statistics.median(rates), 1) if rates else None
+
+
 def count_late_provisionals(path: Path) -> int:
     """Calls SIPp aborted because a 180 arrived after the 200 OK.
 
@@ -123,9 +144,7 @@ def killpg_quietly(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def start_uas(
-    sipp: str, port: int, rundir: Path, name: str, timeout_s: int
-) -> subprocess.Popen[bytes]:
+def start_uas(sipp: str, port: int, rundir: Path, name: str, timeout_s: int) -> subprocess.Popen[bytes]:
     """One SIPp UAS member; -timeout bounds it even if we die uncleanly."""
     out = open(rundir / f"{name}.out", "wb")  # noqa: SIM115 - handed to child
     try:
@@ -316,9 +335,7 @@ def run_once(
         elapsed = time.monotonic() - started
         busy1, total1 = machine_busy_ticks()
         foreign.update(sip_processes())
-        uas_cpu = sum(
-            proc_cpu_seconds(p.pid) - c0 for p, c0 in zip(uas_procs, uas_cpu0, strict=False)
-        )
+        uas_cpu = sum(proc_cpu_seconds(p.pid) - c0 for p, c0 in zip(uas_procs, uas_cpu0, strict=False))
         drops = udp_drops_by_port()  # UAC socket is gone already; others are live
         result["udp_rcvbuf_drops"] = {
             "kamailio": drops.get(kport, 0),
@@ -333,16 +350,12 @@ def run_once(
             "sipp_uas_both": round(uas_cpu, 2),
             "machine_busy_pct": round(100 * (busy1 - busy0) / max(1, total1 - total0), 1),
         }
-        result["kamailio_log_errors"] = sum(
-            1 for line in kam.log_tail(1_000_000).splitlines() if "ERROR" in line
-        )
+        result["kamailio_log_errors"] = sum(1 for line in kam.log_tail(1_000_000).splitlines() if "ERROR" in line)
         time.sleep(1.2)  # let the UAS write one more stat row (-fd 1)
         for proc in uas_procs:
             killpg_quietly(proc)
     # ExitStack has stopped Kamailio and every SIPp by now.
-    result["concurrent_foreign_sip_processes"] = sorted(
-        cmd for pid, cmd in foreign.items() if pid not in ours and cmd
-    )
+    result["concurrent_foreign_sip_processes"] = sorted(cmd for pid, cmd in foreign.items() if pid not in ours and cmd)
 
     uac_row = last_stat_row(rundir / "uac.csv")
     created = as_int(uac_row, "TotalCallCreated")
@@ -350,7 +363,7 @@ def run_once(
         "created": created,
         "successful": as_int(uac_row, "SuccessfulCall(C)"),
         "failed": as_int(uac_row, "FailedCall(C)"),
-        "achieved_cps": round(created / elapsed, 1) if elapsed > 0 else None,
+        "offered_cps": offered_cps(rundir / "uac.csv"),
         # SIPp stopped before placing all calls: killed from outside or -timeout.
         "interrupted": created < calls,
         "failure_reasons": {k: as_int(uac_row, k) for k in FAILURE_COLUMNS if as_int(uac_row, k)},
@@ -365,9 +378,7 @@ def run_once(
             "failed": as_int(row, "FailedCall(C)"),
         }
     result["members"] = per_member
-    result["contaminated"] = bool(
-        result["concurrent_foreign_sip_processes"] or result["uac"]["interrupted"]
-    )
+    result["contaminated"] = bool(result["concurrent_foreign_sip_processes"] or result["uac"]["interrupted"])
     return result
 
 
@@ -430,9 +441,7 @@ def main() -> int:
         default=None,
         help="Kamailio -x (default: build default, qm)",
     )
-    parser.add_argument(
-        "--attempts", type=int, default=3, help="retries for runs disturbed by foreign SIP load"
-    )
+    parser.add_argument("--attempts", type=int, default=3, help="retries for runs disturbed by foreign SIP load")
     parser.add_argument(
         "--quiet-wait", type=float, default=180.0,
         help="seconds to wait for foreign sipp/kamailio/sipshadow to go away before a run",

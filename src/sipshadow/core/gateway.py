@@ -26,6 +26,7 @@ OWN_BRANCH = MAGIC_COOKIE + "ss"
 PROBE_BRANCH = OWN_BRANCH + "p."
 DEFAULT_MAX_FORWARDS = 70
 IN_DIALOG_ONLY = frozenset({"ACK", "BYE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
+_LABELS = {"call-id": "Call-ID", "cseq": "CSeq", "from": "From", "to": "To"}
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, NOTIFY, REFER"
 
 Outputs = list[SendDatagram]
@@ -138,10 +139,13 @@ class Gateway:
         via = request.top_via
         if via is None:
             raise SipParseError("Missing Via")
-        for key, label in (("call-id", "Call-ID"), ("cseq", "CSeq"), ("from", "From"), ("to", "To")):
-            found = request.count(key)
+        seen = {"call-id": 0, "cseq": 0, "from": 0, "to": 0}
+        for entry in request.headers:
+            if entry[0] in seen:
+                seen[entry[0]] += 1
+        for key, found in seen.items():
             if found != 1:
-                raise SipParseError(f"{'Missing' if found == 0 else 'Duplicate'} {label}")
+                raise SipParseError(f"{'Missing' if found == 0 else 'Duplicate'} {_LABELS[key]}")
         cseq = request.cseq
         assert cseq is not None
         if cseq[1] != request.method:

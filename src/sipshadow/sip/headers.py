@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from sipshadow.sip.errors import SipParseError
 
@@ -186,8 +187,13 @@ class Via:
     port: int | None
     params: dict[str, str | None]
 
+    @staticmethod
+    def parse(text: str) -> Via:
+        """Parse one Via value; memoized, since a call's Vias come back in every response."""
+        return _parse_via(text)
+
     @classmethod
-    def parse(cls, text: str) -> Via:
+    def _parse(cls, text: str) -> Via:
         head, _, params = text.partition(";")
         match = _SENT_PROTOCOL_RE.match(head)
         if match is None:
@@ -224,8 +230,13 @@ class NameAddr:
     uri: str
     params: dict[str, str | None]
 
+    @staticmethod
+    def parse(text: str) -> NameAddr:
+        """Parse a name-addr; memoized, since From and To repeat in every message of a call."""
+        return _parse_name_addr(text)
+
     @classmethod
-    def parse(cls, text: str) -> NameAddr:
+    def _parse(cls, text: str) -> NameAddr:
         text = text.strip()
         if text.startswith('"'):
             close = _closing_quote(text)
@@ -274,3 +285,9 @@ def parse_cseq(text: str) -> tuple[int, str]:
     if number >= 2**31:
         raise SipParseError("CSeq number too large")
     return number, match.group(2)
+
+
+# Pure functions of their text, so memoizing them changes no result, only the cost. Parsed
+# values are frozen (callers copy `params` before changing it).
+_parse_via = lru_cache(maxsize=4096)(Via._parse)
+_parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)

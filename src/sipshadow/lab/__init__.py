@@ -1,0 +1,1 @@
+"""The lab: SIPp and Kamailio drivers, the loopback run and (later) the failover experiment."""
