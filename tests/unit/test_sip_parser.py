@@ -874,3 +874,17 @@ def test_start_line_is_normalised_on_output() -> None:
     request = parse_message(crlf("invite sip:a@example.com sip/2.0", VIA))
     assert request.to_bytes().startswith(b"invite sip:a@example.com SIP/2.0\r\n")
     assert repr(request).startswith("<SipMessage 'invite sip:a@example.com SIP/2.0'")
+
+
+def test_rewrites_leave_parsed_values_of_the_same_text_alone() -> None:
+    """Via and NameAddr parsing is memoized: a rewrite must never change a cached value."""
+    message = parse_message(BASIC_RESPONSE)
+    via = message.top_via
+    assert via is not None
+    before = dict(via.params)
+    message.replace_front("via", "SIP/2.0/UDP 192.0.2.99;branch=z9hG4bKother;received=192.0.2.5")
+    message.pop_front("via")
+    message.push_front("via", "Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKss0011")
+    again = parse_message(BASIC_RESPONSE).top_via
+    assert again is not None and again.params == before
+    assert parse_message(BASIC_RESPONSE).from_tag == "1928301774"

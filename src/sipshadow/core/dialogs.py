@@ -4,12 +4,17 @@ Keyed by Call-ID: every dialog of a call (forks included) lives on the member th
 INVITE, which is all a load balancer must know. Expiry uses one heap with lazy deletion: a
 dialog's deadline may move later without touching the heap (the stale entry re-queues itself
 when it surfaces), and a dialog has at most one live entry, so memory stays O(dialogs).
+
+The table keeps an order-independent digest of its contents (XOR of a keyed hash of every
+dialog), updated on each change, so a replica can compare states after every event in O(1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from enum import IntEnum
+from typing import Any
 
 from sipshadow.core.actions import Address
 
@@ -37,12 +42,22 @@ class Dialog:
         self.heap_at = expires_at
 
 
+def dialog_hash(dialog: Dialog) -> int:
+    """A 64-bit hash of a dialog's routing state; stable across processes (no `hash()` salt)."""
+    text = (
+        f"{dialog.call_id}\x1f{dialog.member}\x1f{dialog.caller[0]}\x1f{dialog.caller[1]}"
+        f"\x1f{dialog.caller_tag}\x1f{dialog.state.value}\x1f{dialog.expires_at!r}"
+    )
+    return int.from_bytes(hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=8).digest(), "little")
+
+
 class DialogTable:
     """Dialogs by Call-ID, active calls per member, and their expiry timers."""
 
     def __init__(self, member_count: int) -> None:
         self.dialogs: dict[str, Dialog] = {}
         self.active_per_member = [0] * member_count
+        self.digest = 0
         self._expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
@@ -54,30 +69,42 @@ class DialogTable:
     def open(self, call_id: str, member: int, caller: Address, caller_tag: str | None, expires_at: float) -> Dialog:
         dialog = Dialog(call_id, member, caller, caller_tag, expires_at)
         self.dialogs[call_id] = dialog
+        self.digest ^= dialog_hash(dialog)
         self.active_per_member[member] += 1
         heapq.heappush(self._expiry, (expires_at, call_id))
         return dialog
 
     def reopen(self, dialog: Dialog, expires_at: float) -> None:
         """A terminated dialog's Call-ID starts again (an INVITE retried after 401/407)."""
+        self.digest ^= dialog_hash(dialog)
         if dialog.state is DialogState.TERMINATED:
             self.active_per_member[dialog.member] += 1
         dialog.state = DialogState.EARLY
-        self.set_expiry(dialog, expires_at)
+        self._move_expiry(dialog, expires_at)
+        self.digest ^= dialog_hash(dialog)
 
     def confirm(self, dialog: Dialog, expires_at: float) -> None:
         if dialog.state is DialogState.TERMINATED:
             return
+        self.digest ^= dialog_hash(dialog)
         dialog.state = DialogState.CONFIRMED
-        self.set_expiry(dialog, expires_at)
+        self._move_expiry(dialog, expires_at)
+        self.digest ^= dialog_hash(dialog)
 
     def terminate(self, dialog: Dialog, linger_until: float) -> None:
+        self.digest ^= dialog_hash(dialog)
         if dialog.state is not DialogState.TERMINATED:
             dialog.state = DialogState.TERMINATED
             self.active_per_member[dialog.member] -= 1
-        self.set_expiry(dialog, linger_until)
+        self._move_expiry(dialog, linger_until)
+        self.digest ^= dialog_hash(dialog)
 
     def set_expiry(self, dialog: Dialog, expires_at: float) -> None:
+        self.digest ^= dialog_hash(dialog)
+        self._move_expiry(dialog, expires_at)
+        self.digest ^= dialog_hash(dialog)
+
+    def _move_expiry(self, dialog: Dialog, expires_at: float) -> None:
         dialog.expires_at = expires_at
         if expires_at < dialog.heap_at:
             dialog.heap_at = expires_at
@@ -100,7 +127,33 @@ class DialogTable:
                 heapq.heappush(heap, (dialog.expires_at, call_id))
                 continue
             del self.dialogs[call_id]
+            self.digest ^= dialog_hash(dialog)
             if dialog.state is not DialogState.TERMINATED:
                 self.active_per_member[dialog.member] -= 1
             reaped.append(dialog)
         return reaped
+
+    # -- state transfer -------------------------------------------------------------------
+
+    def export_state(self) -> list[tuple[Any, ...]]:
+        """Every dialog as a plain tuple, in table order (a snapshot for a joining shadow)."""
+        return [
+            (d.call_id, d.member, d.caller[0], d.caller[1], d.caller_tag, d.state.value, d.expires_at, d.heap_at)
+            for d in self.dialogs.values()
+        ]
+
+    def import_state(self, rows: list[tuple[Any, ...]]) -> None:
+        """Replace the contents with `export_state()` rows; counts, heap and digest follow."""
+        self.dialogs = {}
+        self.active_per_member = [0] * len(self.active_per_member)
+        self.digest = 0
+        for call_id, member, host, port, caller_tag, state, expires_at, heap_at in rows:
+            dialog = Dialog(call_id, member, (host, port), caller_tag, expires_at)
+            dialog.state = DialogState(state)
+            dialog.heap_at = heap_at
+            self.dialogs[call_id] = dialog
+            self.digest ^= dialog_hash(dialog)
+            if dialog.state is not DialogState.TERMINATED:
+                self.active_per_member[member] += 1
+        self._expiry = [(dialog.heap_at, call_id) for call_id, dialog in self.dialogs.items()]
+        heapq.heapify(self._expiry)

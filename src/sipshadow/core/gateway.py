@@ -8,6 +8,7 @@ Via and Record-Route (§16.6); responses return along the Via stack (§16.7).
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sipshadow.core.actions import Address, SendDatagram
 from sipshadow.core.config import GatewayConfig
@@ -61,6 +62,39 @@ class Gateway:
         if dialogs is None or (probes is not None and probes < dialogs):
             return probes
         return dialogs
+
+    # -- replication: digest and state transfer -------------------------------------------
+
+    def state_digest(self) -> int:
+        """A 64-bit digest of the whole replicated state; equal on replicas that agree."""
+        health = self.health
+        summary = (
+            f"{self.table.digest}\x1f{self.policy.cursor}\x1f{health.next_round_at!r}\x1f"
+            + ",".join(f"{m.up:d}{m.misses}{m.outstanding:d}{m.sequence}" for m in health.members)
+            + f"\x1f{self.counters.calls}\x1f{self.counters.requests}\x1f{self.counters.responses}"
+        )
+        return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
+
+    def export_state(self) -> dict[str, Any]:
+        """The whole replicated state as plain data (lists, tuples, numbers, strings)."""
+        return {
+            "dialogs": self.table.export_state(),
+            "cursor": self.policy.cursor,
+            "next_round_at": self.health.next_round_at,
+            "health": [(m.up, m.misses, m.outstanding, m.sequence) for m in self.health.members],
+            "counters": self.counters.as_dict(),
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Replace the state with an `export_state()` (a shadow joining; not an event)."""
+        self.table.import_state([tuple(row) for row in state["dialogs"]])
+        self.policy.cursor = state["cursor"]
+        self.health.next_round_at = state["next_round_at"]
+        for member, (up, misses, outstanding, sequence) in zip(self.health.members, state["health"], strict=True):
+            member.up, member.misses, member.outstanding, member.sequence = up, misses, outstanding, sequence
+        counters = dict(state["counters"])
+        counters["rejected"] = {int(status): count for status, count in counters["rejected"].items()}
+        self.counters = Counters(**counters)
 
     # -- datagrams ------------------------------------------------------------------------
 
@@ -157,12 +191,12 @@ class Gateway:
         max_forwards = DEFAULT_MAX_FORWARDS
         value = request.first("max-forwards")
         if value is not None:
-            if not value.isdigit() or len(value) > 3:
+            if not (value.isascii() and value.isdigit()) or len(value) > 3:
                 raise SipParseError("Bad Max-Forwards")
             max_forwards = int(value)
         length = request.first("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()) or len(length) > 9:
                 raise SipParseError("Bad Content-Length")
             if int(length) != len(request.body):
                 raise SipParseError("Content-Length does not match body")
@@ -253,7 +287,8 @@ class Gateway:
     def _stamp_received(request: SipMessage, via: Via, source: Address) -> None:
         """§18.2.1 and RFC 3581: tell the next hop where this request really came from."""
         rport_requested = "rport" in via.params and not via.params["rport"]
-        if via.host.strip("[]") == source[0] and not rport_requested:
+        claimed = via.params.get("received", via.host.strip("[]"))
+        if claimed == source[0] and via.host.strip("[]") == source[0] and not rport_requested:
             return
         params = dict(via.params)
         params["received"] = source[0]
@@ -334,7 +369,7 @@ class Gateway:
 
     def _on_probe_answer(self, branch: str) -> None:
         index_text, _, sequence_text = branch[len(PROBE_BRANCH) :].partition(".")
-        if not (index_text.isdigit() and sequence_text.isdigit()):
+        if not (index_text.isascii() and index_text.isdigit() and sequence_text.isascii() and sequence_text.isdigit()):
             self.counters.stray_responses += 1
             return
         index = int(index_text)

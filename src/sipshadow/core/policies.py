@@ -16,6 +16,9 @@ from sipshadow.core.entropy import Entropy
 
 
 class Policy(Protocol):
+    #: The policy's own replicated state (the round-robin cursor; 0 for stateless policies).
+    cursor: int
+
     def choose(self, candidates: Sequence[int], call_id: str, active: Sequence[int]) -> int: ...
 
 
@@ -39,12 +42,16 @@ class RoundRobin:
 class LeastActiveCalls:
     """The member with the fewest active calls; ties go to the first configured."""
 
+    cursor = 0
+
     def choose(self, candidates: Sequence[int], call_id: str, active: Sequence[int]) -> int:
         return min(candidates, key=lambda member: active[member])
 
 
 class WeightedRandom:
     """A draw proportional to the members' weights (the draw is logged for the shadow)."""
+
+    cursor = 0
 
     def __init__(self, members: Sequence[MemberSpec], entropy: Entropy) -> None:
         self.weights = [member.weight for member in members]
@@ -67,6 +74,8 @@ def stable_hash(text: str) -> int:
 
 class CallIdHash:
     """The same Call-ID always lands on the same member while the healthy set is unchanged."""
+
+    cursor = 0
 
     def choose(self, candidates: Sequence[int], call_id: str, active: Sequence[int]) -> int:
         return candidates[stable_hash(call_id) % len(candidates)]

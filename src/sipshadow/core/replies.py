@@ -28,7 +28,7 @@ def build_reply(request: SipMessage, status: int, reason: str, extra: tuple[str,
         if key not in _COPIED:
             continue
         if key == "to" and status > 100 and _untagged(value):
-            tag = derived_tag(request.call_id or "", request.from_tag or "", value)
+            tag = derived_tag(request.call_id or "", request.first("from") or "", value)
             value = f"{value};tag={tag}"
             raw = None
         lines.append(raw if raw is not None else f"{name}: {value}")
@@ -60,7 +60,7 @@ def salvage_reply(data: bytes, status: int, reason: str) -> tuple[bytes, Via] | 
         name, colon, value = line.partition(":")
         key = name.strip().lower()
         key = COMPACT_FORMS.get(key, key)
-        if not colon or key not in _COPIED:
+        if not colon or key not in _COPIED or "\r" in line or "\n" in line:
             continue
         if key == "via" and top_via is None:
             try:

@@ -427,9 +427,7 @@ class _SippProcess:
                 )
             time.sleep(0.02)
         self._signal_stop(grace_s=0.0)
-        raise SippError(
-            f"{self.name}: sipp not ready after {ready_timeout}s; see {self.screen_file}"
-        )
+        raise SippError(f"{self.name}: sipp not ready after {ready_timeout}s; see {self.screen_file}")
 
     def _screen_tail(self, limit: int = 600) -> str:
         """Last bytes of SIPp's stdout/stderr, for error messages."""

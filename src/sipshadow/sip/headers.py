@@ -126,9 +126,7 @@ def _split_unquoted(text: str, separator: str) -> list[str]:
 
 def format_params(params: dict[str, str | None]) -> str:
     """The inverse of `parse_params`, with a leading `;` for each parameter."""
-    return "".join(
-        f";{name}" if value is None else f";{name}={value}" for name, value in params.items()
-    )
+    return "".join(f";{name}" if value is None else f";{name}={value}" for name, value in params.items())
 
 
 def parse_hostport(text: str) -> tuple[str, int | None]:
@@ -190,7 +188,7 @@ class Via:
     @staticmethod
     def parse(text: str) -> Via:
         """Parse one Via value; memoized, since a call's Vias come back in every response."""
-        return _parse_via(text)
+        return _parse_via(text) if len(text) <= _MEMO_MAX_CHARS else Via._parse(text)
 
     @classmethod
     def _parse(cls, text: str) -> Via:
@@ -233,7 +231,7 @@ class NameAddr:
     @staticmethod
     def parse(text: str) -> NameAddr:
         """Parse a name-addr; memoized, since From and To repeat in every message of a call."""
-        return _parse_name_addr(text)
+        return _parse_name_addr(text) if len(text) <= _MEMO_MAX_CHARS else NameAddr._parse(text)
 
     @classmethod
     def _parse(cls, text: str) -> NameAddr:
@@ -289,5 +287,7 @@ def parse_cseq(text: str) -> tuple[int, str]:
 
 # Pure functions of their text, so memoizing them changes no result, only the cost. Parsed
 # values are frozen (callers copy `params` before changing it).
+# Only short values are memoized, so a flood of huge headers cannot pin much memory.
+_MEMO_MAX_CHARS = 256
 _parse_via = lru_cache(maxsize=4096)(Via._parse)
 _parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)

@@ -25,9 +25,28 @@ SIP_VERSION: Final = "SIP/2.0"
 # Common spellings straight to their lower-case key, so the hot path skips strip/lower.
 _KNOWN_NAMES: dict[str, str] = {}
 for _name in (
-    "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Length",
-    "Content-Type", "Route", "Record-Route", "User-Agent", "Subject", "Allow", "Supported",
-    "Call-Id", "Expires", "Server", "Accept", "Event", "Session-Expires", "Min-SE",
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Contact",
+    "Max-Forwards",
+    "Content-Length",
+    "Content-Type",
+    "Route",
+    "Record-Route",
+    "User-Agent",
+    "Subject",
+    "Allow",
+    "Supported",
+    "Call-Id",
+    "Expires",
+    "Server",
+    "Accept",
+    "Event",
+    "Session-Expires",
+    "Min-SE",
 ):
     _KNOWN_NAMES[_name] = _name.lower()
     _KNOWN_NAMES[_name.lower()] = _name.lower()
@@ -274,6 +293,9 @@ def parse_message(data: bytes) -> SipMessage:
     if "\r\n " in text or "\r\n\t" in text:
         text = _FOLD_RE.sub(" ", text)
     lines = text.split("\r\n")
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        raise SipParseError("Bare CR or LF in header")  # would smuggle a header downstream
     headers: list[Header] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")

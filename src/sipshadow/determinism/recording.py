@@ -1,0 +1,59 @@
+"""Record the draws on the primary; replay exactly those on the shadow, or fail loudly.
+
+The clock needs no wrapper: every event carries `now`, so the log entry of an event records
+the time. Draws are the only other way non-determinism enters the core.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sipshadow.core.entropy import Entropy
+
+
+class ReplayMismatch(RuntimeError):
+    """The shadow's core asked for a draw the primary did not make, or skipped one it made."""
+
+
+class RecordingEntropy:
+    """Hands out the real source's draws and keeps them for the current event's log entry."""
+
+    def __init__(self, source: Entropy) -> None:
+        self.source = source
+        self._draws: list[float] = []
+
+    def random(self) -> float:
+        value = self.source.random()
+        self._draws.append(value)
+        return value
+
+    def take(self) -> tuple[float, ...]:
+        """The draws made since the last call (one event's worth)."""
+        if not self._draws:
+            return ()
+        draws, self._draws = tuple(self._draws), []
+        return draws
+
+
+class ReplayingEntropy:
+    """Hands out the draws of the log entry being applied, in order, and nothing else."""
+
+    def __init__(self) -> None:
+        self._pending: deque[float] = deque()
+
+    def load(self, draws: tuple[float, ...] | list[float]) -> None:
+        if self._pending:
+            raise ReplayMismatch(f"{len(self._pending)} logged draws were never used")
+        self._pending.extend(draws)
+
+    def random(self) -> float:
+        if not self._pending:
+            raise ReplayMismatch("the core asked for a draw the primary did not make")
+        return self._pending.popleft()
+
+    def finish(self) -> None:
+        """Called after the event: every logged draw must have been consumed."""
+        if self._pending:
+            left = len(self._pending)
+            self._pending.clear()
+            raise ReplayMismatch(f"{left} logged draws were never used")

@@ -1,0 +1,53 @@
+"""The replication log: one entry per event the primary's core took, in order.
+
+An entry is enough to replay the event exactly: its kind, source, the payload (forward mode)
+or the payload's digest (tap mode, the shadow has the bytes from the wire), `now`, the draws
+made while handling it, and the digest of the core's state afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+
+from sipshadow.core import DatagramReceived, Event, TimerExpired
+
+DATAGRAM = 0
+TIMER = 1
+
+
+class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    seq: int
+    kind: int
+    now: float
+    host: str = ""
+    port: int = 0
+    payload: bytes | None = None
+    payload_digest: bytes | None = None
+    draws: tuple[float, ...] = ()
+    state: int = 0
+
+
+def payload_digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def entry_for(seq: int, event: Event, draws: tuple[float, ...], state: int, *, with_payload: bool = True) -> LogEntry:
+    """The log entry of an event the primary just handled."""
+    if isinstance(event, DatagramReceived):
+        host, port = event.source
+        if with_payload:
+            return LogEntry(seq, DATAGRAM, event.now, host, port, event.data, None, draws, state)
+        return LogEntry(seq, DATAGRAM, event.now, host, port, None, payload_digest(event.data), draws, state)
+    return LogEntry(seq, TIMER, event.now, draws=draws, state=state)
+
+
+def event_for(entry: LogEntry, payload: bytes | None = None) -> Event:
+    """The event to replay; in tap mode the caller supplies the payload it matched by digest."""
+    if entry.kind == TIMER:
+        return TimerExpired(entry.now)
+    data = entry.payload if entry.payload is not None else payload
+    if data is None:
+        raise ValueError(f"log entry {entry.seq} has no payload and none was supplied")
+    return DatagramReceived(data, (entry.host, entry.port), entry.now)

@@ -1,0 +1,82 @@
+"""The shadow's replay fails loudly: wrong order, missing or extra draws, different state."""
+
+from __future__ import annotations
+
+import pytest
+from msgspec.structs import replace
+
+from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.determinism import RecordingEntropy, ReplayingEntropy, ReplayMismatch, SystemEntropy
+from sipshadow.replication.log import entry_for, event_for, payload_digest
+from sipshadow.replication.replica import Divergence, Replica
+from tests.unit.messages import ALG, CALLER, MEMBERS, request
+
+CONFIG = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), "weighted-random", probe_interval_s=0)
+
+
+def recorded(events: list) -> tuple[Gateway, list]:
+    recorder = RecordingEntropy(SystemEntropy(7))
+    primary = Gateway(CONFIG, recorder)
+    entries = []
+    for seq, event in enumerate(events, start=1):
+        primary.handle(event)
+        entries.append(entry_for(seq, event, recorder.take(), primary.state_digest()))
+    return primary, entries
+
+
+INVITES = [
+    DatagramReceived(request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}"), CALLER, float(i)) for i in range(4)
+]
+
+
+def test_replay_reaches_the_primary_state_and_keeps_unreleased_outputs() -> None:
+    primary, entries = recorded(INVITES)
+    replica = Replica(CONFIG)
+    for entry in entries:
+        replica.apply(entry)
+    assert replica.gateway.state_digest() == primary.state_digest()
+    replica.released(2)
+    assert len(replica.unreleased_outputs()) == 2
+
+
+def test_an_entry_out_of_order_is_refused() -> None:
+    _, entries = recorded(INVITES)
+    with pytest.raises(Divergence, match="expected entry 1"):
+        Replica(CONFIG).apply(entries[1])
+
+
+def test_missing_draws_are_a_divergence() -> None:
+    _, entries = recorded(INVITES)
+    with pytest.raises(Divergence, match="did not make"):
+        Replica(CONFIG).apply(replace(entries[0], draws=()))
+
+
+def test_unused_draws_are_a_divergence() -> None:
+    _, entries = recorded([TimerExpired(1.0)])
+    with pytest.raises(Divergence, match="never used"):
+        Replica(CONFIG).apply(replace(entries[0], draws=(0.5,)))
+
+
+def test_a_different_draw_shows_in_the_state_digest() -> None:
+    _, entries = recorded(INVITES[:1])
+    first = entries[0]
+    flipped = replace(first, draws=(0.99 if first.draws[0] < 0.5 else 0.01,))
+    with pytest.raises(Divergence, match="state digest"):
+        Replica(CONFIG).apply(flipped)
+
+
+def test_tap_mode_entry_replays_with_the_payload_from_the_wire() -> None:
+    event = INVITES[0]
+    entry = entry_for(1, event, (0.3,), 0, with_payload=False)
+    assert entry.payload is None and entry.payload_digest == payload_digest(event.data)
+    assert event_for(entry, event.data) == event
+    with pytest.raises(ValueError, match="no payload"):
+        event_for(entry)
+
+
+def test_replaying_entropy_refuses_draws_beyond_the_log() -> None:
+    entropy = ReplayingEntropy()
+    entropy.load((0.25,))
+    assert entropy.random() == 0.25
+    with pytest.raises(ReplayMismatch):
+        entropy.random()
