@@ -43,7 +43,7 @@ STRANGE_UNKNOWN_LINES = (
     "UnknownHeaderWithUnusualValue: ;;,,;;,;",
     "X-Empty:",
     "X-Spaces   :   lots   of   space   ",
-    "X-Quoted: \"a, b; c <d> \\\" e\", 'single'",
+    'X-Quoted: "a, b; c <d> \\" e", \'single\'',
     "X-Angles: <<<>>> >< <",
     "X-Utf8: caf\xc3\xa9 \xe2\x82\xac (UTF-8 bytes, kept as they came)",
     "X-Tabs: a\tb\t\tc\t",
@@ -71,8 +71,7 @@ TORTUOUS_INVITE = crlf(
     "Via  : SIP  /   2.0",
     " /UDP",
     "    [2001:DB8::10]:5070;RPort;Branch=z9hG4bKtortuous1",
-    "v: SIP/2.0/TCP proxy.example.com:5061 ;branch=z9hG4bKsecond, SIP / 2.0 / UDP 192.0.2.5"
-    " ; bRaNcH = z9hG4bKthird",
+    "v: SIP/2.0/TCP proxy.example.com:5061 ;branch=z9hG4bKsecond, SIP / 2.0 / UDP 192.0.2.5 ; bRaNcH = z9hG4bKthird",
     "s :",
     "NewFangledHeader:   newfangled value",
     " continued newfangled value",

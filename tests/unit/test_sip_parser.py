@@ -209,8 +209,7 @@ VALID_CASES: list[tuple[str, bytes, dict[str, Any]]] = [
     (
         "vias-across-headers-and-within-headers",
         build(
-            via="Via: SIP/2.0/UDP a.example.com;branch=z9hG4bKa, SIP/2.0/TCP b.example.com:5061"
-            ";branch=z9hG4bKb",
+            via="Via: SIP/2.0/UDP a.example.com;branch=z9hG4bKa, SIP/2.0/TCP b.example.com:5061;branch=z9hG4bKb",
             extra=(
                 "v: SIP/2.0/SCTP [::1];branch=z9hG4bKc,SIP/2.0/TLS d.example.com;branch=z9hG4bKd",
                 "VIA: SIP/2.0/UDP 192.0.2.9:1;branch=z9hG4bKe",
@@ -280,7 +279,7 @@ VALID_CASES: list[tuple[str, bytes, dict[str, Any]]] = [
     (
         "folded-from-to-and-cseq",
         build(
-            from_="From: \"Folded\"\r\n <sip:a@example.com>\r\n\t;tag=fold1",
+            from_='From: "Folded"\r\n <sip:a@example.com>\r\n\t;tag=fold1',
             to="To:\r\n  <sip:b@example.com>;\r\n tag=fold2",
             cseq="CSeq: 77\r\n    \t INVITE",
         ),
@@ -379,9 +378,7 @@ def test_tortuous_invite_other_headers() -> None:
     assert message.first("newfangledheader") == "newfangled value continued newfangled value"
     assert message.first("content-type") == "application/sdp"
     assert message.first("content-length") == str(len(TORTUOUS_BODY))
-    assert message.values("contact") == [
-        '"Quoted, Contact" <sip:alice@[2001:db8::10]:5070;transport=udp>;expires=60'
-    ]
+    assert message.values("contact") == ['"Quoted, Contact" <sip:alice@[2001:db8::10]:5070;transport=udp>;expires=60']
     assert message.count("via") == 2
     via = message.top_via
     assert via is not None
@@ -393,9 +390,7 @@ def test_tortuous_invite_other_headers() -> None:
 
 @pytest.mark.parametrize(("short", "long"), sorted(COMPACT_FORMS.items()))
 @pytest.mark.parametrize("case", [str.lower, str.upper], ids=["lower", "upper"])
-def test_every_compact_form_maps_to_its_long_name(
-    short: str, long: str, case: Callable[[str], str]
-) -> None:
+def test_every_compact_form_maps_to_its_long_name(short: str, long: str, case: Callable[[str], str]) -> None:
     value = {
         "via": "SIP/2.0/UDP h.example.com;branch=z9hG4bKx",
         "from": "<sip:a@example.com>;tag=f",
@@ -431,6 +426,7 @@ def test_body_is_kept_verbatim_even_if_it_looks_like_headers() -> None:
 
 
 # -- invalid messages -------------------------------------------------------------------------
+
 
 def _response_address(message: SipMessage) -> object:
     via = message.top_via
@@ -569,9 +565,7 @@ INVALID_CASES: list[tuple[str, bytes, str | None]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("data", "where"), [c[1:] for c in INVALID_CASES], ids=[c[0] for c in INVALID_CASES]
-)
+@pytest.mark.parametrize(("data", "where"), [c[1:] for c in INVALID_CASES], ids=[c[0] for c in INVALID_CASES])
 def test_invalid_message_raises_sip_parse_error(data: bytes, where: str | None) -> None:
     if where is None:
         with pytest.raises(SipParseError) as caught:
@@ -608,6 +602,7 @@ def test_missing_headers_read_as_none() -> None:
 
 
 # -- typed header views on their own ----------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -672,8 +667,10 @@ def test_name_addr_parse(text: str, uri: str, params: dict[str, str | None]) -> 
     ("text", "expected"),
     [
         ("sip:alice@atlanta.example.com", ("sip", "alice", "atlanta.example.com", None, {})),
-        ("SIP:Host.Example.COM:5070;LR;Transport=udp", ("sip", None, "host.example.com", 5070,
-                                                        {"lr": None, "transport": "udp"})),
+        (
+            "SIP:Host.Example.COM:5070;LR;Transport=udp",
+            ("sip", None, "host.example.com", 5070, {"lr": None, "transport": "udp"}),
+        ),
         ("sips:u:pw@[2001:DB8::1]:5061?subject=x", ("sips", "u:pw", "[2001:db8::1]", 5061, {})),
         ("sip:a%40b@c_d.example.com", ("sip", "a%40b", "c_d.example.com", None, {})),
         ("mailto:someone@example.com", ("mailto", None, "", None, {})),
@@ -715,6 +712,7 @@ def test_via_str_parses_back_to_the_same_via(text: str) -> None:
 
 
 # -- rewriting ---------------------------------------------------------------------------------
+
 
 def keys(message: SipMessage) -> list[str]:
     return [entry[0] for entry in message.headers]
@@ -778,9 +776,7 @@ def test_pop_front_across_headers_and_with_quoted_commas() -> None:
 
 
 def test_pop_front_route_keeps_the_rest() -> None:
-    message = parse_message(
-        build(extra=('Route: <sip:p1.example.com;lr>, "Two, Inc" <sip:p2.example.com;lr>',))
-    )
+    message = parse_message(build(extra=('Route: <sip:p1.example.com;lr>, "Two, Inc" <sip:p2.example.com;lr>',)))
     assert message.pop_front("route") == "<sip:p1.example.com;lr>"
     assert message.values("route") == ['"Two, Inc" <sip:p2.example.com;lr>']
     assert message.pop_front("route") == '"Two, Inc" <sip:p2.example.com;lr>'
@@ -796,9 +792,7 @@ def test_replace_front_keeps_further_values_and_refreshes_top_via() -> None:
     assert len(message.values("via")) == 2
     assert Via.parse(message.values("via")[1]).branch == "z9hG4bK776asdhds"
     again = parse_message(message.to_bytes())
-    assert [Via.parse(v) for v in again.values("via")] == [
-        Via.parse(v) for v in message.values("via")
-    ]
+    assert [Via.parse(v) for v in again.values("via")] == [Via.parse(v) for v in message.values("via")]
 
 
 def test_replace_front_on_an_absent_header_does_not_touch_others() -> None:
