@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--policy", help="round-robin | least-active-calls | weighted-random | call-id-hash")
     serve.add_argument("--status-file", metavar="PATH", help="write counters here as JSON every status.interval_s")
+    serve.add_argument("--role", help="solo | primary | shadow (overrides replication.role)")
+    serve.add_argument("--peer", metavar="HOST:PORT", help="the other node's replication address (replication.peer)")
 
     stats = commands.add_parser("stats", help="print a running node's status file")
     stats.add_argument("file", type=Path)

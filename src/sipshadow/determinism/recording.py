@@ -36,10 +36,19 @@ class RecordingEntropy:
 
 
 class ReplayingEntropy:
-    """Hands out the draws of the log entry being applied, in order, and nothing else."""
+    """Hands out the draws of the log entry being applied, in order, and nothing else.
+
+    At takeover the replica's core keeps this object; `go_live` turns it into a pass-through
+    to the new primary's own (recording) source.
+    """
 
     def __init__(self) -> None:
         self._pending: deque[float] = deque()
+        self._live: Entropy | None = None
+
+    def go_live(self, source: Entropy) -> None:
+        self._pending.clear()
+        self._live = source
 
     def load(self, draws: tuple[float, ...] | list[float]) -> None:
         if self._pending:
@@ -47,6 +56,8 @@ class ReplayingEntropy:
         self._pending.extend(draws)
 
     def random(self) -> float:
+        if self._live is not None:
+            return self._live.random()
         if not self._pending:
             raise ReplayMismatch("the core asked for a draw the primary did not make")
         return self._pending.popleft()

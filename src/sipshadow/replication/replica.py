@@ -47,6 +47,8 @@ class Replica:
         except ReplayMismatch as error:
             self.divergences += 1
             raise Divergence(f"entry {entry.seq}: {error}") from error
+        except Exception:  # the primary's core failed the same way on this event (a bug, logged there)
+            outputs = []
         self.applied_seq = entry.seq
         if outputs:
             self._outputs.append((entry.seq, outputs))

@@ -8,6 +8,9 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [dialogs]   early_timeout_s = 180, confirmed_timeout_s = 7200, terminated_linger_s = 32
     [status]    file = "PATH", interval_s = 1.0
     [log]       level = "info"
+    [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
+                   key = "..." or key_file = "PATH", output_commit = true, commit_timeout_ms = 200,
+                   heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "..."
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from sipshadow.core.config import POLICIES, GatewayConfig, MemberSpec
 from sipshadow.runtime.addresses import Address, is_ip_literal, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ROLES = ("solo", "primary", "shadow")
+HA_MODES = ("active", "network", "none")
 
 
 class ConfigError(Exception):
@@ -70,6 +75,20 @@ class LogSection(_Strict):
     level: str = "info"
 
 
+class ReplicationSection(_Strict):
+    role: str = "solo"
+    mode: str = "active"
+    listen: str = ""
+    peer: str = ""
+    key: str = ""
+    key_file: str = ""
+    node_id: str = ""
+    output_commit: bool = True
+    commit_timeout_ms: int = 200
+    heartbeat_interval_ms: int = 10
+    heartbeat_misses: int = 4
+
+
 class ConfigFile(_Strict):
     service: ServiceSection = msgspec.field(default_factory=ServiceSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
@@ -77,6 +96,23 @@ class ConfigFile(_Strict):
     dialogs: DialogsSection = msgspec.field(default_factory=DialogsSection)
     status: StatusSection = msgspec.field(default_factory=StatusSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """How this node pairs with its peer (role `solo`: it does not)."""
+
+    role: str
+    mode: str
+    listen: Address
+    peer: Address
+    key: bytes
+    node_id: str
+    output_commit: bool
+    commit_timeout_s: float
+    heartbeat_interval_s: float
+    heartbeat_misses: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +124,7 @@ class NodeConfig:
     status_file: Path | None
     status_interval_s: float
     log_level: str
+    replication: ReplicationConfig | None = None
 
 
 def load_file(path: Path) -> ConfigFile:
@@ -121,6 +158,8 @@ def build(
     members: list[str] | None = None,
     policy: str | None = None,
     status_file: str | None = None,
+    role: str | None = None,
+    peer: str | None = None,
 ) -> NodeConfig:
     """Merge flags over the file and validate every value."""
     listen_text = listen if listen is not None else file.service.listen
@@ -160,7 +199,61 @@ def build(
         status_file=Path(status_path) if status_path else None,
         status_interval_s=file.status.interval_s,
         log_level=file.log.level,
+        replication=_replication(file.replication, role, peer, listen_address),
     )
+
+
+def _replication(
+    section: ReplicationSection, role_flag: str | None, peer_flag: str | None, service: Address
+) -> ReplicationConfig | None:
+    role = role_flag if role_flag is not None else section.role
+    if role not in ROLES:
+        raise ConfigError(
+            "--role" if role_flag is not None else "replication.role", f"expected one of {', '.join(ROLES)}"
+        )
+    if role == "solo":
+        return None
+    if section.mode not in HA_MODES:
+        raise ConfigError("replication.mode", f"expected one of {', '.join(HA_MODES)}")
+    peer_text = peer_flag if peer_flag is not None else section.peer
+    if not peer_text:
+        raise ConfigError("replication.peer", f"required for role {role} (or give --peer)")
+    peer = _address("--peer" if peer_flag is not None else "replication.peer", peer_text)
+    if not section.listen:
+        raise ConfigError("replication.listen", f"required for role {role}: this node's replication address")
+    listen = _address("replication.listen", section.listen)
+    if listen == peer:
+        raise ConfigError("replication.peer", "is this node's own replication.listen address")
+    _positive("replication.commit_timeout_ms", section.commit_timeout_ms)
+    _positive("replication.heartbeat_interval_ms", section.heartbeat_interval_ms)
+    _positive("replication.heartbeat_misses", section.heartbeat_misses)
+    return ReplicationConfig(
+        role=role,
+        mode=section.mode,
+        listen=listen,
+        peer=peer,
+        key=_key(section),
+        node_id=section.node_id or f"{listen[0]}:{listen[1]}",
+        output_commit=section.output_commit,
+        commit_timeout_s=section.commit_timeout_ms / 1000,
+        heartbeat_interval_s=section.heartbeat_interval_ms / 1000,
+        heartbeat_misses=section.heartbeat_misses,
+    )
+
+
+def _key(section: ReplicationSection) -> bytes:
+    if section.key and section.key_file:
+        raise ConfigError("replication.key", "give key or key_file, not both")
+    if section.key_file:
+        try:
+            key = Path(section.key_file).read_bytes().strip()
+        except OSError as error:
+            raise ConfigError("replication.key_file", f"cannot read {section.key_file}: {error.strerror}") from None
+    else:
+        key = section.key.encode()
+    if len(key) < 16:
+        raise ConfigError("replication.key", "a shared HMAC key of at least 16 bytes is required")
+    return key
 
 
 def _address(key: str, text: str) -> Address:

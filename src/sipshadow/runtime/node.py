@@ -11,11 +11,11 @@ import asyncio
 import logging
 import socket
 import time
-from pathlib import Path
 
-from sipshadow.core import DatagramReceived, Gateway, TimerExpired
+from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
 from sipshadow.core.actions import Address, SendDatagram
-from sipshadow.runtime.status import snapshot, write_atomically
+from sipshadow.replication.primary import PrimaryReplicator
+from sipshadow.runtime.status import snapshot
 
 log = logging.getLogger("sipshadow.node")
 
@@ -47,12 +47,13 @@ class _Endpoint(asyncio.DatagramProtocol):
 class Node:
     """Wires a Gateway to a socket and the loop clock; makes no decisions of its own."""
 
-    def __init__(self, gateway: Gateway, status_file: Path | None = None, status_interval_s: float = 1.0) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.status_file = status_file
-        self.status_interval_s = status_interval_s
         self.internal_errors = 0
         self.send_errors = 0
+        self.sent_datagrams = 0
+        #: On a primary, every event goes through the replicator, which decides when to send.
+        self.replicator: PrimaryReplicator | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -67,13 +68,7 @@ class Node:
         log.info("serving on %s:%d, members %s", *listen, self.gateway.members)
 
     def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        try:
-            outputs = self.gateway.handle(DatagramReceived(data, source[:2], self._loop.time()))
-        except Exception:
-            self.internal_errors += 1
-            log.exception("core failed on a datagram from %s; dropped", source)
-            return
-        self._send(outputs)
+        self._take(DatagramReceived(data, source[:2], self._loop.time()))
         armed = self._timer_at
         wanted = self.gateway.next_deadline()
         if wanted is not None and (armed is None or wanted < armed):
@@ -81,19 +76,26 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        try:
-            outputs = self.gateway.handle(TimerExpired(self._loop.time()))
-        except Exception:
-            self.internal_errors += 1
-            log.exception("core failed on a timer event")
-            outputs = []
-        self._send(outputs)
+        self._take(TimerExpired(self._loop.time()))
         self._rearm()
 
-    def _send(self, outputs: list[SendDatagram]) -> None:
+    def _take(self, event: Event) -> None:
+        try:
+            outputs = self.gateway.handle(event)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("core failed on %s; dropped", type(event).__name__)
+            outputs = []
+        if self.replicator is not None:
+            self.replicator.record(event, outputs)
+        else:
+            self.send(outputs)
+
+    def send(self, outputs: list[SendDatagram]) -> None:
         transport = self._transport
         if transport is None:
             return
+        self.sent_datagrams += len(outputs)
         for data, destination in outputs:
             transport.sendto(data, destination)
 
@@ -106,25 +108,13 @@ class Node:
 
     def status(self) -> dict[str, object]:
         extra = {"internal_errors": self.internal_errors, "send_errors": self.send_errors}
+        if self.replicator is not None:
+            extra["replication"] = {"seq": self.replicator.seq, "released": self.replicator.released,
+                                    "shadow_attached": self.replicator.attached, **self.replicator.stats}  # fmt: skip
         return snapshot(self.gateway, started_at=self._started_at, now=time.monotonic(), extra=extra)
-
-    async def publish_status(self) -> None:
-        """Rewrite the status file every interval until cancelled."""
-        while self.status_file is not None:
-            self.write_status()
-            await asyncio.sleep(self.status_interval_s)
-
-    def write_status(self) -> None:
-        if self.status_file is None:
-            return
-        try:
-            write_atomically(self.status_file, self.status())
-        except OSError as error:
-            log.warning("cannot write status file %s: %s", self.status_file, error)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
-        self.write_status()

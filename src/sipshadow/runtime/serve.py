@@ -1,4 +1,4 @@
-"""`sipshadow serve`: run one node until SIGTERM or SIGINT, then stop cleanly."""
+"""`sipshadow serve`: run one node (solo, or one of a primary/shadow pair) until SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,42 +7,79 @@ import contextlib
 import json
 import logging
 import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
 from sipshadow.runtime.config import NodeConfig
+from sipshadow.runtime.ha import HaNode
 from sipshadow.runtime.node import Node
+from sipshadow.runtime.status import write_atomically
 
 log = logging.getLogger("sipshadow.serve")
+
+Status = Callable[[], dict[str, Any]]
 
 
 async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> int:
     """Serve until `shutdown` is set (tests) or a SIGTERM/SIGINT arrives; returns an exit code."""
     loop = asyncio.get_running_loop()
     stop = shutdown or asyncio.Event()
-    gateway = Gateway(config.gateway, SystemEntropy())
-    node = Node(gateway, config.status_file, config.status_interval_s)
     try:
-        await node.start(config.listen)
+        status, close = await _start(config)
     except OSError as error:
-        log.error("cannot bind %s:%d: %s", *config.listen, error.strerror)
+        log.error("cannot start: %s", error)
         return 1
     handled = (signal.SIGTERM, signal.SIGINT)
     for signum in handled:
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", json.dumps(node.status())))
-    status_task = asyncio.create_task(node.publish_status())
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", json.dumps(status())))
+    publisher = asyncio.create_task(_publish(status, config.status_file, config.status_interval_s))
     try:
         await stop.wait()
     finally:
-        status_task.cancel()
+        publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await status_task
+            await publisher
         for signum in (*handled, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
-        node.close()
-        log.info("stopped; final status %s", json.dumps(node.status()))
+        await close()
+        final = status()
+        _write(config.status_file, final)
+        log.info("stopped; final status %s", json.dumps(final))
     return 0
+
+
+async def _start(config: NodeConfig) -> tuple[Status, Callable[[], Any]]:
+    """Start a solo node or an HA node; return its status function and its closer."""
+    if config.replication is None:
+        node = Node(Gateway(config.gateway, SystemEntropy()))
+        await node.start(config.listen)
+
+        async def close_solo() -> None:
+            node.close()
+
+        return node.status, close_solo
+    ha = HaNode(config)
+    await ha.start()
+    return ha.status, ha.close
+
+
+async def _publish(status: Status, path: Path | None, interval_s: float) -> None:
+    while path is not None:
+        _write(path, status())
+        await asyncio.sleep(interval_s)
+
+
+def _write(path: Path | None, document: dict[str, Any]) -> None:
+    if path is None:
+        return
+    try:
+        write_atomically(path, document)
+    except OSError as error:
+        log.warning("cannot write status file %s: %s", path, error)
 
 
 def run(config: NodeConfig) -> int:

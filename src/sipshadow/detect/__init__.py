@@ -1,0 +1,1 @@
+"""Failure detection between the pair: heartbeats on their own link."""

@@ -1,0 +1,88 @@
+"""UDP heartbeats both ways, HMAC'd; the peer is dead after `misses` intervals of silence.
+
+Each beat also carries the sender's role, epoch and released sequence number, so the shadow
+learns how far the primary has sent outputs even when no log traffic flows, and a node that
+starts while a primary already serves learns it must join as the shadow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sipshadow.replication.wire import FrameDecoder, Heartbeat, Refused, encode
+
+log = logging.getLogger("sipshadow.detect")
+
+Address = tuple[str, int]
+
+
+class HeartbeatDetector(asyncio.DatagramProtocol):
+    """Sends a beat every interval and watches the peer's; calls `on_peer_dead` once per loss."""
+
+    def __init__(
+        self,
+        *,
+        key: bytes,
+        peer: Address,
+        interval_s: float,
+        misses: int,
+        beat: Callable[[], Heartbeat],
+        on_peer_beat: Callable[[Heartbeat], None],
+        on_peer_dead: Callable[[], None],
+    ) -> None:
+        self.key = key
+        self.peer = peer
+        self.interval_s = interval_s
+        self.misses = misses
+        self.beat = beat
+        self.on_peer_beat = on_peer_beat
+        self.on_peer_dead = on_peer_dead
+        self.last_peer_beat: Heartbeat | None = None
+        self.last_seen: float | None = None
+        self.peer_alive = False
+        self.refused = 0
+        self._decoder = FrameDecoder(key)
+        self._transport: asyncio.DatagramTransport | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, listen: Address) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=listen)
+        self._task = asyncio.create_task(self._run())
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        message = self._decoder.open_datagram(data)
+        if isinstance(message, Refused) or not isinstance(message, Heartbeat):
+            self.refused += 1
+            log.warning("refused a heartbeat from %s: %s", addr, getattr(message, "reason", "not a heartbeat"))
+            return
+        self.last_seen = asyncio.get_running_loop().time()
+        self.last_peer_beat = message
+        self.peer_alive = True
+        self.on_peer_beat(message)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable while the peer is down: silence says the same
+
+    def send_now(self) -> None:
+        if self._transport is not None:
+            self._transport.sendto(encode(self.beat(), self.key), self.peer)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.send_now()
+            await asyncio.sleep(self.interval_s)
+            silent_for = loop.time() - self.last_seen if self.last_seen is not None else 0.0
+            if self.peer_alive and silent_for > self.interval_s * self.misses:
+                self.peer_alive = False
+                log.warning("peer %s:%d silent for %.0f ms: declared dead", *self.peer, silent_for * 1000)
+                self.on_peer_dead()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.close()

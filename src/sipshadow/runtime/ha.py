@@ -1,0 +1,223 @@
+"""A node of a primary/shadow pair: roles, the heartbeat detector, takeover and rejoin.
+
+Roles. The primary serves: its core's events go through the replicator (log, output commit)
+to the shadow. The shadow serves nothing: it replays the primary's log into a replica core
+and its output gate drops every datagram the replica produces (counted). Which one a node is
+at start comes from the config, except that a node configured `primary` that hears a live
+primary on the heartbeat link joins as the shadow: that is how a repaired primary rejoins.
+
+Takeover (the shadow, when the detector declares the primary dead): bind the service address,
+let the replica's core draw from a live recorder, re-send the outputs of the logged events
+the old primary may not have released, and serve on as primary, with the replication server
+open for the next shadow. Mode `network` takes the address with an empty core; mode `none`
+never takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from typing import Any
+
+from sipshadow.core import Gateway, SendDatagram
+from sipshadow.detect.heartbeat import HeartbeatDetector
+from sipshadow.determinism import RecordingEntropy, SystemEntropy
+from sipshadow.replication.primary import PrimaryReplicator, ShadowConnection
+from sipshadow.replication.replica import Replica
+from sipshadow.replication.shadow import ShadowLink
+from sipshadow.replication.wire import Heartbeat
+from sipshadow.runtime.config import NodeConfig, ReplicationConfig
+from sipshadow.runtime.node import Node
+
+log = logging.getLogger("sipshadow.ha")
+
+BIND_RETRY_S = 2.0
+
+
+class HaNode:
+    """One member of the pair; `role` is what it is now ("primary" or "shadow")."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        assert config.replication is not None
+        self.config = config
+        self.replication: ReplicationConfig = config.replication
+        self.role = "starting"
+        self.epoch = 0
+        self.node: Node | None = None
+        self.replica: Replica | None = None
+        self.link: ShadowLink | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.detector: HeartbeatDetector | None = None
+        self.gated_outputs = 0
+        self.takeovers: list[dict[str, Any]] = []
+        self.peer_released = 0
+        self._peer_role = ""
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        replication = self.replication
+        self.detector = HeartbeatDetector(
+            key=replication.key,
+            peer=replication.peer,
+            interval_s=replication.heartbeat_interval_s,
+            misses=replication.heartbeat_misses,
+            beat=self._beat,
+            on_peer_beat=self._on_peer_beat,
+            on_peer_dead=self._on_peer_dead,
+        )
+        await self.detector.start(replication.listen)
+        role = replication.role
+        if role == "primary" and await self._peer_is_primary():
+            log.info("a primary is already serving: joining as the shadow")
+            role = "shadow"
+        if role == "primary":
+            recorder = RecordingEntropy(SystemEntropy())
+            await self._serve_as_primary(Gateway(self.config.gateway, recorder), recorder, start_seq=0)
+        else:
+            self._shadow()
+
+    async def _peer_is_primary(self) -> bool:
+        """Listen a few heartbeat intervals for a peer already serving as primary."""
+        assert self.detector is not None
+        self.detector.send_now()
+        wait_s = self.replication.heartbeat_interval_s * (self.replication.heartbeat_misses + 1)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self._peer_role == "primary":
+                self.epoch = max(self.epoch, self.detector.last_peer_beat.epoch if self.detector.last_peer_beat else 0)
+                return True
+            await asyncio.sleep(self.replication.heartbeat_interval_s / 2)
+        return False
+
+    def _shadow(self) -> None:
+        self.role = "shadow"
+        self.replica = Replica(self.config.gateway)
+        if self.replication.mode == "active":
+            self.link = ShadowLink(
+                self.replica,
+                self.replication.peer,
+                key=self.replication.key,
+                node_id=self.replication.node_id,
+                epoch=lambda: self.epoch,
+                gate=self._gate,
+            )
+            self.link.start()
+        log.info("serving as SHADOW (%s mode) of %s:%d", self.replication.mode, *self.replication.peer)
+
+    def _gate(self, outputs: list[SendDatagram]) -> None:
+        """The shadow's output gate: nothing reaches the SIP side."""
+        self.gated_outputs += len(outputs)
+
+    async def _serve_as_primary(self, gateway: Gateway, recorder: RecordingEntropy, start_seq: int) -> Node:
+        node = Node(gateway)
+        node.replicator = PrimaryReplicator(
+            gateway,
+            recorder,
+            node.send,
+            key=self.replication.key,
+            epoch=self.epoch,
+            start_seq=start_seq,
+            output_commit=self.replication.output_commit,
+            commit_timeout_s=self.replication.commit_timeout_s,
+        )
+        await self._bind(node)
+        loop = asyncio.get_running_loop()
+        replicator = node.replicator
+        host, port = self.replication.listen
+        self.server = await loop.create_server(lambda: ShadowConnection(replicator), host, port, reuse_address=True)
+        self.node = node
+        self.role = "primary"
+        log.info("serving as PRIMARY on %s:%d (epoch %d)", *self.config.listen, self.epoch)
+        return node
+
+    async def _bind(self, node: Node) -> None:
+        """Bind the service address; right after a kill the old owner may hold it a moment."""
+        deadline = time.monotonic() + BIND_RETRY_S
+        while True:
+            try:
+                await node.start(self.config.listen)
+                return
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.002)
+
+    # -- heartbeats and takeover ----------------------------------------------------------
+
+    def _beat(self) -> Heartbeat:
+        released = self.node.replicator.released if self.node and self.node.replicator else 0
+        return Heartbeat(self.replication.node_id, self.epoch, self.role, released)
+
+    def _on_peer_beat(self, beat: Heartbeat) -> None:
+        self._peer_role = beat.role
+        if self.role == "shadow" and beat.role == "primary" and self.replica is not None:
+            self.peer_released = beat.released
+            self.replica.released(beat.released)
+
+    def _on_peer_dead(self) -> None:
+        if self.role == "shadow" and self.replication.mode != "none":
+            asyncio.get_running_loop().create_task(self.take_over())
+
+    async def take_over(self) -> None:
+        """Become the primary: the service address, the core as it stands, the unsent outputs."""
+        started = time.perf_counter()
+        self.role = "taking-over"
+        self.epoch += 1
+        replica = self.replica
+        assert replica is not None
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
+        recorder = RecordingEntropy(SystemEntropy())
+        if self.replication.mode == "active":
+            replica.entropy.go_live(recorder)
+            gateway, start_seq, resend = replica.gateway, replica.applied_seq, replica.unreleased_outputs()
+        else:
+            gateway, start_seq, resend = Gateway(self.config.gateway, recorder), 0, []
+        node = await self._serve_as_primary(gateway, recorder, start_seq)
+        node.send(resend)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.takeovers.append({"epoch": self.epoch, "ms": round(elapsed_ms, 2), "resent": len(resend),
+                               "dialogs": len(gateway.table), "entry": start_seq})  # fmt: skip
+        log.warning(
+            "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d datagrams, from entry %d",
+            self.epoch, elapsed_ms, len(gateway.table), len(resend), start_seq,
+        )  # fmt: skip
+        self.replica = None
+
+    # -- status and stop ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        ha: dict[str, Any] = {
+            "role": self.role, "epoch": self.epoch, "mode": self.replication.mode,
+            "peer_alive": bool(self.detector and self.detector.peer_alive),
+            "heartbeats_refused": self.detector.refused if self.detector else 0,
+            "gated_outputs": self.gated_outputs, "takeovers": self.takeovers,
+        }  # fmt: skip
+        if self.link is not None and self.replica is not None:
+            ha["shadow"] = {"synced": self.link.synced, "applied": self.replica.applied_seq,
+                            "released": self.replica.released_seq, "dialogs": len(self.replica.gateway.table),
+                            **self.link.stats}  # fmt: skip
+        if self.node is not None:
+            document = self.node.status()
+            document["ha"] = ha
+            return document
+        return {"ha": ha}
+
+    async def close(self) -> None:
+        if self.detector is not None:
+            self.detector.close()
+        if self.link is not None:
+            await self.link.close()
+        if self.server is not None:
+            self.server.close()
+        if self.node is not None:
+            if self.node.replicator is not None:
+                self.node.replicator.close()
+            self.node.close()
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)
