@@ -50,6 +50,7 @@ class AlgProcess:
         policy: str = "round-robin",
         config_text: str = "",
         extra_args: Sequence[str] = (),
+        ready: str = "options",
     ) -> None:
         self.listen = listen
         self.members = list(members)
@@ -57,6 +58,9 @@ class AlgProcess:
         self.policy = policy
         self.config_text = config_text
         self.extra_args = list(extra_args)
+        # "options": answers on the service address; "shadow": replica in sync with the primary;
+        # "standby": a shadow that sees the primary's heartbeats (network mode); "none"
+        self.ready = ready
         self.status_file = workdir / "alg-status.json"
         self.log_file = workdir / "alg.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -93,10 +97,30 @@ class AlgProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sipshadow exited with {self.process.returncode}: {self.log_file.read_text()}")
-            if options_ping(self.listen):
+            if self._is_ready():
                 return self
         self.stop()
         raise RuntimeError(f"sipshadow did not answer OPTIONS on {self.listen} within {ready_timeout_s} s")
+
+    def _is_ready(self) -> bool:
+        if self.ready == "options":
+            return options_ping(self.listen)
+        time.sleep(0.02)
+        if self.ready == "none":
+            return True
+        try:
+            ha = self.status()["ha"]
+        except (OSError, ValueError, KeyError):
+            return False
+        if self.ready == "standby":
+            return bool(ha["role"] == "shadow" and ha["peer_alive"])
+        return bool(ha.get("shadow", {}).get("synced"))
+
+    def kill(self) -> None:
+        """SIGKILL: the fail-stop failure of the paper's experiment."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.returncode = self.process.wait()
 
     @property
     def pid(self) -> int:

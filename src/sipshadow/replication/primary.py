@@ -202,6 +202,9 @@ class ShadowConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.decoder.pending_bytes:
+            self.replicator.stats["refused_frames"] += 1
+            log.warning("shadow connection closed inside a frame: truncated frame refused")
         self.replicator.detach(self)
 
 

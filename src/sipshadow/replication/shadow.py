@@ -115,6 +115,9 @@ class ShadowLink(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._decoder.pending_bytes:
+            self.stats["refused_frames"] += 1
+            log.warning("primary connection closed inside a frame: truncated frame refused")
         self._transport = None
         self.synced = False
         self._lost.set()

@@ -1,0 +1,121 @@
+"""A primary/shadow pair of `sipshadow serve` children on loopback (forward mode)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.sipp import free_udp_port
+
+Address = tuple[str, int]
+
+NODE_CONFIG = """\
+[health]
+probe_interval_ms = {probe_interval_ms}
+[status]
+interval_s = 0.1
+[replication]
+role = "{role}"
+mode = "{mode}"
+listen = "127.0.0.1:{own}"
+peer = "127.0.0.1:{peer}"
+key = "{key}"
+output_commit = {output_commit}
+heartbeat_interval_ms = {heartbeat_interval_ms}
+heartbeat_misses = {heartbeat_misses}
+"""
+
+
+class LoopbackPair:
+    """Nodes "a" (configured primary) and "b" (configured shadow) sharing one service address.
+
+    Mode `none` starts node "a" alone. Either node can be killed and restarted; a restarted
+    node configured primary finds the serving peer and rejoins as its shadow.
+    """
+
+    def __init__(
+        self,
+        service: Address,
+        members: Sequence[Address],
+        workdir: Path,
+        *,
+        mode: str = "active",
+        output_commit: bool = True,
+        heartbeat_interval_ms: int = 10,
+        heartbeat_misses: int = 4,
+        probe_interval_ms: int = 500,
+    ) -> None:
+        self.service = service
+        self.members = list(members)
+        self.workdir = workdir
+        self.mode = mode
+        ports = {"a": free_udp_port(), "b": free_udp_port()}
+        key = secrets.token_hex(16)
+        settings = dict(mode=mode, key=key, output_commit=str(output_commit).lower(),
+                        heartbeat_interval_ms=heartbeat_interval_ms, heartbeat_misses=heartbeat_misses,
+                        probe_interval_ms=probe_interval_ms)  # fmt: skip
+        self.configs = {
+            "a": NODE_CONFIG.format(role="primary", own=ports["a"], peer=ports["b"], **settings),
+            "b": NODE_CONFIG.format(role="shadow", own=ports["b"], peer=ports["a"], **settings),
+        }
+        self.replication_ports = ports
+        self.nodes: dict[str, AlgProcess] = {}
+        self.restarts = 0
+
+    def _process(self, name: str, ready: str) -> AlgProcess:
+        workdir = self.workdir / f"node-{name}-{self.restarts}"
+        return AlgProcess(self.service, self.members, workdir, config_text=self.configs[name], ready=ready)
+
+    def start(self) -> LoopbackPair:
+        self.nodes["a"] = self._process("a", "options").start()
+        if self.mode != "none":
+            self.nodes["b"] = self._process("b", "shadow" if self.mode == "active" else "standby").start()
+        return self
+
+    def role_of(self, name: str) -> str:
+        try:
+            return str(self.nodes[name].status()["ha"]["role"])
+        except (OSError, ValueError, KeyError):
+            return "unknown"
+
+    def primary(self) -> str:
+        return next(name for name in self.nodes if self.nodes[name].process and self.role_of(name) == "primary")
+
+    def kill(self, name: str) -> float:
+        """SIGKILL a node; returns the monotonic time of the kill."""
+        self.nodes[name].kill()
+        return time.monotonic()
+
+    def wait_for_primary(self, name: str, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.role_of(name) != "primary":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {name} did not take over within {timeout_s} s")
+            time.sleep(0.02)
+
+    def restart(self, name: str) -> AlgProcess:
+        """Start a killed node again; it rejoins as the shadow of the serving peer."""
+        self.restarts += 1
+        self.nodes[name] = self._process(name, "shadow").start()
+        return self.nodes[name]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.nodes[name].status()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def __enter__(self) -> LoopbackPair:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

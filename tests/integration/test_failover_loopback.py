@@ -1,0 +1,105 @@
+"""SIGKILL the primary under real SIPp load (retransmissions on), on loopback, in each HA mode."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipshadow.lab.pair import LoopbackPair
+from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_udp_port
+from sipshadow.replication.wire import Ack, encode
+
+pytestmark = pytest.mark.sipp
+
+CALL_S, RATE, CALLS = 20, 20, 200  # calls of 20 s at 20 cps; the kill comes 5 s in
+KILL_AT_S = 5.0
+
+
+@pytest.fixture
+def uas_pair(tmp_path: Path) -> Iterator[list[SippUas]]:
+    pair = [SippUas(tmp_path, name=f"member-{name}", timeout=120) for name in "ab"]
+    try:
+        for uas in pair:
+            uas.start()
+        yield pair
+    finally:
+        for uas in pair:
+            uas.stop()
+
+
+def make_pair(tmp_path: Path, members: list[SippUas], mode: str) -> LoopbackPair:
+    return LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], tmp_path, mode=mode)
+
+
+def start_calls(pair: LoopbackPair, tmp_path: Path, recv_timeout: float = 10.0) -> SippUac:
+    uac = SippUac(pair.service, tmp_path, calls=CALLS, rate=RATE, timeout=CALL_S + 40,
+                  recv_timeout=recv_timeout, extra_args=["-d", str(CALL_S * 1000)])  # fmt: skip
+    return uac.start()
+
+
+def test_active_takeover_keeps_every_call_and_survives_a_second_kill_after_rejoin(
+    tmp_path: Path, uas_pair: list[SippUas]
+) -> None:
+    with make_pair(tmp_path, uas_pair, "active") as pair:
+        uac = start_calls(pair, tmp_path)
+        time.sleep(KILL_AT_S)
+        pair.kill("a")
+        pair.wait_for_primary("b", timeout_s=2.0)
+        takeover = pair.status("b")["ha"]["takeovers"][0]
+        assert takeover["dialogs"] >= KILL_AT_S * RATE * 0.8, takeover
+        pair.restart("a")  # the old primary rejoins as the shadow, by state transfer
+        assert pair.role_of("a") == "shadow"
+        time.sleep(3.0)
+        pair.kill("b")  # the second failure
+        pair.wait_for_primary("a", timeout_s=2.0)
+        result = uac.wait()
+    assert result.successful_calls == CALLS and result.failed_calls == 0, result.summary()
+
+
+def test_network_mode_loses_the_calls_that_were_up_and_keeps_the_later_ones(
+    tmp_path: Path, uas_pair: list[SippUas]
+) -> None:
+    with make_pair(tmp_path, uas_pair, "network") as pair:
+        uac = start_calls(pair, tmp_path)
+        time.sleep(KILL_AT_S)
+        pair.kill("a")
+        killed_at = time.monotonic()
+        pair.wait_for_primary("b", timeout_s=2.0)
+        result = uac.wait()
+        rejected = pair.status("b")["counters"]["rejected"]
+    up_at_kill = KILL_AT_S * RATE
+    assert abs(result.failed_calls - up_at_kill) <= 0.1 * up_at_kill, result.summary()
+    assert result.successful_calls == CALLS - result.failed_calls
+    assert rejected.get("481", 0) >= 0.9 * result.failed_calls, rejected  # their BYEs got 481
+    assert time.monotonic() - killed_at < CALL_S + 30
+
+
+def test_no_ha_loses_every_call_after_the_kill(tmp_path: Path, uas_pair: list[SippUas]) -> None:
+    with make_pair(tmp_path, uas_pair, "none") as pair:
+        uac = start_calls(pair, tmp_path, recv_timeout=3.0)
+        time.sleep(KILL_AT_S)
+        pair.kill("a")
+        result: SippResult = uac.wait()
+    assert result.successful_calls == 0 and result.failed_calls == CALLS, result.summary()
+
+
+def test_forged_and_future_frames_are_refused_and_the_pair_keeps_running(
+    tmp_path: Path, uas_pair: list[SippUas]
+) -> None:
+    with make_pair(tmp_path, uas_pair, "active") as pair:
+        port = pair.replication_ports["a"]
+        with socket.create_connection(("127.0.0.1", port)) as intruder:
+            intruder.sendall(encode(Ack(10**9), b"not-the-key-of-this-pair"))  # bad HMAC
+            intruder.sendall(encode(Ack(10**9), b"x" * 16, version=9))  # future version (and bad key)
+            intruder.sendall(encode(Ack(1), b"x" * 16)[:-5])  # truncated by the close below
+        time.sleep(0.5)
+        replication = pair.status("a")["replication"]
+        assert replication["refused_frames"] == 3, replication
+        assert replication["shadow_attached"] and pair.status("b")["ha"]["shadow"]["synced"]
+        uac = SippUac(pair.service, tmp_path, calls=20, rate=20, recv_timeout=5.0)
+        result = uac.start().wait()
+    assert result.successful_calls == 20, result.summary()
