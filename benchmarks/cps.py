@@ -14,118 +14,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from sipshadow import __version__
-from sipshadow.lab.alg import AlgProcess
+from harness import LADDER, Front, alg_front, capacity, direct_front, log, machine
 from sipshadow.lab.kamailio import KamailioProcess, kamailio_available
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
-
-LADDER = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000)
-ALG_CONFIG = (
-    "[health]\nprobe_interval_ms = 1000\n[dialogs]\nterminated_linger_s = {linger}\n[status]\ninterval_s = 0.5\n"
-)
-Front = Callable[[list[tuple[str, int]], Path], contextlib.AbstractContextManager[Any]]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def direct_front(members: list[tuple[str, int]], workdir: Path) -> Iterator[Any]:
-    """No proxy: the UAC talks straight to the first member."""
-    yield None
-
-
-@contextlib.contextmanager
-def alg_front(members: list[tuple[str, int]], workdir: Path, linger: float = 2.0) -> Iterator[AlgProcess]:
-    with AlgProcess(
-        ("127.0.0.1", free_udp_port()), members, workdir, config_text=ALG_CONFIG.format(linger=linger)
-    ) as alg:
-        yield alg
 
 
 @contextlib.contextmanager
 def kamailio_front(members: list[tuple[str, int]], workdir: Path) -> Iterator[KamailioProcess]:
     with KamailioProcess(("127.0.0.1", free_udp_port()), members, workdir, workers=2) as kamailio:
         yield kamailio
-
-
-def target_of(front: Any, members: list[tuple[str, int]]) -> tuple[str, int]:
-    return members[0] if front is None else front.listen
-
-
-def cpu_seconds(front: Any) -> float | None:
-    if front is None:
-        return None
-    if isinstance(front, KamailioProcess):
-        return front.cpu_seconds()
-    times = psutil.Process(front.pid).cpu_times()
-    return times.user + times.system
-
-
-def trial(front_factory: Front, rate: int, seconds: float, workdir: Path, member_count: int) -> dict[str, Any]:
-    """One fresh run at `rate` for `seconds`; the UAC's verdict and the front's CPU."""
-    calls = int(rate * seconds)
-    workdir.mkdir(parents=True)
-    uas = [SippUas(workdir, name=f"uas{index}", timeout=seconds + 90) for index in range(member_count)]
-    with contextlib.ExitStack() as stack:
-        for member in uas:
-            stack.enter_context(member)
-        front = stack.enter_context(front_factory([member.address for member in uas], workdir))
-        cpu_before = cpu_seconds(front)
-        started = time.monotonic()
-        uac = SippUac(
-            target_of(front, [member.address for member in uas]), workdir, calls=calls, rate=rate,
-            extra_args=["-nr", "-l", str(rate * 10)], timeout=seconds + 60, recv_timeout=5.0,
-        )  # fmt: skip
-        result = uac.start().wait()
-        elapsed = time.monotonic() - started
-        cpu_after = cpu_seconds(front)
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    return {
-        "rate_cps": rate,
-        "calls": calls,
-        "successful": result.successful_calls,
-        "failed": result.failed_calls,
-        "failure_causes": result.failure_causes,
-        "achieved_cps": round(result.successful_calls / elapsed, 1) if elapsed else None,
-        "passed": result.failed_calls == 0 and result.successful_calls == calls,
-        "front_cpu_s_per_1000_calls": None if cpu is None else round(cpu / calls * 1000, 3),
-        "response_time_ms": {k: round(v * 1000, 2) for k, v in result.response_times_s.items()},
-    }
-
-
-def capacity(
-    name: str, front_factory: Front, members: int, ladder: tuple[int, ...], seconds: float, root: Path
-) -> dict[str, Any]:
-    """Climb the ladder until the first failing rate; the last passing one is the capacity."""
-    trials = []
-    for rate in ladder:
-        outcome = trial(front_factory, rate, seconds, root / f"{name}-{rate}", members)
-        causes = outcome["failure_causes"] or ""
-        log(f"{name:9s} {rate:5d} cps: {outcome['successful']} ok, {outcome['failed']} failed {causes}")
-        trials.append(outcome)
-        if not outcome["passed"]:
-            break
-    passed = [t for t in trials if t["passed"]]
-    best = passed[-1] if passed else None
-    return {
-        "max_zero_failure_cps": best["rate_cps"] if best else 0,
-        "cpu_s_per_1000_calls_at_max": best["front_cpu_s_per_1000_calls"] if best else None,
-        "first_failing_cps": trials[-1]["rate_cps"] if not trials[-1]["passed"] else None,
-        "trials": trials,
-    }
 
 
 def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: int = 2) -> dict[str, Any]:
@@ -175,31 +80,6 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
         "rounds": samples,
         "rss_growth_between_rounds_mb": round(last["rss_after_calls_end_mb"] - first["rss_after_calls_end_mb"], 1),
     }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def machine() -> dict[str, Any]:
-    sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()
-    kamailio = (
-        subprocess.run(["kamailio", "-v"], capture_output=True, text=True).stdout.splitlines()
-        if kamailio_available()
-        else []
-    )
-    return {
-        "cpus": psutil.cpu_count(),
-        "cpu_model": cpu_model(),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "sipshadow": __version__,
-        "sipp": sipp[0] if sipp else None,
-        "kamailio": kamailio[0] if kamailio else None,
-    }  # fmt: skip
 
 
 def main() -> None:

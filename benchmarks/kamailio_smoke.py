@@ -255,19 +255,6 @@ def foreign_cpu(
     return {"total": round(sum(by_comm.values()), 2), **{k: round(v, 2) for k, v in top}}
 
 
-def machine_ticks() -> tuple[int, int, int, int]:
-    """(busy, softirq, steal, total) jiffies from /proc/stat.
-
-    Busy tells box-bound from LB-bound; softirq is mostly the loopback UDP
-    path, charged to no process; steal is the hypervisor taking CPU away,
-    i.e. noise from neighbours that no process list shows.
-    """
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # exclude guest columns, already in user
-    return total - idle, values[6], values[7], total
-
-
 def wait_with_rusage(proc: subprocess.Popen[bytes], timeout: float) -> float | None:
     """Reap `proc` ourselves to get its CPU time (Popen.wait discards rusage)."""
     deadline = time.monotonic() + timeout
@@ -356,7 +343,6 @@ def run_once(
             "-timeout",
             f"{uac_timeout_s}s",
         ]
-        ticks0 = machine_ticks()
         snap0 = cpu_snapshot()
         uas_cpu0 = [proc_cpu_seconds(p.pid) for p in uas_procs]
         started = time.monotonic()
@@ -375,7 +361,6 @@ def run_once(
             foreign.update(sip_processes())
             uac_cpu = wait_with_rusage(uac, uac_timeout_s + 30)
         elapsed = time.monotonic() - started
-        ticks1 = machine_ticks()
         snap1 = cpu_snapshot()
         foreign.update(sip_processes())
         uas_cpu = sum(proc_cpu_seconds(p.pid) - c0 for p, c0 in zip(uas_procs, uas_cpu0, strict=False))
@@ -391,10 +376,6 @@ def run_once(
             "kamailio": round(kam.cpu_seconds() - cpu_before, 2),
             "sipp_uac": round(uac_cpu, 2) if uac_cpu is not None else None,
             "sipp_uas_both": round(uas_cpu, 2),
-            **{
-                f"machine_{name}_pct": round(100 * (b - a) / max(1, ticks1[3] - ticks0[3]), 1)
-                for name, a, b in zip(("busy", "softirq", "steal"), ticks0, ticks1, strict=False)
-            },
             "foreign": foreign_cpu(snap0, snap1, ours),
         }
         result["kamailio_log_errors"] = sum(1 for line in kam.log_tail(1_000_000).splitlines() if "ERROR" in line)
@@ -489,8 +470,8 @@ def main() -> int:
     parser.add_argument(
         "--shm-manager",
         choices=("qm", "fm", "tlsf"),
-        default=None,
-        help="Kamailio -x (default: build default, qm)",
+        default="fm",
+        help="Kamailio -x; qm is Debian's (slow, debug) default",
     )
     parser.add_argument("--attempts", type=int, default=3, help="retries for runs disturbed by foreign SIP load")
     parser.add_argument(

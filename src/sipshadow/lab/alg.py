@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
+
 Address = tuple[str, int]
 
 
@@ -121,6 +123,11 @@ class AlgProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.returncode = self.process.wait()
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the node has used so far."""
+        times = psutil.Process(self.pid).cpu_times()
+        return times.user + times.system
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,273 @@
+"""What active replication costs and how fast it takes over, on loopback; JSON out.
+
+overhead   highest zero-failure call rate for solo, primary+shadow with output commit on,
+           and with it off, side by side in one run; CPU per 1000 calls on each node
+latency    the added response time: OPTIONS round trips to the ALG (answered by its core,
+           so they pass through output commit) while SIPp holds a steady load
+takeover   SIGKILL the primary, time until a request is answered again (>= 20 trials)
+soak       both nodes' RSS over a long run at half the solo capacity, with the shadow
+           killed for a while in the middle (the primary must not grow) and rejoining
+
+.venv/bin/python benchmarks/replication.py                      # overhead, latency, takeover
+.venv/bin/python benchmarks/replication.py --soak-minutes 10    # plus the soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from harness import LADDER, alg_front, capacity, log, machine
+from sipshadow.lab.pair import LoopbackPair
+from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+
+Address = tuple[str, int]
+
+
+class PairFront:
+    """A LoopbackPair seen as a benchmark front: the primary's address and both nodes' CPU."""
+
+    def __init__(self, pair: LoopbackPair) -> None:
+        self.pair = pair
+        self.listen = pair.service
+
+    def cpu_seconds(self) -> float:
+        return self.pair.nodes["a"].cpu_seconds()
+
+    def shadow_cpu_seconds(self) -> float:
+        return self.pair.nodes["b"].cpu_seconds()
+
+
+def pair_front(output_commit: bool) -> Any:
+    @contextlib.contextmanager
+    def front(members: list[Address], workdir: Path) -> Iterator[PairFront]:
+        service = ("127.0.0.1", free_udp_port())
+        with LoopbackPair(service, members, workdir, output_commit=output_commit, probe_interval_ms=1000) as pair:
+            yield PairFront(pair)
+
+    return front
+
+
+FRONTS = {"solo": alg_front, "commit-on": pair_front(True), "commit-off": pair_front(False)}
+
+
+# -- response time ----------------------------------------------------------------------------
+
+
+class Pinger(threading.Thread):
+    """Sends OPTIONS to `target` every `interval_s` and records each round trip (or its loss)."""
+
+    def __init__(self, target: Address, interval_s: float, timeout_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.samples: list[tuple[float, float]] = []  # (sent at, answered at) on the monotonic clock
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            sequence = 0
+            while not self._halt.is_set():
+                sequence += 1
+                request = (
+                    f"OPTIONS sip:{self.target[0]}:{self.target[1]} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKping{sequence}\r\n"
+                    f"From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:{self.target[0]}>\r\n"
+                    f"Call-ID: ping-{port}-{sequence}\r\nCSeq: {sequence} OPTIONS\r\nMax-Forwards: 70\r\n"
+                    "Content-Length: 0\r\n\r\n"
+                ).encode()
+                sent = time.monotonic()
+                sock.sendto(request, self.target)
+                if self._await(sock, f"CSeq: {sequence} OPTIONS".encode(), sent):
+                    self.samples.append((sent, time.monotonic()))
+                self._halt.wait(max(0.0, self.interval_s - (time.monotonic() - sent)))
+
+    def _await(self, sock: socket.socket, cseq: bytes, sent: float) -> bool:
+        while True:
+            remaining = self.timeout_s - (time.monotonic() - sent)
+            if remaining <= 0:
+                return False
+            sock.settimeout(min(remaining, self.interval_s))
+            try:
+                reply = sock.recv(65535)
+            except TimeoutError:
+                return False
+            except OSError:  # ICMP port unreachable while nobody owns the address
+                time.sleep(0.0005)
+                continue
+            if cseq in reply:
+                return True
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def latency(name: str, rate: int, seconds: float, root: Path) -> dict[str, Any]:
+    """OPTIONS round trips through the front while SIPp runs `rate` calls/s."""
+    workdir = root / f"latency-{name}"
+    workdir.mkdir(parents=True)
+    with contextlib.ExitStack() as stack:
+        members = [stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=seconds + 60)) for i in range(2)]
+        front = stack.enter_context(FRONTS[name]([m.address for m in members], workdir))
+        uac = SippUac(front.listen, workdir, calls=int(rate * seconds), rate=rate, extra_args=["-nr"],
+                      timeout=seconds + 30)  # fmt: skip
+        uac.start()
+        time.sleep(1.0)
+        pinger = Pinger(front.listen, interval_s=0.01)
+        pinger.start()
+        time.sleep(seconds - 2.0)
+        pinger.stop()
+        result = uac.wait()
+    rtts = sorted((answered - sent) * 1000 for sent, answered in pinger.samples)
+    return {
+        "rate_cps": rate,
+        "calls_failed": result.failed_calls,
+        "samples": len(rtts),
+        "median_ms": round(statistics.median(rtts), 3),
+        "p99_ms": round(nearest_rank(rtts, 0.99), 3),
+    }
+
+
+def nearest_rank(ordered: list[float], quantile: float) -> float:
+    """The nearest-rank percentile: with 20 samples, p99 is the largest."""
+    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
+
+
+# -- takeover ---------------------------------------------------------------------------------
+
+
+def takeover_trials(trials: int, root: Path) -> dict[str, Any]:
+    """SIGKILL the primary of a synced pair; time from the kill to the next answered OPTIONS."""
+    times_ms: list[float] = []
+    for index in range(trials):
+        workdir = root / f"takeover-{index}"
+        workdir.mkdir(parents=True)
+        with contextlib.ExitStack() as stack:
+            members = [stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=60)) for i in range(2)]
+            pair = stack.enter_context(
+                LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], workdir)
+            )
+            pinger = Pinger(pair.service, interval_s=0.001, timeout_s=0.05)
+            pinger.start()
+            time.sleep(0.3)
+            killed_at = pair.kill("a")
+            pair.wait_for_primary("b", timeout_s=5.0)
+            time.sleep(0.1)
+            pinger.stop()
+        answered = [at for _, at in pinger.samples if at > killed_at]
+        times_ms.append(round((answered[0] - killed_at) * 1000, 2))
+        log(f"takeover trial {index + 1}: {times_ms[-1]} ms")
+    ordered = sorted(times_ms)
+    return {
+        "trials": trials,
+        "heartbeat": "10 ms interval, 4 misses (the defaults)",
+        "median_ms": round(statistics.median(ordered), 2),
+        "p99_ms": nearest_rank(ordered, 0.99),
+        "max_ms": ordered[-1],
+        "all_ms": times_ms,
+    }
+
+
+# -- soak -------------------------------------------------------------------------------------
+
+
+def soak(minutes: float, rate: int, root: Path) -> dict[str, Any]:
+    """RSS of both nodes every 10 s over `minutes`; the shadow is down for the middle fifth."""
+    workdir = root / "soak"
+    workdir.mkdir()
+    seconds = minutes * 60
+    samples: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        members = [stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=seconds + 120)) for i in range(2)]
+        pair = stack.enter_context(LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], workdir))
+        uac = SippUac(pair.service, workdir, calls=int(rate * seconds), rate=rate, extra_args=["-nr", "-d", "5000"],
+                      timeout=seconds + 60, recv_timeout=10.0)  # fmt: skip
+        uac.start()
+        started = time.monotonic()
+        shadow_down = (seconds * 0.4, seconds * 0.6)
+        phase = "up"
+        while uac.running():
+            elapsed = time.monotonic() - started
+            if phase == "up" and elapsed >= shadow_down[0]:
+                pair.kill("b")
+                phase = "down"
+            elif phase == "down" and elapsed >= shadow_down[1]:
+                pair.restart("b")
+                phase = "rejoined"
+            rss = {name: _rss_mb(node.pid) for name, node in pair.nodes.items()}
+            samples.append({"t_s": round(elapsed), "shadow": phase, **rss})
+            log(f"soak {samples[-1]}")
+            time.sleep(10.0)
+        result = uac.wait()
+    primary = [s["a"] for s in samples if s["a"] is not None]
+    return {
+        "minutes": minutes,
+        "rate_cps": rate,
+        "calls_failed": result.failed_calls,
+        "calls_successful": result.successful_calls,
+        "primary_rss_mb": {"first": primary[0], "max": max(primary), "last": primary[-1]},
+        "samples": samples,
+    }
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each rate step")
+    parser.add_argument("--ladder", type=lambda text: tuple(int(x) for x in text.split(",")), default=LADDER)
+    parser.add_argument("--latency-rate", type=int, default=500)
+    parser.add_argument("--takeover-trials", type=int, default=20)
+    parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--skip", default="", help="comma list of: overhead,latency,takeover")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    report: dict[str, Any] = {"benchmark": "replication", "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="sipshadow-replication-") as tmp:
+        root = Path(tmp)
+        if "overhead" not in skip:
+            report["overhead"] = {
+                name: capacity(name, factory, 2, args.ladder, args.seconds, root) for name, factory in FRONTS.items()
+            }
+            solo = report["overhead"]["solo"]["max_zero_failure_cps"] or 1
+            report["overhead"]["rate_lost_with_commit_on"] = round(
+                1 - report["overhead"]["commit-on"]["max_zero_failure_cps"] / solo, 3
+            )
+        if "latency" not in skip:
+            report["latency"] = {name: latency(name, args.latency_rate, args.seconds, root) for name in FRONTS}
+            solo_median = report["latency"]["solo"]["median_ms"]
+            for name in ("commit-on", "commit-off"):
+                report["latency"][name]["added_median_ms"] = round(
+                    report["latency"][name]["median_ms"] - solo_median, 3
+                )
+        if "takeover" not in skip:
+            report["takeover"] = takeover_trials(args.takeover_trials, root)
+        if args.soak_minutes:
+            solo_capacity = report.get("overhead", {}).get("solo", {}).get("max_zero_failure_cps", 1000)
+            report["soak"] = soak(args.soak_minutes, max(50, solo_capacity // 2), root)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
