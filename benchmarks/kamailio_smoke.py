@@ -465,7 +465,7 @@ def main() -> int:
         help="comma-separated cps for the ceiling runs ('' to skip)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="duration of each ceiling run")
-    parser.add_argument("--shm-mb", type=int, default=1024, help="Kamailio -m")
+    parser.add_argument("--shm-mb", type=int, default=2048, help="Kamailio -m")
     parser.add_argument("--pkg-mb", type=int, default=16, help="Kamailio -M")
     parser.add_argument(
         "--shm-manager",

@@ -67,11 +67,10 @@ class Gateway:
 
     def state_digest(self) -> int:
         """A 64-bit digest of the whole replicated state; equal on replicas that agree."""
-        health = self.health
+        counters = self.counters
         summary = (
-            f"{self.table.digest}\x1f{self.policy.cursor}\x1f{health.next_round_at!r}\x1f"
-            + ",".join(f"{m.up:d}{m.misses}{m.outstanding:d}{m.sequence}" for m in health.members)
-            + f"\x1f{self.counters.calls}\x1f{self.counters.requests}\x1f{self.counters.responses}"
+            f"{self.table.digest}\x1f{self.policy.cursor}\x1f{self.health.summary()}"
+            f"\x1f{counters.calls}\x1f{counters.requests}\x1f{counters.responses}"
         )
         return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
 
@@ -80,8 +79,7 @@ class Gateway:
         return {
             "dialogs": self.table.export_state(),
             "cursor": self.policy.cursor,
-            "next_round_at": self.health.next_round_at,
-            "health": [(m.up, m.misses, m.outstanding, m.sequence) for m in self.health.members],
+            "health": self.health.export_state(),
             "counters": self.counters.as_dict(),
         }
 
@@ -89,9 +87,7 @@ class Gateway:
         """Replace the state with an `export_state()` (a shadow joining; not an event)."""
         self.table.import_state([tuple(row) for row in state["dialogs"]])
         self.policy.cursor = state["cursor"]
-        self.health.next_round_at = state["next_round_at"]
-        for member, (up, misses, outstanding, sequence) in zip(self.health.members, state["health"], strict=True):
-            member.up, member.misses, member.outstanding, member.sequence = up, misses, outstanding, sequence
+        self.health.import_state(state["health"])
         counters = dict(state["counters"])
         counters["rejected"] = {int(status): count for status, count in counters["rejected"].items()}
         self.counters = Counters(**counters)

@@ -6,6 +6,8 @@ response to a probe (even 404) proves the member alive and puts it back.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MemberHealth:
     """Probe bookkeeping for one member."""
@@ -28,14 +30,43 @@ class HealthMonitor:
         self.misses_allowed = misses_allowed
         # Due at once (the first timer event); None switches probing off.
         self.next_round_at: float | None = 0.0 if interval_s > 0 and member_count else None
+        self._healthy: list[int] | None = None
+        self._summary: str | None = None
+
+    def _changed(self) -> None:
+        self._healthy = self._summary = None
 
     def healthy(self) -> list[int]:
-        return [index for index, member in enumerate(self.members) if member.up]
+        """Members in service, in configured order (cached until the next health change)."""
+        if self._healthy is None:
+            self._healthy = [index for index, member in enumerate(self.members) if member.up]
+        return self._healthy
+
+    def summary(self) -> str:
+        """The health state as text, for the gateway's state digest (cached likewise)."""
+        if self._summary is None:
+            self._summary = f"{self.next_round_at!r}:" + ",".join(
+                f"{m.up:d}.{m.misses}.{m.outstanding:d}.{m.sequence}" for m in self.members
+            )
+        return self._summary
+
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "next_round_at": self.next_round_at,
+            "members": [(m.up, m.misses, m.outstanding, m.sequence) for m in self.members],
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self.next_round_at = state["next_round_at"]
+        for member, (up, misses, outstanding, sequence) in zip(self.members, state["members"], strict=True):
+            member.up, member.misses, member.outstanding, member.sequence = up, misses, outstanding, sequence
+        self._changed()
 
     def start_round(self, now: float) -> list[int]:
         """Account for last round's unanswered probes; return the members to probe now."""
         if self.next_round_at is None or now < self.next_round_at:
             return []
+        self._changed()
         self.next_round_at = now + self.interval_s
         for member in self.members:
             if member.outstanding:
@@ -48,6 +79,7 @@ class HealthMonitor:
 
     def answered(self, index: int, sequence: int) -> bool:
         """A probe response arrived; returns whether the member came back into service."""
+        self._changed()
         member = self.members[index]
         came_back = not member.up
         member.up = True

@@ -345,10 +345,10 @@ class KamailioProcess:
     Kamailio forks its workers; it is started in its own session and the
     whole process group is killed on exit so no worker can outlive a run.
 
-    `shm_mb` defaults to 1024 because tm keeps every completed transaction
-    for wait_timer (5 s): at 2000+ cps that is 20-30k live transactions of
-    ~10 KB each with Debian's debug-enabled qm allocator, and 256 MB runs
-    out (t_newtran "out of mem", calls answered 500) around 1500 cps.
+    `shm_mb` defaults to 2048 because tm keeps every completed transaction
+    for wait_timer (5 s): at N cps that is ~10*N live transactions of ~10 KB
+    (Debian builds with memory debugging). 256 MB runs out (t_newtran "out
+    of mem", calls answered 500) near 1500 cps, 1024 MB near 6000 cps.
     """
 
     def __init__(
@@ -359,7 +359,7 @@ class KamailioProcess:
         workers: int = 2,
         *,
         routing: Routing = "callid-hash",
-        shm_mb: int = 1024,
+        shm_mb: int = 2048,
         pkg_mb: int = 16,
         shm_manager: MemManager | None = "fm",
         start_timeout: float = 15.0,
