@@ -524,9 +524,19 @@ def main() -> int:
         for rate in [int(r) for r in args.rates.split(",") if r.strip()]
     ]
     report["sip_processes_at_exit"] = sorted(sip_processes().values())
+    # Pass = every call completed except 180/200 reorders (a property of
+    # multi-worker Kamailio, see count_late_provisionals) and both members
+    # took calls. Strict zero-failure would flake on that reorder.
+    smoke = report["smoke"]
+    uac = smoke["uac"]
+    ok = (
+        uac["successful"] + uac["late_180_after_200"] == 2000
+        and not uac["interrupted"]
+        and all(m["created"] > 0 for m in smoke["members"].values())
+    )
+    report["smoke_ok"] = ok
     print(json.dumps(report, indent=2))
-    smoke = report["smoke"]["uac"]
-    return 0 if smoke["failed"] == 0 and smoke["successful"] == 2000 else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ MemManager = Literal["qm", "fm", "tlsf"]
 _DS_ALG_HASH_CALLID = 0
 _DS_ALG_ROUND_ROBIN = 4
 
-# Kamailio's default runtime dir is /run/kamailio; we never want to need it.
+# Debian installs to /usr/sbin, which a non-login PATH may lack.
 _SEARCH_PATHS = ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio")
 
 
@@ -120,8 +120,8 @@ def render_config(
     `members` is only validated here (the list file carries it) so a caller
     cannot render a config for an empty pool.
     `max_recv_buffer` caps Kamailio's SO_RCVBUF auto-probing (core
-    `maxbuffer`, 256 KB by default, which drops datagrams in SIPp's bursts
-    at 3000 cps); 8 MB matches what sipshadow's own node asks for, so the
+    `maxbuffer`, 256 KB by default, which can overflow in SIPp's bursts);
+    8 MB matches what sipshadow's own node asks for, so the
     comparison is not decided by socket buffers. None keeps the default.
     """
     if not members:
@@ -276,9 +276,11 @@ route[WITHINDLG] {{
         route(RELAY);
         exit;
     }}
-    # ACK for a negative final reply is hop-by-hop: tm absorbs it.
-    if (is_method("ACK") && t_check_trans()) {{
-        exit;
+    # ACK to a negative final reply is hop-by-hop: t_check_trans() hands it
+    # to tm and ends the script. For an ACK to 2xx it only returns a hint,
+    # and that end-to-end ACK must still be routed below.
+    if (is_method("ACK")) {{
+        t_check_trans();
     }}
     # No Route header (SIPp uac): let the dialog module match and update
     # the dialog (ACK confirms, BYE terminates), then pick the member.

@@ -16,10 +16,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from sipshadow.core import Event, Gateway, SendDatagram
+from sipshadow.core import DatagramReceived, Event, Gateway, SendDatagram
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.replication.log import LogEntry, entry_for
-from sipshadow.replication.wire import Ack, Entries, FrameDecoder, Hello, Refused, Snapshot, StreamLost, encode
+from sipshadow.replication.wire import (
+    Ack,
+    Entries,
+    FrameDecoder,
+    Hello,
+    PayloadRequest,
+    Payloads,
+    Refused,
+    Snapshot,
+    StreamLost,
+    encode,
+)
 
 log = logging.getLogger("sipshadow.replication")
 
@@ -53,12 +64,16 @@ class PrimaryReplicator:
         self.output_commit = output_commit
         self.commit_timeout_s = commit_timeout_s
         self.with_payload = with_payload
-        self.stats = {"entries_sent": 0, "frames_sent": 0, "acks": 0, "refused_frames": 0, "snapshots_sent": 0,
-                      "shadow_losses": 0, "commit_timeouts": 0, "last_snapshot_ms": 0.0}  # fmt: skip
+        self.stats: dict[str, float] = dict.fromkeys(
+            ("entries_sent", "frames_sent", "acks", "refused_frames", "snapshots_sent", "shadow_losses",
+             "commit_timeouts", "last_snapshot_ms", "payloads_sent"), 0
+        )  # fmt: skip
         self.connection: ShadowConnection | None = None
         self._batch: list[LogEntry] = []
         self._flush_scheduled = False
         self._pending: deque[tuple[int, float, list[SendDatagram]]] = deque()
+        # Tap mode: the datagrams of entries the shadow has not acknowledged, in case it asks.
+        self._payloads: deque[tuple[int, bytes]] = deque()
         self._deadline: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -78,6 +93,8 @@ class PrimaryReplicator:
             return
         state = self.gateway.state_digest()
         self._batch.append(entry_for(self.seq, event, draws, state, with_payload=self.with_payload))
+        if not self.with_payload and isinstance(event, DatagramReceived):
+            self._payloads.append((self.seq, event.data))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -108,6 +125,17 @@ class PrimaryReplicator:
         while pending and pending[0][0] <= seq:
             self.send(pending.popleft()[2])
         self.released = max(self.released, seq)
+        payloads = self._payloads
+        while payloads and payloads[0][0] <= seq:
+            payloads.popleft()
+
+    def on_payload_request(self, request: PayloadRequest) -> None:
+        if self.connection is None:
+            return
+        wanted = set(request.seqs)
+        items = [(seq, data) for seq, data in self._payloads if seq in wanted]
+        self.stats["payloads_sent"] += len(items)
+        self.connection.write(encode(Payloads(items), self.key))
 
     def _check_deadline(self) -> None:
         self._deadline = None
@@ -137,6 +165,7 @@ class PrimaryReplicator:
             self.detach(self.connection)
         self._flush()
         self.release_all()
+        self._payloads.clear()
         started = time.perf_counter()
         frame = encode(Snapshot(self.seq, self.epoch, self.gateway.export_state()), self.key)
         connection.write(frame)
@@ -154,6 +183,7 @@ class PrimaryReplicator:
             return
         self.connection = None
         self._batch.clear()
+        self._payloads.clear()
         self.release_all()
         self.stats["shadow_losses"] += 1
         log.warning("shadow lost: running SOLO until a shadow rejoins")
@@ -189,6 +219,8 @@ class ShadowConnection(asyncio.Protocol):
                         self.replicator.on_ack(message.seq)
                 elif isinstance(message, Hello):
                     self.replicator.attach(self, message)
+                elif isinstance(message, PayloadRequest) and self.replicator.connection is self:
+                    self.replicator.on_payload_request(message)
         except StreamLost as error:
             log.warning("replication stream from the shadow lost: %s", error)
             self.close()

@@ -64,8 +64,20 @@ class Heartbeat(msgspec.Struct, array_like=True, tag=5):
     released: int
 
 
-Message = Hello | Snapshot | Entries | Ack | Heartbeat
-_KIND_OF = {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5}
+class PayloadRequest(msgspec.Struct, array_like=True, tag=6):
+    """Tap mode: the shadow missed these entries' datagrams on the tap; send them."""
+
+    seqs: list[int]
+
+
+class Payloads(msgspec.Struct, array_like=True, tag=7):
+    """The primary's answer: (seq, datagram) for each requested entry it still holds."""
+
+    items: list[tuple[int, bytes]]
+
+
+Message = Hello | Snapshot | Entries | Ack | Heartbeat | PayloadRequest | Payloads
+_KIND_OF = {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5, PayloadRequest: 6, Payloads: 7}
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
