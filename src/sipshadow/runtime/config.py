@@ -10,7 +10,9 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
                    key = "..." or key_file = "PATH", output_commit = true, commit_timeout_ms = 200,
-                   heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "..."
+                   heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "...",
+                   input = "forward" | "tap", vip_interface = "IFNAME", tap_horizon_ms = 2000,
+                   arbiter_listen = "HOST:PORT", arbiter_peer = "HOST:PORT"
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sipshadow.runtime.addresses import Address, is_ip_literal, parse_address
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("solo", "primary", "shadow")
 HA_MODES = ("active", "network", "none")
+INPUTS = ("forward", "tap")
 
 
 class ConfigError(Exception):
@@ -87,6 +90,11 @@ class ReplicationSection(_Strict):
     commit_timeout_ms: int = 200
     heartbeat_interval_ms: int = 10
     heartbeat_misses: int = 4
+    input: str = "forward"
+    vip_interface: str = ""
+    arbiter_listen: str = ""
+    arbiter_peer: str = ""
+    tap_horizon_ms: int = 2000
 
 
 class ConfigFile(_Strict):
@@ -113,6 +121,11 @@ class ReplicationConfig:
     commit_timeout_s: float
     heartbeat_interval_s: float
     heartbeat_misses: int
+    input: str = "forward"
+    vip_interface: str = ""
+    arbiter_listen: Address | None = None
+    arbiter_peer: Address | None = None
+    tap_horizon_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +240,15 @@ def _replication(
     _positive("replication.commit_timeout_ms", section.commit_timeout_ms)
     _positive("replication.heartbeat_interval_ms", section.heartbeat_interval_ms)
     _positive("replication.heartbeat_misses", section.heartbeat_misses)
+    _positive("replication.tap_horizon_ms", section.tap_horizon_ms)
+    if section.input not in INPUTS:
+        raise ConfigError("replication.input", f"expected one of {', '.join(INPUTS)}")
+    if section.input == "tap" and not section.vip_interface:
+        raise ConfigError("replication.vip_interface", 'required with input = "tap" (where the VIP goes at takeover)')
+    if bool(section.arbiter_listen) != bool(section.arbiter_peer):
+        raise ConfigError("replication.arbiter_peer", "arbiter_listen and arbiter_peer go together")
+    arbiter_listen = _address("replication.arbiter_listen", section.arbiter_listen) if section.arbiter_listen else None
+    arbiter_peer = _address("replication.arbiter_peer", section.arbiter_peer) if section.arbiter_peer else None
     return ReplicationConfig(
         role=role,
         mode=section.mode,
@@ -238,6 +260,11 @@ def _replication(
         commit_timeout_s=section.commit_timeout_ms / 1000,
         heartbeat_interval_s=section.heartbeat_interval_ms / 1000,
         heartbeat_misses=section.heartbeat_misses,
+        input=section.input,
+        vip_interface=section.vip_interface,
+        arbiter_listen=arbiter_listen,
+        arbiter_peer=arbiter_peer,
+        tap_horizon_s=section.tap_horizon_ms / 1000,
     )
 
 

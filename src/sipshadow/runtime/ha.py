@@ -26,11 +26,13 @@ from sipshadow.core import Gateway, SendDatagram
 from sipshadow.detect.heartbeat import HeartbeatDetector
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.replication.primary import PrimaryReplicator, ShadowConnection
-from sipshadow.replication.replica import Replica
+from sipshadow.replication.replica import Divergence, Replica
 from sipshadow.replication.shadow import ShadowLink
+from sipshadow.replication.tap import TapBuffer
 from sipshadow.replication.wire import Heartbeat
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
-from sipshadow.runtime.node import Node
+from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
+from sipshadow.runtime.node import DatagramEndpoint, Node, open_endpoint
 
 log = logging.getLogger("sipshadow.ha")
 
@@ -54,7 +56,15 @@ class HaNode:
         self.gated_outputs = 0
         self.takeovers: list[dict[str, Any]] = []
         self.peer_released = 0
+        self.split_brain_avoided = 0
+        self.arbiter: HeartbeatDetector | None = None
+        self.tap: TapBuffer | None = None
+        self._tap_socket: tuple[asyncio.DatagramTransport, DatagramEndpoint] | None = None
         self._peer_role = ""
+        self.tap_mode = self.replication.input == "tap"
+        self.identity: ServiceIdentity = (
+            LinuxIdentity(self.replication.vip_interface, config.listen[0]) if self.tap_mode else LoopbackIdentity()
+        )
 
     # -- start ----------------------------------------------------------------------------
 
@@ -70,6 +80,17 @@ class HaNode:
             on_peer_dead=self._on_peer_dead,
         )
         await self.detector.start(replication.listen)
+        if replication.arbiter_listen is not None and replication.arbiter_peer is not None:
+            self.arbiter = HeartbeatDetector(
+                key=replication.key,
+                peer=replication.arbiter_peer,
+                interval_s=replication.heartbeat_interval_s,
+                misses=replication.heartbeat_misses,
+                beat=self._beat,
+                on_peer_beat=lambda beat: None,
+                on_peer_dead=self._on_peer_dead,
+            )
+            await self.arbiter.start(replication.arbiter_listen)
         role = replication.role
         if role == "primary" and await self._peer_is_primary():
             log.info("a primary is already serving: joining as the shadow")
@@ -78,7 +99,7 @@ class HaNode:
             recorder = RecordingEntropy(SystemEntropy())
             await self._serve_as_primary(Gateway(self.config.gateway, recorder), recorder, start_seq=0)
         else:
-            self._shadow()
+            await self._shadow()
 
     async def _peer_is_primary(self) -> bool:
         """Listen a few heartbeat intervals for a peer already serving as primary."""
@@ -93,9 +114,13 @@ class HaNode:
             await asyncio.sleep(self.replication.heartbeat_interval_s / 2)
         return False
 
-    def _shadow(self) -> None:
+    async def _shadow(self) -> None:
         self.role = "shadow"
         self.replica = Replica(self.config.gateway)
+        if self.tap_mode:
+            self.identity.silence()
+            self.tap = TapBuffer(horizon_s=self.replication.tap_horizon_s)
+            self._tap_socket = await open_endpoint(self.config.listen, self._on_tap)
         if self.replication.mode == "active":
             self.link = ShadowLink(
                 self.replica,
@@ -104,15 +129,36 @@ class HaNode:
                 node_id=self.replication.node_id,
                 epoch=lambda: self.epoch,
                 gate=self._gate,
+                tap=self.tap,
             )
             self.link.start()
         log.info("serving as SHADOW (%s mode) of %s:%d", self.replication.mode, *self.replication.peer)
+
+    def _on_tap(self, data: bytes, source: tuple[str, int]) -> None:
+        """A copy of a datagram sent to the primary, from the switch's mirror."""
+        if self.tap is None:
+            return
+        self.tap.add(data, source[:2], asyncio.get_running_loop().time())
+        if self.link is not None and self.link.synced:
+            try:
+                self.link.drain()
+            except Divergence as error:
+                log.error("shadow diverged (%s): repairing by state transfer", error)
+                self.link.drop()
 
     def _gate(self, outputs: list[SendDatagram]) -> None:
         """The shadow's output gate: nothing reaches the SIP side."""
         self.gated_outputs += len(outputs)
 
-    async def _serve_as_primary(self, gateway: Gateway, recorder: RecordingEntropy, start_seq: int) -> Node:
+    async def _serve_as_primary(
+        self,
+        gateway: Gateway,
+        recorder: RecordingEntropy,
+        start_seq: int,
+        resend: list[SendDatagram] | None = None,
+        backlog: list[tuple[bytes, tuple[str, int]]] | None = None,
+    ) -> Node:
+        """Serve: the socket, then what a takeover owes the world, then the replication server."""
         node = Node(gateway)
         node.replicator = PrimaryReplicator(
             gateway,
@@ -123,8 +169,16 @@ class HaNode:
             start_seq=start_seq,
             output_commit=self.replication.output_commit,
             commit_timeout_s=self.replication.commit_timeout_s,
+            with_payload=not self.tap_mode,
         )
-        await self._bind(node)
+        if self._tap_socket is not None:
+            node.adopt(*self._tap_socket)  # the socket that took the tap serves from now on
+            self._tap_socket = None
+        else:
+            await self._bind(node)
+        node.send(resend or [])
+        for data, source in backlog or []:  # the detection window's messages, in arrival order
+            node.on_datagram(data, source)
         loop = asyncio.get_running_loop()
         replicator = node.replicator
         host, port = self.replication.listen
@@ -157,10 +211,19 @@ class HaNode:
         if self.role == "shadow" and beat.role == "primary" and self.replica is not None:
             self.peer_released = beat.released
             self.replica.released(beat.released)
+            if self.tap is not None:
+                self.tap.prune(asyncio.get_running_loop().time())
 
     def _on_peer_dead(self) -> None:
-        if self.role == "shadow" and self.replication.mode != "none":
-            asyncio.get_running_loop().create_task(self.take_over())
+        if self.role != "shadow" or self.replication.mode == "none":
+            return
+        if self.detector is not None and self.detector.peer_alive:
+            return
+        if self.arbiter is not None and self.arbiter.peer_alive:
+            self.split_brain_avoided += 1
+            log.warning("primary silent on the heartbeat link but alive on the service network: NOT taking over")
+            return
+        asyncio.get_running_loop().create_task(self.take_over())
 
     async def take_over(self) -> None:
         """Become the primary: the service address, the core as it stands, the unsent outputs."""
@@ -169,7 +232,12 @@ class HaNode:
         self.epoch += 1
         replica = self.replica
         assert replica is not None
+        network = self.identity.claim()
+        stranded = 0
         if self.link is not None:
+            with contextlib.suppress(Divergence):
+                self.link.drain()  # whatever the tap can still complete
+            stranded = len(self.link.pending_entries())
             await self.link.close()
             self.link = None
         recorder = RecordingEntropy(SystemEntropy())
@@ -178,14 +246,17 @@ class HaNode:
             gateway, start_seq, resend = replica.gateway, replica.applied_seq, replica.unreleased_outputs()
         else:
             gateway, start_seq, resend = Gateway(self.config.gateway, recorder), 0, []
-        node = await self._serve_as_primary(gateway, recorder, start_seq)
-        node.send(resend)
+        unlogged = self.tap.unclaimed() if self.tap is not None and self.replication.mode == "active" else []
+        self.tap = None
+        await self._serve_as_primary(gateway, recorder, start_seq, resend, unlogged)
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.takeovers.append({"epoch": self.epoch, "ms": round(elapsed_ms, 2), "resent": len(resend),
-                               "dialogs": len(gateway.table), "entry": start_seq})  # fmt: skip
+                               "unlogged_processed": len(unlogged), "stranded_entries": stranded,
+                               "dialogs": len(gateway.table), "entry": start_seq,
+                               "network_ms": network})  # fmt: skip
         log.warning(
-            "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d datagrams, from entry %d",
-            self.epoch, elapsed_ms, len(gateway.table), len(resend), start_seq,
+            "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
+            "from entry %d", self.epoch, elapsed_ms, len(gateway.table), len(resend), len(unlogged), start_seq,
         )  # fmt: skip
         self.replica = None
 
@@ -197,7 +268,12 @@ class HaNode:
             "peer_alive": bool(self.detector and self.detector.peer_alive),
             "heartbeats_refused": self.detector.refused if self.detector else 0,
             "gated_outputs": self.gated_outputs, "takeovers": self.takeovers,
+            "input": self.replication.input, "split_brain_avoided": self.split_brain_avoided,
+            "arbiter_peer_alive": bool(self.arbiter and self.arbiter.peer_alive),
         }  # fmt: skip
+        if self.tap is not None:
+            ha["tap"] = {"buffered": len(self.tap), "received": self.tap.received, "matched": self.tap.matched,
+                         "pruned": self.tap.pruned}  # fmt: skip
         if self.link is not None and self.replica is not None:
             ha["shadow"] = {"synced": self.link.synced, "applied": self.replica.applied_seq,
                             "released": self.replica.released_seq, "dialogs": len(self.replica.gateway.table),
@@ -211,6 +287,10 @@ class HaNode:
     async def close(self) -> None:
         if self.detector is not None:
             self.detector.close()
+        if self.arbiter is not None:
+            self.arbiter.close()
+        if self._tap_socket is not None:
+            self._tap_socket[0].close()
         if self.link is not None:
             await self.link.close()
         if self.server is not None:

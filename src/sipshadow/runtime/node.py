@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
 from sipshadow.core.actions import Address, SendDatagram
@@ -33,15 +34,27 @@ def bind_udp(address: Address) -> socket.socket:
     return sock
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+class DatagramEndpoint(asyncio.DatagramProtocol):
+    """The service socket's protocol; its handler changes hands at takeover (tap -> node)."""
+
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.handler = handler
+        self.errors = 0
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        self.node.on_datagram(data, addr)
+        self.handler(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        self.node.send_errors += 1
+        self.errors += 1  # ICMP errors for earlier sends: counted, never fatal
+
+
+async def open_endpoint(
+    listen: Address, handler: Callable[[bytes, tuple[str, int]], None]
+) -> tuple[asyncio.DatagramTransport, DatagramEndpoint]:
+    loop = asyncio.get_running_loop()
+    endpoint = DatagramEndpoint(handler)
+    transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=bind_udp(listen))
+    return transport, endpoint
 
 
 class Node:
@@ -50,22 +63,29 @@ class Node:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.internal_errors = 0
-        self.send_errors = 0
         self.sent_datagrams = 0
         #: On a primary, every event goes through the replicator, which decides when to send.
         self.replicator: PrimaryReplicator | None = None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: DatagramEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._started_at = time.monotonic()
 
     async def start(self, listen: Address) -> None:
-        sock = bind_udp(listen)
-        transport, _ = await self._loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
-        self._transport = transport
-        self._rearm()
+        self.adopt(*await open_endpoint(listen, self.on_datagram))
         log.info("serving on %s:%d, members %s", *listen, self.gateway.members)
+
+    def adopt(self, transport: asyncio.DatagramTransport, endpoint: DatagramEndpoint) -> None:
+        """Serve on an already bound socket (the shadow's tap socket, at takeover)."""
+        endpoint.handler = self.on_datagram
+        self._transport, self._endpoint = transport, endpoint
+        self._rearm()
+
+    @property
+    def send_errors(self) -> int:
+        return self._endpoint.errors if self._endpoint is not None else 0
 
     def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
         self._take(DatagramReceived(data, source[:2], self._loop.time()))
