@@ -1,0 +1,108 @@
+"""The tap: the shadow gets a copy of every frame sent to the primary, and its kernel accepts the copies.
+
+Switch side (the test bed's SPAN port): at the INGRESS of every client- and member-facing bridge
+port, a `tc u32` filter matching destination MAC == the primary's MAC mirrors the frame to the
+bridge port toward the shadow. Mirroring at ingress keeps working when the primary's link is dead.
+The primary's MAC is pinned with a static fdb entry so the bridge never floods frames for it
+(flooding would hand the shadow a second copy).
+
+Shadow side: the VIP on `lo` (/32) with arp_ignore=1 / arp_announce=2 so it never claims the VIP
+by ARP, and an nftables `netdev` ingress chain on the service interface re-marking the copies
+(still addressed to the primary's MAC, so `otherhost`) as `host` so IP accepts them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sipshadow.net import silent
+from sipshadow.net.testbed import SWITCH, Testbed, run_checked, run_quiet
+
+ACCEPT_TABLE = "sipshadow_tap"
+ACCEPT_CHAIN = "tap_in"  # "accept" is an nft keyword
+TC_PRIO = 1
+ARP_SYSCTLS = ("arp_ignore=1", "arp_announce=2")
+
+
+def tapped_hosts(tb: Testbed) -> tuple[str, ...]:
+    """Hosts whose frames toward the primary are mirrored: the client and the members."""
+    return tuple(host for host in tb.topology.hosts if host not in ("primary", "shadow"))
+
+
+def tc_filter_line(port: str, primary_mac: str, shadow_port: str) -> str:
+    """The `tc` filter (batch syntax): at port's ingress, mirror frames for primary_mac to shadow_port.
+
+    `match ether dst` makes u32 compare at negative offsets (`u16 0x0200 at -16` masked to the low
+    half and `u32 ... at -12`): at ingress the data pointer sits at the network header.
+    """
+    return (
+        f"filter add dev {port} parent ffff: protocol all prio {TC_PRIO} u32 match ether dst {primary_mac}"
+        f" action mirred egress mirror dev {shadow_port}"
+    )
+
+
+def install_tap(tb: Testbed) -> None:
+    """Mirror client/member frames for the primary to the shadow's port; pin the primary's MAC."""
+    ns = tb.ns_name(SWITCH)
+    mac = tb.mac_of("primary")
+    lines: list[str] = []
+    for host in tapped_hosts(tb):
+        port = tb.switch_port(host)
+        lines += [f"qdisc add dev {port} ingress", tc_filter_line(port, mac, tb.switch_port("shadow"))]
+    run_checked(["tc", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n")
+    run_checked(["bridge", "-n", ns, "fdb", "replace", mac, "dev", tb.switch_port("primary"), "master", "static"])
+
+
+def remove_tap(tb: Testbed) -> None:
+    """Undo install_tap; missing pieces are ignored."""
+    ns = tb.ns_name(SWITCH)
+    lines = [f"qdisc del dev {tb.switch_port(host)} ingress" for host in tapped_hosts(tb)]
+    run_quiet(["tc", "-n", ns, "-force", "-batch", "-"], input="\n".join(lines) + "\n")
+    run_quiet(["bridge", "-n", ns, "fdb", "del", tb.mac_of("primary"), "dev", tb.switch_port("primary"), "master"])
+
+
+def accept_ruleset(ifname: str, vip: str) -> str:
+    """The shadow's ingress chain: copies addressed to the VIP but to another MAC become `host` packets."""
+    ipaddress.IPv4Address(vip)
+    return (
+        f"add table netdev {ACCEPT_TABLE}\n"
+        f"delete table netdev {ACCEPT_TABLE}\n"
+        f"table netdev {ACCEPT_TABLE} {{\n"
+        f"  chain {ACCEPT_CHAIN} {{\n"
+        f'    type filter hook ingress device "{ifname}" priority -500; policy accept;\n'
+        f"    ip daddr {vip} meta pkttype other counter meta pkttype set host\n"
+        f"  }}\n"
+        f"}}\n"
+    )
+
+
+def accept_teardown_commands() -> str:
+    """Remove the accept chain's table whether or not it exists."""
+    return f"add table netdev {ACCEPT_TABLE}\ndelete table netdev {ACCEPT_TABLE}\n"
+
+
+def install_accept(tb: Testbed, host: str = "shadow") -> None:
+    """VIP on lo, ARP sysctls, and the ingress accept chain, in host's namespace."""
+    ifname = tb.service_if(host)
+    vip = tb.topology.vip
+    keys = [f"net.ipv4.conf.{scope}.{setting}" for scope in ("all", ifname) for setting in ARP_SYSCTLS]
+    tb.run(host, ["sysctl", "-q", "-w", *keys])
+    tb.ip(host, "addr", "replace", f"{vip}/32", "dev", "lo")
+    silent.apply(accept_ruleset(ifname, vip), tb.ns_name(host))
+
+
+def remove_accept(tb: Testbed, host: str = "shadow") -> None:
+    """Drop the accept chain and the VIP on lo (the ARP sysctls stay: harmless)."""
+    silent.apply(accept_teardown_commands(), tb.ns_name(host))
+    run_quiet(["ip", "-n", tb.ns_name(host), "addr", "del", f"{tb.topology.vip}/32", "dev", "lo"])
+
+
+def install(tb: Testbed) -> None:
+    """The whole tap: switch mirror and shadow accept side."""
+    install_accept(tb)
+    install_tap(tb)
+
+
+def remove(tb: Testbed) -> None:
+    remove_tap(tb)
+    remove_accept(tb)
