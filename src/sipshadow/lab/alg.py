@@ -53,6 +53,7 @@ class AlgProcess:
         config_text: str = "",
         extra_args: Sequence[str] = (),
         ready: str = "options",
+        netns: str | None = None,
     ) -> None:
         self.listen = listen
         self.members = list(members)
@@ -61,8 +62,10 @@ class AlgProcess:
         self.config_text = config_text
         self.extra_args = list(extra_args)
         # "options": answers on the service address; "shadow": replica in sync with the primary;
-        # "standby": a shadow that sees the primary's heartbeats (network mode); "none"
+        # "standby": a shadow that sees the primary's heartbeats (network mode); "primary": its
+        # status says it serves as primary (inside a namespace, where a ping cannot reach); "none"
         self.ready = ready
+        self.netns = netns  # run inside this test-bed namespace
         self.status_file = workdir / "alg-status.json"
         self.log_file = workdir / "alg.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -87,7 +90,8 @@ class AlgProcess:
         ]
         for member in self.members:
             command += ["--member", f"{member[0]}:{member[1]}"]
-        return command + self.extra_args
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return prefix + command + self.extra_args
 
     def start(self, ready_timeout_s: float = 10.0) -> AlgProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,8 @@ class AlgProcess:
             return False
         if self.ready == "standby":
             return bool(ha["role"] == "shadow" and ha["peer_alive"])
+        if self.ready == "primary":
+            return bool(ha["role"] == "primary")
         return bool(ha.get("shadow", {}).get("synced"))
 
     def kill(self) -> None:

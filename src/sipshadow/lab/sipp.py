@@ -38,6 +38,7 @@ binary and its source):
 from __future__ import annotations
 
 import csv
+import ipaddress
 import math
 import os
 import signal
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+TESTBED_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 
 #: SIPp exit codes (include/defines.h); negative C codes seen as 255 / 254.
 EXIT_TEST_OK = 0
@@ -121,6 +123,16 @@ class SippError(RuntimeError):
 def sipp_binary() -> str:
     """Path of the sipp executable; SIPP env var overrides for odd installs."""
     return os.environ.get("SIPP", "sipp")
+
+
+def allowed_address(host: str, netns: str | None) -> bool:
+    """The network rule: loopback, or the benchmark range inside a namespace the test made."""
+    if host == LOOPBACK:
+        return True
+    try:
+        return netns is not None and ipaddress.IPv4Address(host) in TESTBED_NETWORK
+    except ValueError:
+        return False
 
 
 def free_udp_port(host: str = LOOPBACK) -> int:
@@ -269,11 +281,11 @@ class SippResult:
 def _udp_bound_by(pid: int, host: str, port: int) -> bool | None:
     """Whether process ``pid`` holds a UDP socket bound to host:port.
 
-    Reads /proc/net/udp (address as the kernel prints it: native-endian hex)
+    Reads /proc/PID/net/udp (address as the kernel prints it: native-endian hex)
     and the process's socket inodes. None when /proc is not usable.
     """
     try:
-        table = Path("/proc/net/udp").read_text()
+        table = Path(f"/proc/{pid}/net/udp").read_text()  # the process's own namespace
         fd_dir = Path(f"/proc/{pid}/fd")
         inodes = set()
         for fd in fd_dir.iterdir():
@@ -336,10 +348,12 @@ class _SippProcess:
         extra_args: Sequence[str],
         stat_interval_s: int,
         trace_messages: bool,
+        netns: str | None = None,
     ) -> None:
-        if host != LOOPBACK:
-            # Traffic must stay on loopback in tests and benchmarks.
-            raise ValueError(f"sipshadow lab SIPp runs are loopback-only, got {host!r}")
+        if not allowed_address(host, netns):
+            # Traffic stays on loopback, or inside a test bed's namespaces on 198.18.0.0/24.
+            raise ValueError(f"sipshadow lab SIPp runs are loopback-only outside a test bed, got {host!r}")
+        self.netns = netns
         self.name = name
         self.run_dir = Path(run_dir)
         self.scenario = scenario
@@ -387,6 +401,8 @@ class _SippProcess:
         for stale in (self.stat_file, self.error_file):
             stale.unlink(missing_ok=True)
         argv = [sipp_binary(), *self._argv()]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.command = tuple(argv)
         self._result = None
         with self.screen_file.open("ab") as screen:
@@ -516,6 +532,7 @@ class SippUas(_SippProcess):
         scenario: str | Path = "uas",
         name: str = "uas",
         host: str = LOOPBACK,
+        netns: str | None = None,
         timeout: float = 120.0,
         auto_answer: bool = True,
         extra_args: Sequence[str] = (),
@@ -534,6 +551,7 @@ class SippUas(_SippProcess):
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
             trace_messages=trace_messages,
+            netns=netns,
         )
         self._auto_port = port is None
         self.auto_answer = auto_answer
@@ -633,6 +651,7 @@ class SippUac(_SippProcess):
         local_port: int | None = None,
         name: str = "uac",
         host: str = LOOPBACK,
+        netns: str | None = None,
         stat_interval_s: int = 1,
         trace_messages: bool = False,
     ) -> None:
@@ -646,12 +665,13 @@ class SippUac(_SippProcess):
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
             trace_messages=trace_messages,
+            netns=netns,
         )
         if calls <= 0:
             raise ValueError("calls must be positive: a UAC run must be bounded")
         self.target = _format_target(target)
-        if not self.target.startswith(f"{LOOPBACK}:"):
-            raise ValueError(f"UAC target must be on {LOOPBACK}, got {self.target!r}")
+        if not allowed_address(self.target.rsplit(":", 1)[0], netns):
+            raise ValueError(f"UAC target must be on {LOOPBACK} (or in a test bed), got {self.target!r}")
         self.calls = calls
         self.rate = rate
         self.recv_timeout = recv_timeout

@@ -56,7 +56,7 @@ class HaNode:
         self.gated_outputs = 0
         self.takeovers: list[dict[str, Any]] = []
         self.peer_released = 0
-        self.split_brain_avoided = 0
+        self.held_by_arbiter = 0
         self.arbiter: HeartbeatDetector | None = None
         self.tap: TapBuffer | None = None
         self._tap_socket: tuple[asyncio.DatagramTransport, DatagramEndpoint] | None = None
@@ -220,8 +220,9 @@ class HaNode:
         if self.detector is not None and self.detector.peer_alive:
             return
         if self.arbiter is not None and self.arbiter.peer_alive:
-            self.split_brain_avoided += 1
-            log.warning("primary silent on the heartbeat link but alive on the service network: NOT taking over")
+            # The arbiter's own silence (if the primary is really dead) calls us again.
+            self.held_by_arbiter += 1
+            log.warning("primary silent on the heartbeat link but answering on the service network: holding")
             return
         asyncio.get_running_loop().create_task(self.take_over())
 
@@ -268,7 +269,7 @@ class HaNode:
             "peer_alive": bool(self.detector and self.detector.peer_alive),
             "heartbeats_refused": self.detector.refused if self.detector else 0,
             "gated_outputs": self.gated_outputs, "takeovers": self.takeovers,
-            "input": self.replication.input, "split_brain_avoided": self.split_brain_avoided,
+            "input": self.replication.input, "held_by_arbiter": self.held_by_arbiter,
             "arbiter_peer_alive": bool(self.arbiter and self.arbiter.peer_alive),
         }  # fmt: skip
         if self.tap is not None:

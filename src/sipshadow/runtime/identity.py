@@ -7,6 +7,7 @@ in-process so a takeover costs milliseconds, not process spawns.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 
@@ -34,13 +35,32 @@ class LinuxIdentity:
     def __init__(self, interface: str, vip: str) -> None:
         self.interface = interface
         self.vip = vip
+        self.announcements: list[object] = []
 
     def silence(self) -> None:
-        from sipshadow.net import vip as vip_ops
+        """VIP on lo (receive the tap, never answer ARP for it), silent-mode and accept tables."""
+        import errno
 
-        vip_ops.become_shadow(self.interface, self.vip)
+        from sipshadow.net import mirror, nft, silent
+        from sipshadow.net.vip import RTM_DELADDR, RTM_NEWADDR, Rtnetlink
+
+        for scope in ("all", self.interface):
+            for setting, value in (("arp_ignore", "1"), ("arp_announce", "2")):
+                with open(f"/proc/sys/net/ipv4/conf/{scope}/{setting}", "w") as knob:
+                    knob.write(value)
+        link = Rtnetlink()
+        try:  # a rejoining former primary still holds the VIP on its interface
+            removals = [(RTM_DELADDR, self.interface, self.vip, length) for length in range(32, 7, -1)]
+            link.change([*removals, (RTM_NEWADDR, "lo", self.vip, 32)],
+                        ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}))  # fmt: skip
+        finally:
+            link.close()
+        nft.run(silent.ruleset(self.interface, self.vip) + mirror.accept_ruleset(self.interface, self.vip))
 
     def claim(self) -> dict[str, float]:
-        from sipshadow.net import vip as vip_ops
+        """Unsilence, VIP to the interface, first GARP burst now; later bursts on the loop."""
+        from sipshadow.net.vip import Takeover
 
-        return vip_ops.takeover(self.interface, self.vip)
+        result = Takeover(self.interface, self.vip).run()
+        self.announcements.append(asyncio.get_running_loop().create_task(result.announcement.finish_async()))
+        return {name: round(ms, 3) for name, ms in result.steps_ms.items()}
