@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     loopback.add_argument("--rate", type=float, default=40.0)
     loopback.add_argument("--policy", default="round-robin")
     loopback.add_argument("--out", type=Path, default=Path("runs/loopback"))
+    up = lab_commands.add_parser("up", help="bring up the namespace test bed with a primary/shadow pair")
+    up.add_argument("--topology", type=Path, help="TOML file: member_count, addresses (198.18.0.0/24)")
+    up.add_argument("--mode", default="active", choices=("active", "network", "none"))
+    up.add_argument("--out", type=Path, default=Path("runs/lab"))
+    lab_commands.add_parser("down", help="remove the test bed: namespaces, links, processes")
+    fail = lab_commands.add_parser("fail", help="inject a fault into the primary")
+    fail.add_argument("host", choices=("primary",))
+    fail.add_argument("--how", required=True, choices=("kill", "crash", "partition"))
     return parser
 
 
@@ -48,9 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "stats":
         return _stats(args)
-    from sipshadow.lab.loopback import run_loopback
+    return _lab(args)
 
-    return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out)
+
+def _lab(args: argparse.Namespace) -> int:
+    if args.lab_command == "loopback":
+        from sipshadow.lab.loopback import run_loopback
+
+        return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out)
+    from sipshadow.lab import lab_cli
+
+    if args.lab_command == "up":
+        return lab_cli.lab_up(args.topology, args.mode, args.out.resolve())
+    if args.lab_command == "down":
+        return lab_cli.lab_down()
+    return lab_cli.lab_fail(args.host, args.how)
 
 
 def _serve(args: argparse.Namespace) -> int:

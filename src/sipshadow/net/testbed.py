@@ -361,6 +361,10 @@ class Testbed:
             raise
         return self
 
+    def keep(self) -> None:
+        """Let the bed outlive this process (`sipshadow lab up`); `down_all(prefix)` removes it."""
+        atexit.unregister(self.down)
+
     def down(self) -> None:
         """Remove every namespace of the prefix (killing processes inside first); idempotent."""
         atexit.unregister(self.down)
