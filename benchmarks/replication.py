@@ -18,10 +18,8 @@ import argparse
 import contextlib
 import json
 import math
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ import psutil
 
 from harness import LADDER, alg_front, capacity, log, machine
 from sipshadow.lab.pair import LoopbackPair
+from sipshadow.lab.pinger import Pinger
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 
 Address = tuple[str, int]
@@ -64,58 +63,6 @@ FRONTS = {"solo": alg_front, "commit-on": pair_front(True), "commit-off": pair_f
 
 
 # -- response time ----------------------------------------------------------------------------
-
-
-class Pinger(threading.Thread):
-    """Sends OPTIONS to `target` every `interval_s` and records each round trip (or its loss)."""
-
-    def __init__(self, target: Address, interval_s: float, timeout_s: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.target = target
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self.samples: list[tuple[float, float]] = []  # (sent at, answered at) on the monotonic clock
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            sequence = 0
-            while not self._halt.is_set():
-                sequence += 1
-                request = (
-                    f"OPTIONS sip:{self.target[0]}:{self.target[1]} SIP/2.0\r\n"
-                    f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKping{sequence}\r\n"
-                    f"From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:{self.target[0]}>\r\n"
-                    f"Call-ID: ping-{port}-{sequence}\r\nCSeq: {sequence} OPTIONS\r\nMax-Forwards: 70\r\n"
-                    "Content-Length: 0\r\n\r\n"
-                ).encode()
-                sent = time.monotonic()
-                sock.sendto(request, self.target)
-                if self._await(sock, f"CSeq: {sequence} OPTIONS".encode(), sent):
-                    self.samples.append((sent, time.monotonic()))
-                self._halt.wait(max(0.0, self.interval_s - (time.monotonic() - sent)))
-
-    def _await(self, sock: socket.socket, cseq: bytes, sent: float) -> bool:
-        while True:
-            remaining = self.timeout_s - (time.monotonic() - sent)
-            if remaining <= 0:
-                return False
-            sock.settimeout(min(remaining, self.interval_s))
-            try:
-                reply = sock.recv(65535)
-            except TimeoutError:
-                return False
-            except OSError:  # ICMP port unreachable while nobody owns the address
-                time.sleep(0.0005)
-                continue
-            if cseq in reply:
-                return True
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
 
 
 def latency(name: str, rate: int, seconds: float, root: Path) -> dict[str, Any]:

@@ -215,6 +215,12 @@ class HaNode:
                 self.tap.prune(asyncio.get_running_loop().time())
 
     def _on_peer_dead(self) -> None:
+        if self.role == "primary" and self.node is not None and self.node.replicator is not None:
+            replicator = self.node.replicator  # the shadow is gone: stop holding outputs for it now
+            if replicator.connection is not None and not (self.detector and self.detector.peer_alive):
+                replicator.connection.close()
+                replicator.detach(replicator.connection)
+            return
         if self.role != "shadow" or self.replication.mode == "none":
             return
         if self.detector is not None and self.detector.peer_alive:
