@@ -78,6 +78,7 @@ def trial(front_factory: Front, rate: int, seconds: float, workdir: Path, member
         result = uac.start().wait()
         elapsed = time.monotonic() - started
         cpu_after, shadow_after = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
+        intact = front.replication_intact() if hasattr(front, "replication_intact") else None
     return {
         "rate_cps": rate,
         "calls": calls,
@@ -85,7 +86,10 @@ def trial(front_factory: Front, rate: int, seconds: float, workdir: Path, member
         "failed": result.failed_calls,
         "failure_causes": result.failure_causes,
         "achieved_cps": round(result.successful_calls / elapsed, 1) if elapsed else None,
-        "passed": result.failed_calls == 0 and result.successful_calls == calls,
+        # With a shadow, a run only counts if the shadow kept up to the end (never dropped by the
+        # commit deadline): otherwise the primary finished it solo.
+        "passed": result.failed_calls == 0 and result.successful_calls == calls and intact is not False,
+        "replication_intact": intact,
         "front_cpu_s_per_1000_calls": per_1000(cpu_before, cpu_after, calls),
         "shadow_cpu_s_per_1000_calls": per_1000(shadow_before, shadow_after, calls),
         "response_time_ms": {k: round(v * 1000, 2) for k, v in result.response_times_s.items()},

@@ -235,6 +235,7 @@ class HaNode:
     async def take_over(self) -> None:
         """Become the primary: the service address, the core as it stands, the unsent outputs."""
         started = time.perf_counter()
+        verdict_wall = time.time()  # wall clock, so a lab can line it up with the fault it injected
         self.role = "taking-over"
         self.epoch += 1
         replica = self.replica
@@ -260,7 +261,8 @@ class HaNode:
         self.takeovers.append({"epoch": self.epoch, "ms": round(elapsed_ms, 2), "resent": len(resend),
                                "unlogged_processed": len(unlogged), "stranded_entries": stranded,
                                "dialogs": len(gateway.table), "entry": start_seq,
-                               "network_ms": network})  # fmt: skip
+                               "network_ms": network, "verdict_at": verdict_wall,
+                               "serving_at": time.time()})  # fmt: skip
         log.warning(
             "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
             "from entry %d", self.epoch, elapsed_ms, len(gateway.table), len(resend), len(unlogged), start_seq,

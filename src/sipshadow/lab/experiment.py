@@ -1,0 +1,200 @@
+"""`sipshadow lab experiment`: the paper's Figure 2, reproduced on the namespace test bed.
+
+For each HA mode and call rate, SIPp in the client namespace places calls of fixed duration
+with no retransmissions (`-nr`); the primary ALG fails (its links go down: a fail-stop crash)
+`fail_at` seconds after the calls start; SIPp's own statistics give the calls that failed.
+
+Active calls (the paper's denominator): every call placed that had not already completed
+when the primary failed, i.e. the calls up at the failure plus the calls offered after it.
+With the default call duration (>= fail_at) no call completes before the failure, so every
+call placed is active. Loss ratio = failed calls / active calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sipshadow.lab.netns_lab import NetnsLab
+from sipshadow.lab.sipp import SippResult, read_stat_rows
+from sipshadow.net.testbed import down_all
+
+MODES = ("none", "network", "active")
+CSV_FIELDS = (
+    "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio", "failover_ms",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    modes: tuple[str, ...] = MODES
+    rates: tuple[int, ...] = (20, 50, 100, 200)
+    call_duration_s: float = 4.0
+    fail_at_s: float = 3.0
+    after_failure_s: float = 1.5
+    repeat: int = 3
+    members: str = "sipp"
+    parallel: int = 4
+    fault: str = "crash"
+    out: Path = Path("runs/experiment")
+
+
+@dataclass
+class RunResult:
+    mode: str
+    rate_cps: int
+    repeat: int
+    calls_attempted: int = 0
+    calls_active: int = 0
+    calls_failed: int = 0
+    loss_ratio: float = 0.0
+    failover_ms: float | None = None
+    error: str = ""
+    failure_causes: dict[str, int] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CSV_FIELDS}
+
+
+class Aborted(Exception):
+    """Ctrl-C: stop every run and tear every bed down."""
+
+
+class Runner:
+    """Runs the grid of (mode, rate, repeat), a few beds at a time, and remembers their prefixes."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.prefixes: set[str] = set()
+        self.aborted = threading.Event()
+        self._lock = threading.Lock()
+
+    def grid(self) -> list[tuple[str, int, int]]:
+        c = self.config
+        return [(mode, rate, repeat) for repeat in range(1, c.repeat + 1) for rate in c.rates for mode in c.modes]
+
+    def run_one(self, mode: str, rate: int, repeat: int) -> RunResult:
+        c = self.config
+        result = RunResult(mode, rate, repeat)
+        workdir = c.out / "runs" / f"{mode}-{rate}cps-{repeat}"
+        lab = NetnsLab(workdir, mode=mode, members=c.members)
+        step = "bring up the test bed"
+        try:
+            with self._lock:
+                self.prefixes.add(lab.testbed.prefix)
+            if self.aborted.is_set():
+                raise Aborted
+            with lab:
+                step = "start the calls"
+                calls = max(1, round(rate * (c.fail_at_s + c.after_failure_s)))
+                uac = lab.client_uac(calls, rate, call_ms=round(c.call_duration_s * 1000), recv_timeout=2.0,
+                                     timeout=c.fail_at_s + c.after_failure_s + c.call_duration_s + 30)  # fmt: skip
+                uac.start()
+                step = "fail the primary"
+                self._sleep(c.fail_at_s)
+                lab.fail(c.fault)
+                fault_wall = time.time()
+                step = "wait for the calls to end"
+                sipp = uac.wait()
+                step = "collect the results"
+                result.failover_ms = failover_ms(lab, fault_wall) if mode != "none" else None
+                fill(result, sipp, fault_wall)
+        except Aborted:
+            result.error = "aborted"
+        except Exception as error:  # noqa: BLE001 - a failed run is reported, and the grid goes on
+            result.error = f"{step}: {type(error).__name__}: {error}"
+        return result
+
+    def _sleep(self, seconds: float) -> None:
+        if self.aborted.wait(seconds):
+            raise Aborted
+
+    def abort(self) -> None:
+        self.aborted.set()
+        with self._lock:
+            for prefix in self.prefixes:
+                down_all(prefix)
+
+
+def failover_ms(lab: NetnsLab, fault_wall: float) -> float | None:
+    """From the fault to the shadow serving as primary, by the shadow's own clock (same host)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        takeover = lab.nodes["shadow"].status()["ha"]["takeovers"][-1]
+        return round((takeover["serving_at"] - fault_wall) * 1000, 1)
+    return None
+
+
+def fill(result: RunResult, sipp: SippResult, fault_wall: float) -> None:
+    result.calls_attempted = sipp.total_calls
+    done_before = completed_before(sipp, fault_wall)
+    result.calls_active = max(0, sipp.total_calls - done_before)
+    result.calls_failed = sipp.failed_calls + (sipp.total_calls - sipp.successful_calls - sipp.failed_calls)
+    result.loss_ratio = round(result.calls_failed / result.calls_active, 4) if result.calls_active else 0.0
+    result.failure_causes = sipp.failure_causes
+
+
+def completed_before(sipp: SippResult, fault_wall: float) -> int:
+    """Calls SIPp had counted successful at the last statistics row before the failure."""
+    done = 0
+    for row in read_stat_rows(sipp.stat_file):
+        stamp = row.get("CurrentTime", "").split("\t")[-1]
+        with contextlib.suppress(ValueError):
+            if float(stamp) <= fault_wall:
+                done = int(row.get("SuccessfulCall(C)", "0") or 0)
+    return done
+
+
+def write_csv(path: Path, results: list[RunResult]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for result in sorted(results, key=lambda r: (MODES.index(r.mode), r.rate_cps, r.repeat)):
+            writer.writerow(result.row())
+
+
+def run_grid(runner: Runner, on_done: Any) -> list[RunResult]:
+    """Run every (mode, rate, repeat) with `parallel` beds at a time; `on_done(result)` after each."""
+    results: list[RunResult] = []
+    with ThreadPoolExecutor(max_workers=runner.config.parallel) as pool:
+        futures = [pool.submit(runner.run_one, *cell) for cell in runner.grid()]
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                on_done(results[-1])
+        except KeyboardInterrupt:
+            runner.abort()
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+def summary(results: list[RunResult]) -> dict[str, dict[int, dict[str, float]]]:
+    """Mean and standard deviation of the loss ratio per mode and rate."""
+    import statistics
+
+    table: dict[str, dict[int, dict[str, float]]] = {}
+    for mode in MODES:
+        for rate in sorted({r.rate_cps for r in results}):
+            ratios = [r.loss_ratio for r in results if r.mode == mode and r.rate_cps == rate and not r.error]
+            failovers = [r.failover_ms for r in results if r.mode == mode and r.rate_cps == rate and r.failover_ms]
+            if ratios:
+                table.setdefault(mode, {})[rate] = {
+                    "mean": statistics.fmean(ratios),
+                    "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
+                    "runs": len(ratios),
+                    "failover_ms": statistics.median(failovers) if failovers else float("nan"),
+                }
+    return table
+
+
+def as_dict(config: ExperimentConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["out"] = str(config.out)
+    return data
