@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv
 STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run loopback test lint bench clean
 
 setup: $(STAMP_DEB) $(STAMP_PY)
 
@@ -25,8 +25,12 @@ $(STAMP_PY): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-# The main job: until the failover experiment exists, a real SIPp load through the ALG.
+# The main job: the paper's failover experiment on network namespaces (root), default settings.
 run: setup
+	$(BIN)/sipshadow lab experiment --out runs/experiment
+
+# A short real SIPp load through one ALG on loopback (no root needed).
+loopback: setup
 	$(BIN)/sipshadow lab loopback --calls 400 --rate 40 --out runs/loopback
 
 # pytest's exit 5 ("no tests collected") is not a failure of the code.
@@ -38,6 +42,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/cps.py
+	$(BIN)/python benchmarks/replication.py
+	$(BIN)/python benchmarks/failover_netns.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mode", default="active", choices=("active", "network", "none"))
     up.add_argument("--out", type=Path, default=Path("runs/lab"))
     lab_commands.add_parser("down", help="remove the test bed: namespaces, links, processes")
+    experiment = lab_commands.add_parser("experiment", help="the paper's Figure 2: loss ratio vs call rate per HA mode")
+    experiment.add_argument("--modes", default="none,network,active")
+    experiment.add_argument("--rates", default="20,50,100,200", help="calls per second, comma separated")
+    experiment.add_argument("--call-duration", type=float, default=4.0, metavar="S")
+    experiment.add_argument("--fail-at", type=float, default=3.0, metavar="S")
+    experiment.add_argument("--repeat", type=int, default=3)
+    experiment.add_argument("--members", default="sipp", choices=("sipp", "kamailio"))
+    experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
+    experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
+    experiment.add_argument("--out", type=Path, default=Path("runs/experiment"))
     fail = lab_commands.add_parser("fail", help="inject a fault into the primary")
     fail.add_argument("host", choices=("primary",))
     fail.add_argument("--how", required=True, choices=("kill", "crash", "partition"))
@@ -66,11 +77,46 @@ def _lab(args: argparse.Namespace) -> int:
         return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out)
     from sipshadow.lab import lab_cli
 
+    if args.lab_command == "experiment":
+        return _experiment(args)
     if args.lab_command == "up":
         return lab_cli.lab_up(args.topology, args.mode, args.out.resolve())
     if args.lab_command == "down":
         return lab_cli.lab_down()
     return lab_cli.lab_fail(args.host, args.how)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from sipshadow.lab.experiment import MODES, ExperimentConfig, run_experiment
+
+    try:
+        modes = tuple(mode for mode in args.modes.split(",") if mode)
+        rates = tuple(int(rate) for rate in args.rates.split(",") if rate)
+    except ValueError:
+        print("sipshadow: --rates: expected comma-separated integers", file=sys.stderr)
+        return 2
+    if not modes or any(mode not in MODES for mode in modes):
+        print(f"sipshadow: --modes: expected a comma-separated subset of {','.join(MODES)}", file=sys.stderr)
+        return 2
+    if not rates or min(rates) <= 0 or args.repeat < 1 or args.parallel < 1:
+        print("sipshadow: --rates, --repeat and --parallel must be positive", file=sys.stderr)
+        return 2
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)  # even when started as a background job (SIGINT ignored)
+    config = ExperimentConfig(
+        modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
+        members=args.members, parallel=args.parallel, out=args.out.resolve(),
+    )  # fmt: skip
+    return run_experiment(config, measure_cost=not args.no_cost)
+
+
+def _interrupt_on(*signums: signal.Signals) -> None:
+    """Turn these signals into KeyboardInterrupt, so every test bed is torn down on the way out."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in signums:
+        signal.signal(signum, interrupt)
 
 
 def _serve(args: argparse.Namespace) -> int:

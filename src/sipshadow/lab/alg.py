@@ -22,17 +22,17 @@ Address = tuple[str, int]
 def options_ping(target: Address, timeout_s: float = 0.2) -> bool:
     """Send one OPTIONS to `target` and say whether a 200 came back."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
         sock.settimeout(timeout_s)
-        port = sock.getsockname()[1]
+        sock.connect(target)  # the right local address, on loopback or in a namespace
+        local, port = sock.getsockname()[:2]
         request = (
             f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKping{port}\r\n"
-            f"From: <sip:ping@127.0.0.1>;tag=ping\r\nTo: <sip:{target[0]}>\r\n"
-            f"Call-ID: ping-{port}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            f"Via: SIP/2.0/UDP {local}:{port};branch=z9hG4bKping{port}\r\n"
+            f"From: <sip:ping@{local}>;tag=ping\r\nTo: <sip:{target[0]}>\r\n"
+            f"Call-ID: ping-{port}@{local}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
             "Content-Length: 0\r\n\r\n"
         ).encode()
-        sock.sendto(request, target)
+        sock.send(request)
         try:
             reply = sock.recv(65535)
         except OSError:
@@ -164,3 +164,9 @@ class AlgProcess:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+
+
+if __name__ == "__main__":  # `python -m sipshadow.lab.alg ping HOST PORT`, run inside a namespace
+    if len(sys.argv) == 4 and sys.argv[1] == "ping":
+        sys.exit(0 if options_ping((sys.argv[2], int(sys.argv[3])), timeout_s=0.3) else 1)
+    sys.exit("usage: python -m sipshadow.lab.alg ping HOST PORT")

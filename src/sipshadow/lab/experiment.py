@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -107,7 +108,7 @@ class Runner:
                 fill(result, sipp, fault_wall)
         except Aborted:
             result.error = "aborted"
-        except Exception as error:  # noqa: BLE001 - a failed run is reported, and the grid goes on
+        except Exception as error:  # a failed run is reported with its step, and the grid goes on
             result.error = f"{step}: {type(error).__name__}: {error}"
         return result
 
@@ -198,3 +199,95 @@ def as_dict(config: ExperimentConfig) -> dict[str, Any]:
     data = asdict(config)
     data["out"] = str(config.out)
     return data
+
+
+def failure_free_cost(
+    config: ExperimentConfig, rates: tuple[int, ...] = (250, 500, 1000), seconds: float = 4.0
+) -> dict[str, Any]:
+    """No HA vs active replication without a failure: zero-failure rate and response time."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    from sipshadow.lab.netns_lab import SIP_PORT
+
+    cost: dict[str, Any] = {}
+    for mode in ("none", "active"):
+        best, rtts = 0, []
+        for rate in rates:
+            with NetnsLab(config.out / "runs" / f"cost-{mode}-{rate}cps", mode=mode, members=config.members) as lab:
+                pinger = subprocess.Popen(
+                    lab.testbed.exec_argv("client", [sys.executable, "-m", "sipshadow.lab.pinger", lab.topology.vip,
+                                                     str(SIP_PORT), "--interval-ms", "10"]),
+                    stdout=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                sipp = (
+                    lab.client_uac(round(rate * seconds), rate, recv_timeout=2.0, timeout=seconds + 30).start().wait()
+                )
+                pinger.terminate()
+                samples = [json.loads(line) for line in pinger.communicate(timeout=10)[0].splitlines()]
+            if rate == rates[0]:
+                rtts = [(s["answered"] - s["sent"]) * 1000 for s in samples]
+            if sipp.failed_calls or sipp.successful_calls < round(rate * seconds):
+                break
+            best = rate
+        cost[mode] = {"max_zero_failure_cps": best, "median_response_ms": statistics.median(rtts) if rtts else math.nan,
+                      "ladder": list(rates), "seconds_per_step": seconds}  # fmt: skip
+    return cost
+
+
+def run_experiment(config: ExperimentConfig, *, measure_cost: bool = True) -> int:
+    """The whole experiment with a progress bar; writes results.csv, figure.png, report.md."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from sipshadow.lab.report import draw_figure, write_report
+
+    console = Console(stderr=True)
+    config.out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(config)
+    started = time.monotonic()
+    errors: list[str] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("failover runs", total=len(runner.grid()))
+
+            def done(result: RunResult) -> None:
+                progress.advance(task)
+                label = f"{result.mode} {result.rate_cps} cps #{result.repeat}"
+                if result.error:
+                    errors.append(f"{label}: {result.error} (logs in {config.out / 'runs'})")
+                    progress.console.print(f"[red]{label} failed at step: {result.error}")
+                else:
+                    progress.console.print(f"{label}: {result.calls_failed}/{result.calls_active} active calls lost, "
+                                           f"failover {result.failover_ms} ms")  # fmt: skip
+
+            results = run_grid(runner, done)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every test bed torn down; partial logs kept in " + str(config.out))
+        return 130
+    write_csv(config.out / "results.csv", results)
+    table = summary(results)
+    cost = None
+    if measure_cost:
+        console.print("failure-free cost: no HA vs active, side by side …")
+        try:
+            cost = failure_free_cost(config)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted during the cost measurement")
+            return 130
+    if table:
+        draw_figure(table, config.out / "figure.png")
+    write_report(config.out / "report.md", table, as_dict(config), time.monotonic() - started, errors, cost)
+    console.print((config.out / "report.md").read_text())
+    return 1 if errors else 0

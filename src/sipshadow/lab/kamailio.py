@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -365,6 +366,7 @@ class KamailioProcess:
         pkg_mb: int = 16,
         shm_manager: MemManager | None = "fm",
         start_timeout: float = 15.0,
+        netns: str | None = None,
     ) -> None:
         self.listen = listen
         self.members = list(members)
@@ -375,6 +377,8 @@ class KamailioProcess:
         self.pkg_mb = pkg_mb
         self.shm_manager = shm_manager
         self.start_timeout = start_timeout
+        self.netns = netns  # run inside this test-bed namespace (a member of the paper's cluster)
+        self._in_netns = ["ip", "netns", "exec", netns] if netns else []
         self.config_path = self.workdir / "kamailio.cfg"
         self.list_path = self.workdir / "dispatcher.list"
         self.pid_path = self.workdir / "kamailio.pid"
@@ -398,6 +402,7 @@ class KamailioProcess:
             raise KamailioError("kamailio binary not found")
         manager = ["-x", self.shm_manager] if self.shm_manager else []
         return [
+            *self._in_netns,
             binary,
             "-DD",  # do not daemonize: we own the lifetime of the main process
             "-E",  # log to stderr, which we redirect to kamailio.log
@@ -437,7 +442,7 @@ class KamailioProcess:
         if binary is None:
             raise KamailioError("kamailio binary not found")
         result = subprocess.run(
-            [binary, "-c", "-f", str(self.config_path), "-Y", str(self.runtime_dir)],
+            [*self._in_netns, binary, "-c", "-f", str(self.config_path), "-Y", str(self.runtime_dir)],
             capture_output=True,
             timeout=30,
             check=False,
@@ -481,10 +486,24 @@ class KamailioProcess:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise KamailioError(f"kamailio exited with {self._proc.returncode}:\n{self.log_tail()}")
-            if sip_options_ping(self.listen, timeout=0.3) == 200:
+            if self._answers_options():
                 return
             time.sleep(0.1)
         raise KamailioError(f"kamailio did not answer OPTIONS within {self.start_timeout}s:\n{self.log_tail()}")
+
+    def _answers_options(self) -> bool:
+        if self.netns is None:
+            return sip_options_ping(self.listen, timeout=0.3) == 200
+        probe = [
+            *self._in_netns,
+            sys.executable,
+            "-m",
+            "sipshadow.lab.alg",
+            "ping",
+            self.listen[0],
+            str(self.listen[1]),
+        ]
+        return subprocess.run(probe, capture_output=True, timeout=10, check=False).returncode == 0
 
     def group_pids(self) -> list[int]:
         """Pids in Kamailio's process group (main + forked workers)."""

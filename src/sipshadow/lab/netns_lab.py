@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.kamailio import KamailioProcess
 from sipshadow.lab.sipp import SippUac, SippUas
 from sipshadow.net import faults, mirror
 from sipshadow.net.testbed import SERVICE_IF, Testbed, Topology
@@ -23,6 +24,8 @@ SIP_PORT = 5060
 REPLICATION_PORT = 7000
 ARBITER_PORT = 7001
 FAULTS = ("kill", "crash", "partition")
+MEMBER_KINDS = ("sipp", "kamailio")
+CALLEE_PORT = 5070
 
 NODE_CONFIG = """\
 [health]
@@ -55,7 +58,11 @@ class NetnsLab:
         topology: Topology | None = None,
         heartbeat_interval_ms: int = 10,
         heartbeat_misses: int = 4,
+        members: str = "sipp",
     ) -> None:
+        if members not in MEMBER_KINDS:
+            raise ValueError(f"members must be one of {', '.join(MEMBER_KINDS)}")
+        self.member_kind = members
         self.workdir = workdir
         self.mode = mode
         self.testbed = Testbed(topology or Topology())
@@ -63,6 +70,7 @@ class NetnsLab:
         self.key = secrets.token_hex(16)
         self.heartbeat = (heartbeat_interval_ms, heartbeat_misses)
         self.members: list[SippUas] = []
+        self.proxies: list[KamailioProcess] = []
         self.nodes: dict[str, AlgProcess] = {}
 
     @property
@@ -94,16 +102,25 @@ class NetnsLab:
         self.testbed.up()
         mirror.install_tap(self.testbed)
         for index, member in enumerate(self.topology.members):
-            uas = SippUas(
-                self.workdir, name=f"member-{index + 1}", host=self.topology.address_of(member), port=SIP_PORT,
-                netns=self.testbed.ns_name(member), timeout=3600,
-            )  # fmt: skip
-            self.members.append(uas.start())
+            self._start_member(index, member)
         self.nodes["primary"] = self._node("primary", "primary", "primary").start()
         if self.mode != "none":
             self.nodes["shadow"] = self._node("shadow", "shadow", "shadow" if self.mode == "active" else "standby")
             self.nodes["shadow"].start()
         return self
+
+    def _start_member(self, index: int, member: str) -> None:
+        """A SIPp callee, alone (it is the member) or behind a Kamailio proxy (the paper's cluster)."""
+        address, netns = self.topology.address_of(member), self.testbed.ns_name(member)
+        callee_port = SIP_PORT if self.member_kind == "sipp" else CALLEE_PORT
+        uas = SippUas(self.workdir, name=f"member-{index + 1}", host=address, port=callee_port, netns=netns,
+                      timeout=3600)  # fmt: skip
+        self.members.append(uas.start())
+        if self.member_kind == "kamailio":
+            proxy = KamailioProcess((address, SIP_PORT), [(address, CALLEE_PORT)], self.workdir / f"proxy-{index + 1}",
+                                    workers=1, shm_mb=256, netns=netns)  # fmt: skip
+            proxy.start()
+            self.proxies.append(proxy)
 
     def client_uac(
         self, calls: int, rate: float, *, call_ms: int = 0, extra: tuple[str, ...] = (), **kw: Any
@@ -148,6 +165,9 @@ class NetnsLab:
         for node in self.nodes.values():
             with contextlib.suppress(Exception):
                 node.stop(timeout_s=2.0)
+        for proxy in self.proxies:
+            with contextlib.suppress(Exception):
+                proxy.stop()
         for member in self.members:
             with contextlib.suppress(Exception):
                 member.stop()

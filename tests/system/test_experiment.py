@@ -1,0 +1,50 @@
+"""`sipshadow lab experiment` end to end (a small grid), and Ctrl-C leaving nothing behind."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sipshadow.lab.experiment import ExperimentConfig, run_experiment
+
+pytestmark = pytest.mark.sipp
+
+
+def namespaces() -> set[str]:
+    return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+def test_small_grid_writes_results_figure_and_report(netns_ok: None, tmp_path: Path) -> None:
+    config = ExperimentConfig(modes=("none", "active"), rates=(50,), repeat=1, parallel=2, out=tmp_path)
+    assert run_experiment(config, measure_cost=False) == 0
+    rows = {row["mode"]: row for row in csv.DictReader((tmp_path / "results.csv").open())}
+    assert float(rows["active"]["loss_ratio"]) == 0.0 and float(rows["none"]["loss_ratio"]) == 1.0
+    assert int(rows["active"]["calls_active"]) == int(rows["active"]["calls_attempted"]) == 225
+    assert float(rows["active"]["failover_ms"]) < 500
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
+    report = (tmp_path / "report.md").read_text()
+    assert "| active replication | 50 | 1 | 0.00 %" in report and "kamailio" in report
+
+
+def test_ctrl_c_stops_the_experiment_and_removes_every_namespace(netns_ok: None, tmp_path: Path) -> None:
+    before = namespaces()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sipshadow.cli", "lab", "experiment", "--out", str(tmp_path), "--no-cost"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (namespaces() - before):
+        assert time.monotonic() < deadline and process.poll() is None, "no test bed came up"
+        time.sleep(0.2)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert namespaces() - before == set()
+    assert "interrupted" in stderr
