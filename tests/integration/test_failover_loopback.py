@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ CALL_S, RATE, CALLS = 20, 20, 200  # calls of 20 s at 20 cps; the kill comes 5 s
 KILL_AT_S = 5.0
 
 
-@pytest.fixture
-def uas_pair(tmp_path: Path) -> Iterator[list[SippUas]]:
-    pair = [SippUas(tmp_path, name=f"member-{name}", timeout=120) for name in "ab"]
-    try:
-        for uas in pair:
-            uas.start()
-        yield pair
-    finally:
-        for uas in pair:
-            uas.stop()
-
-
 def make_pair(tmp_path: Path, members: list[SippUas], mode: str) -> LoopbackPair:
     return LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], tmp_path, mode=mode)
 
@@ -42,9 +29,9 @@ def start_calls(pair: LoopbackPair, tmp_path: Path, recv_timeout: float = 10.0) 
 
 
 def test_active_takeover_keeps_every_call_and_survives_a_second_kill_after_rejoin(
-    tmp_path: Path, uas_pair: list[SippUas]
+    tmp_path: Path, members: list[SippUas]
 ) -> None:
-    with make_pair(tmp_path, uas_pair, "active") as pair:
+    with make_pair(tmp_path, members, "active") as pair:
         uac = start_calls(pair, tmp_path)
         time.sleep(KILL_AT_S)
         pair.kill("a")
@@ -61,9 +48,9 @@ def test_active_takeover_keeps_every_call_and_survives_a_second_kill_after_rejoi
 
 
 def test_network_mode_loses_the_calls_that_were_up_and_keeps_the_later_ones(
-    tmp_path: Path, uas_pair: list[SippUas]
+    tmp_path: Path, members: list[SippUas]
 ) -> None:
-    with make_pair(tmp_path, uas_pair, "network") as pair:
+    with make_pair(tmp_path, members, "network") as pair:
         uac = start_calls(pair, tmp_path)
         time.sleep(KILL_AT_S)
         pair.kill("a")
@@ -78,8 +65,8 @@ def test_network_mode_loses_the_calls_that_were_up_and_keeps_the_later_ones(
     assert time.monotonic() - killed_at < CALL_S + 30
 
 
-def test_no_ha_loses_every_call_after_the_kill(tmp_path: Path, uas_pair: list[SippUas]) -> None:
-    with make_pair(tmp_path, uas_pair, "none") as pair:
+def test_no_ha_loses_every_call_after_the_kill(tmp_path: Path, members: list[SippUas]) -> None:
+    with make_pair(tmp_path, members, "none") as pair:
         uac = start_calls(pair, tmp_path, recv_timeout=3.0)
         time.sleep(KILL_AT_S)
         pair.kill("a")
@@ -88,9 +75,9 @@ def test_no_ha_loses_every_call_after_the_kill(tmp_path: Path, uas_pair: list[Si
 
 
 def test_forged_and_future_frames_are_refused_and_the_pair_keeps_running(
-    tmp_path: Path, uas_pair: list[SippUas]
+    tmp_path: Path, members: list[SippUas]
 ) -> None:
-    with make_pair(tmp_path, uas_pair, "active") as pair:
+    with make_pair(tmp_path, members, "active") as pair:
         port = pair.replication_ports["a"]
         with socket.create_connection(("127.0.0.1", port)) as intruder:
             intruder.sendall(encode(Ack(10**9), b"not-the-key-of-this-pair"))  # bad HMAC

@@ -393,6 +393,23 @@ class _SippProcess:
     def _argv(self) -> list[str]:
         raise NotImplementedError
 
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> SippResult:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
     # -- lifecycle --------------------------------------------------------
 
     def _spawn(self) -> None:
@@ -618,17 +635,6 @@ class SippUas(_SippProcess):
             self.proc.kill()
             self.proc.wait(timeout=_TERM_WAIT_S)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class SippUac(_SippProcess):
     """A SIPp UAC run that can be started, observed and waited for.
@@ -725,17 +731,6 @@ class SippUac(_SippProcess):
         self._signal_stop(grace_s)
         self.result = self._collect()
         return self.result
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def run_uac(

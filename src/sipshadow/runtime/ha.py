@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sipshadow.core import Gateway, SendDatagram
@@ -70,27 +71,9 @@ class HaNode:
 
     async def start(self) -> None:
         replication = self.replication
-        self.detector = HeartbeatDetector(
-            key=replication.key,
-            peer=replication.peer,
-            interval_s=replication.heartbeat_interval_s,
-            misses=replication.heartbeat_misses,
-            beat=self._beat,
-            on_peer_beat=self._on_peer_beat,
-            on_peer_dead=self._on_peer_dead,
-        )
-        await self.detector.start(replication.listen)
+        self.detector = await self._heartbeats(replication.listen, replication.peer, self._on_peer_beat)
         if replication.arbiter_listen is not None and replication.arbiter_peer is not None:
-            self.arbiter = HeartbeatDetector(
-                key=replication.key,
-                peer=replication.arbiter_peer,
-                interval_s=replication.heartbeat_interval_s,
-                misses=replication.heartbeat_misses,
-                beat=self._beat,
-                on_peer_beat=lambda beat: None,
-                on_peer_dead=self._on_peer_dead,
-            )
-            await self.arbiter.start(replication.arbiter_listen)
+            self.arbiter = await self._heartbeats(replication.arbiter_listen, replication.arbiter_peer, None)
         role = replication.role
         if role == "primary" and await self._peer_is_primary():
             log.info("a primary is already serving: joining as the shadow")
@@ -100,6 +83,22 @@ class HaNode:
             await self._serve_as_primary(Gateway(self.config.gateway, recorder), recorder, start_seq=0)
         else:
             await self._shadow()
+
+    async def _heartbeats(
+        self, listen: tuple[str, int], peer: tuple[str, int], on_beat: Callable[[Heartbeat], None] | None
+    ) -> HeartbeatDetector:
+        """A detector on one link: the replication link, or the service network (the arbiter)."""
+        detector = HeartbeatDetector(
+            key=self.replication.key,
+            peer=peer,
+            interval_s=self.replication.heartbeat_interval_s,
+            misses=self.replication.heartbeat_misses,
+            beat=self._beat,
+            on_peer_beat=on_beat or (lambda beat: None),
+            on_peer_dead=self._on_peer_dead,
+        )
+        await detector.start(listen)
+        return detector
 
     async def _peer_is_primary(self) -> bool:
         """Listen a few heartbeat intervals for a peer already serving as primary."""
