@@ -1,6 +1,6 @@
-"""The injected sources of non-determinism: the clock and the draws the core may make."""
+"""The injected sources of non-determinism: the draws the core may make (time comes in each event)."""
 
 from sipshadow.determinism.recording import RecordingEntropy, ReplayingEntropy, ReplayMismatch
-from sipshadow.determinism.system import SystemClock, SystemEntropy
+from sipshadow.determinism.system import SystemEntropy
 
-__all__ = ["RecordingEntropy", "ReplayMismatch", "ReplayingEntropy", "SystemClock", "SystemEntropy"]
+__all__ = ["RecordingEntropy", "ReplayMismatch", "ReplayingEntropy", "SystemEntropy"]

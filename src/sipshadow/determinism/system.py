@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 
 class SystemEntropy:
@@ -14,10 +13,3 @@ class SystemEntropy:
 
     def random(self) -> float:
         return self._random.random()
-
-
-class SystemClock:
-    """Monotonic seconds for timers; the event loop's clock is the same one."""
-
-    def now(self) -> float:
-        return time.monotonic()
