@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=int, default=500)
     parser.add_argument("--takeover-trials", type=int, default=20)
     parser.add_argument("--soak-minutes", type=float, default=0.0)
+    parser.add_argument("--soak-rate", type=int, default=0, help="default: half the solo capacity measured")
     parser.add_argument("--skip", default="", help="comma list of: overhead,latency,takeover")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
@@ -218,7 +219,7 @@ def main() -> None:
             report["takeover"] = takeover_trials(args.takeover_trials, root)
         if args.soak_minutes:
             solo_capacity = report.get("overhead", {}).get("solo", {}).get("max_zero_failure_cps", 1000)
-            report["soak"] = soak(args.soak_minutes, max(50, solo_capacity // 2), root)
+            report["soak"] = soak(args.soak_minutes, args.soak_rate or max(50, solo_capacity // 2), root)
     print(json.dumps(report, indent=2))
 
 

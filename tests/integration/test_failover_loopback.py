@@ -90,3 +90,24 @@ def test_forged_and_future_frames_are_refused_and_the_pair_keeps_running(
         uac = SippUac(pair.service, tmp_path, calls=20, rate=20, recv_timeout=5.0)
         result = uac.start().wait()
     assert result.successful_calls == 20, result.summary()
+
+
+def test_a_stalled_primary_is_not_a_dead_one_the_shadow_steps_back_and_resyncs(
+    tmp_path: Path, members: list[SippUas]
+) -> None:
+    import os
+    import signal
+
+    with make_pair(tmp_path, members, "active") as pair:
+        primary = pair.nodes["a"].pid
+        os.kill(primary, signal.SIGSTOP)  # silent for 300 ms, but it still owns the address
+        time.sleep(0.3)
+        os.kill(primary, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while not (pair.role_of("b") == "shadow" and pair.status("b")["ha"].get("shadow", {}).get("synced")):
+            assert time.monotonic() < deadline, pair.status("b")["ha"]
+            time.sleep(0.05)
+        assert pair.status("b")["ha"]["takeovers"][0]["aborted"]
+        assert pair.role_of("a") == "primary"
+        result = SippUac(pair.service, tmp_path, calls=20, rate=20, recv_timeout=5.0).start().wait()
+    assert result.successful_calls == 20, result.summary()

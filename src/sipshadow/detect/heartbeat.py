@@ -43,6 +43,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.last_seen: float | None = None
         self.peer_alive = False
         self.refused = 0
+        self.stalls = 0
         self._decoder = FrameDecoder(key)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -72,10 +73,19 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        last_tick = loop.time()
         while True:
             self.send_now()
             await asyncio.sleep(self.interval_s)
-            silent_for = loop.time() - self.last_seen if self.last_seen is not None else 0.0
+            now = loop.time()
+            if now - last_tick > 2 * self.interval_s:
+                # Our own loop was stalled (CPU starvation): the peer's beats may be waiting in the
+                # socket buffer. Judge silence only after a turn in which we were listening.
+                self.stalls += 1
+                last_tick = now
+                continue
+            last_tick = now
+            silent_for = now - self.last_seen if self.last_seen is not None else 0.0
             if self.peer_alive and silent_for > self.interval_s * self.misses:
                 self.peer_alive = False
                 log.warning("peer %s:%d silent for %.0f ms: declared dead", *self.peer, silent_for * 1000)

@@ -255,7 +255,13 @@ class HaNode:
             gateway, start_seq, resend = Gateway(self.config.gateway, recorder), 0, []
         unlogged = self.tap.unclaimed() if self.tap is not None and self.replication.mode == "active" else []
         self.tap = None
-        await self._serve_as_primary(gateway, recorder, start_seq, resend, unlogged)
+        try:
+            await self._serve_as_primary(gateway, recorder, start_seq, resend, unlogged)
+        except OSError as error:  # the address is still owned: the "dead" primary was only slow
+            log.error("takeover aborted (%s): rejoining as the shadow", error)
+            self.takeovers.append({"epoch": self.epoch, "aborted": str(error)})
+            await self._shadow()
+            return
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.takeovers.append({"epoch": self.epoch, "ms": round(elapsed_ms, 2), "resent": len(resend),
                                "unlogged_processed": len(unlogged), "stranded_entries": stranded,
@@ -275,6 +281,7 @@ class HaNode:
             "role": self.role, "epoch": self.epoch, "mode": self.replication.mode,
             "peer_alive": bool(self.detector and self.detector.peer_alive),
             "heartbeats_refused": self.detector.refused if self.detector else 0,
+            "detector_stalls": self.detector.stalls if self.detector else 0,
             "gated_outputs": self.gated_outputs, "takeovers": self.takeovers,
             "input": self.replication.input, "held_by_arbiter": self.held_by_arbiter,
             "arbiter_peer_alive": bool(self.arbiter and self.arbiter.peer_alive),
