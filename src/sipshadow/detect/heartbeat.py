@@ -3,12 +3,21 @@
 Each beat also carries the sender's role, epoch and released sequence number, so the shadow
 learns how far the primary has sent outputs even when no log traffic flows, and a node that
 starts while a primary already serves learns it must join as the shadow.
+
+Beats leave from a small thread, not from the event loop: a loop busy for tens of ms (a
+state-transfer snapshot, a burst of traffic) must not look like a dead node and start a
+takeover against a live primary. The thread beats only while the loop has turned within
+`LOOP_STALL_LIMIT_S`, so a wedged node still falls silent and is taken over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 from sipshadow.replication.wire import FrameDecoder, Heartbeat, Refused, encode
@@ -16,6 +25,9 @@ from sipshadow.replication.wire import FrameDecoder, Heartbeat, Refused, encode
 log = logging.getLogger("sipshadow.detect")
 
 Address = tuple[str, int]
+
+#: How long the event loop may go without a turn before this node stops vouching for itself.
+LOOP_STALL_LIMIT_S = 0.5
 
 
 class HeartbeatDetector(asyncio.DatagramProtocol):
@@ -47,11 +59,28 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self._decoder = FrameDecoder(key)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
+        self._frame = b""
+        self._loop_turned_at = time.monotonic()
+        self._stop = threading.Event()
+        self._sender: threading.Thread | None = None
 
     async def start(self, listen: Address) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=listen)
+        self._frame = encode(self.beat(), self.key)
         self._task = asyncio.create_task(self._run())
+        sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((listen[0], 0))
+        self._sender = threading.Thread(target=self._beat_forever, args=(sock,), name="heartbeat", daemon=True)
+        self._sender.start()
+
+    def _beat_forever(self, sock: socket.socket) -> None:
+        """The sender thread: the latest beat, every interval, while the loop is alive."""
+        with sock:
+            while not self._stop.wait(self.interval_s):
+                if time.monotonic() - self._loop_turned_at < LOOP_STALL_LIMIT_S:
+                    with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
+                        sock.sendto(self._frame, self.peer)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         message = self._decoder.open_datagram(data)
@@ -75,7 +104,8 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         last_tick = loop.time()
         while True:
-            self.send_now()
+            self._loop_turned_at = time.monotonic()
+            self._frame = encode(self.beat(), self.key)
             await asyncio.sleep(self.interval_s)
             now = loop.time()
             if now - last_tick > 2 * self.interval_s:
@@ -92,6 +122,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
                 self.on_peer_dead()
 
     def close(self) -> None:
+        self._stop.set()
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:
