@@ -142,18 +142,26 @@ class DialogTable:
             for d in self.dialogs.values()
         ]
 
-    def import_state(self, rows: list[tuple[Any, ...]]) -> None:
-        """Replace the contents with `export_state()` rows; counts, heap and digest follow."""
+    def import_state(self, rows: list[tuple[Any, ...]], digest: int | None = None) -> None:
+        """Replace the contents with `export_state()` rows; counts and heap follow.
+
+        With the sender's `digest`, hashing every dialog again is skipped (a large table would
+        stall the joining shadow); the first replayed entry's state digest checks it anyway.
+        """
         self.dialogs = {}
         self.active_per_member = [0] * len(self.active_per_member)
-        self.digest = 0
+        states = tuple(DialogState)
         for call_id, member, host, port, caller_tag, state, expires_at, heap_at in rows:
             dialog = Dialog(call_id, member, (host, port), caller_tag, expires_at)
-            dialog.state = DialogState(state)
+            dialog.state = states[state]
             dialog.heap_at = heap_at
             self.dialogs[call_id] = dialog
-            self.digest ^= dialog_hash(dialog)
-            if dialog.state is not DialogState.TERMINATED:
+            if state != DialogState.TERMINATED:
                 self.active_per_member[member] += 1
+        if digest is None:
+            digest = 0
+            for dialog in self.dialogs.values():
+                digest ^= dialog_hash(dialog)
+        self.digest = digest
         self._expiry = [(dialog.heap_at, call_id) for call_id, dialog in self.dialogs.items()]
         heapq.heapify(self._expiry)

@@ -78,6 +78,7 @@ class Gateway:
         """The whole replicated state as plain data (lists, tuples, numbers, strings)."""
         return {
             "dialogs": self.table.export_state(),
+            "dialogs_digest": self.table.digest,
             "cursor": self.policy.cursor,
             "health": self.health.export_state(),
             "counters": self.counters.as_dict(),
@@ -85,7 +86,7 @@ class Gateway:
 
     def import_state(self, state: dict[str, Any]) -> None:
         """Replace the state with an `export_state()` (a shadow joining; not an event)."""
-        self.table.import_state([tuple(row) for row in state["dialogs"]])
+        self.table.import_state(state["dialogs"], state.get("dialogs_digest"))
         self.policy.cursor = state["cursor"]
         self.health.import_state(state["health"])
         counters = dict(state["counters"])

@@ -27,7 +27,9 @@ log = logging.getLogger("sipshadow.detect")
 Address = tuple[str, int]
 
 #: How long the event loop may go without a turn before this node stops vouching for itself.
-LOOP_STALL_LIMIT_S = 0.5
+LOOP_STALL_LIMIT_S = 2.0
+#: How long a late beat keeps the detection window wide.
+JITTER_MEMORY_S = 10.0
 
 
 class HeartbeatDetector(asyncio.DatagramProtocol):
@@ -56,6 +58,8 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.peer_alive = False
         self.refused = 0
         self.stalls = 0
+        self._worst_gap = 0.0
+        self._worst_gap_at = 0.0
         self._decoder = FrameDecoder(key)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -88,10 +92,28 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             self.refused += 1
             log.warning("refused a heartbeat from %s: %s", addr, getattr(message, "reason", "not a heartbeat"))
             return
-        self.last_seen = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        if self.last_seen is not None:
+            self._note_gap(now - self.last_seen, now)
+        self.last_seen = now
         self.last_peer_beat = message
         self.peer_alive = True
         self.on_peer_beat(message)
+
+    def _note_gap(self, gap: float, now: float) -> None:
+        """Remember the longest gap between the peer's beats over the last `JITTER_MEMORY_S`."""
+        if gap >= self._worst_gap or now - self._worst_gap_at > JITTER_MEMORY_S:
+            self._worst_gap, self._worst_gap_at = gap, now
+
+    @property
+    def window_s(self) -> float:
+        """Silence that means death: `misses` intervals, or twice the worst recent gap if longer.
+
+        A loaded host delivers beats late; widening the window with the jitter actually seen
+        (an accrual detector in its simplest form) keeps a slow peer from being declared dead,
+        while a quiet pair keeps the tight window.
+        """
+        return max(self.interval_s * self.misses, 2 * self._worst_gap)
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the peer is down: silence says the same
@@ -116,7 +138,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
                 continue
             last_tick = now
             silent_for = now - self.last_seen if self.last_seen is not None else 0.0
-            if self.peer_alive and silent_for > self.interval_s * self.misses:
+            if self.peer_alive and silent_for > self.window_s:
                 self.peer_alive = False
                 log.warning("peer %s:%d silent for %.0f ms: declared dead", *self.peer, silent_for * 1000)
                 self.on_peer_dead()

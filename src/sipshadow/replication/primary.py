@@ -28,6 +28,7 @@ from sipshadow.replication.wire import (
     Payloads,
     Refused,
     Snapshot,
+    SnapshotRows,
     StreamLost,
     encode,
 )
@@ -35,6 +36,7 @@ from sipshadow.replication.wire import (
 log = logging.getLogger("sipshadow.replication")
 
 Sender = Callable[[list[SendDatagram]], None]
+SNAPSHOT_ROWS_PER_FRAME = 2000
 
 
 class PrimaryReplicator:
@@ -167,15 +169,26 @@ class PrimaryReplicator:
         self.release_all()
         self._payloads.clear()
         started = time.perf_counter()
-        frame = encode(Snapshot(self.seq, self.epoch, self.gateway.export_state()), self.key)
-        connection.write(frame)
+        state = self.gateway.export_state()
+        rows = state.pop("dialogs")
+        parts = [
+            rows[index : index + SNAPSHOT_ROWS_PER_FRAME] for index in range(0, len(rows), SNAPSHOT_ROWS_PER_FRAME)
+        ]
+        frames = [encode(Snapshot(self.seq, self.epoch, state, len(parts)), self.key)]
+        frames += [encode(SnapshotRows(part), self.key) for part in parts]
+        connection.write(b"".join(frames))
         pause_ms = (time.perf_counter() - started) * 1000
         self.connection = connection
         self.acked = self.seq
         self.stats["snapshots_sent"] += 1
         self.stats["last_snapshot_ms"] = round(pause_ms, 2)
         log.info(
-            "shadow %s attached at entry %d (snapshot %d bytes, %.1f ms)", hello.node_id, self.seq, len(frame), pause_ms
+            "shadow %s attached at entry %d (snapshot of %d dialogs in %d frames, %.1f ms)",
+            hello.node_id,
+            self.seq,
+            len(rows),
+            len(frames),
+            pause_ms,
         )
 
     def detach(self, connection: ShadowConnection | None) -> None:

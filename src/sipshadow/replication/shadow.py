@@ -30,6 +30,7 @@ from sipshadow.replication.wire import (
     Payloads,
     Refused,
     Snapshot,
+    SnapshotRows,
     StreamLost,
     encode,
 )
@@ -76,6 +77,9 @@ class ShadowLink(asyncio.Protocol):
         self._payloads: dict[int, bytes] = {}
         self._requested: set[int] = set()
         self._request_timer: asyncio.TimerHandle | None = None
+        self._snapshot: Snapshot | None = None
+        self._rows: list[object] = []
+        self._parts = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_connected())
@@ -117,17 +121,15 @@ class ShadowLink(asyncio.Protocol):
             self.stats["refused_frames"] += 1
             log.warning("refused a frame from the primary: %s", message.reason)
         elif isinstance(message, Snapshot):
-            self.replica.restore(message.seq, message.state)
-            self._waiting.clear()
-            self._payloads.clear()
-            self._requested.clear()
-            if self.tap is not None:
-                self.tap.clear()  # the snapshot covers every copy that arrived before it
-            self.primary_epoch = message.epoch
-            self.synced = True
-            self.stats["snapshots"] += 1
-            log.info("state transfer: snapshot at entry %d (%d dialogs)", message.seq, len(self.replica.gateway.table))
-            self._ack()
+            self.synced = False
+            self._snapshot, self._rows, self._parts = message, [], 0
+            if message.parts == 0:
+                self._restore()
+        elif isinstance(message, SnapshotRows) and self._snapshot is not None:
+            self._rows.extend(message.rows)
+            self._parts += 1
+            if self._parts == self._snapshot.parts:
+                self._restore()
         elif isinstance(message, Entries) and self.synced:
             self._waiting.extend(message.entries)
             self.replica.released(message.released)
@@ -136,6 +138,23 @@ class ShadowLink(asyncio.Protocol):
             self.stats["payloads_received"] += len(message.items)
             self._payloads.update(message.items)
             self.drain()
+
+    def _restore(self) -> None:
+        """Every part of the snapshot is in: replace the replica's state and start replaying."""
+        message, rows = self._snapshot, self._rows
+        assert message is not None
+        self._snapshot, self._rows, self._parts = None, [], 0
+        self.replica.restore(message.seq, {"dialogs": rows, **message.state})
+        self._waiting.clear()
+        self._payloads.clear()
+        self._requested.clear()
+        if self.tap is not None:
+            self.tap.clear()  # the snapshot covers every copy that arrived before it
+        self.primary_epoch = message.epoch
+        self.synced = True
+        self.stats["snapshots"] += 1
+        log.info("state transfer: snapshot at entry %d (%d dialogs)", message.seq, len(self.replica.gateway.table))
+        self._ack()
 
     def drain(self) -> None:
         """Apply waiting entries in order while their payloads are at hand; then acknowledge."""

@@ -35,11 +35,20 @@ class Hello(msgspec.Struct, array_like=True, tag=1):
 
 
 class Snapshot(msgspec.Struct, array_like=True, tag=2):
-    """The core's state after entry `seq`; entries from `seq + 1` follow."""
+    """The core's state after entry `seq`, less its dialogs, which follow in `parts` frames
+    (small frames: the sender's loop and heartbeat thread never wait on one huge encode);
+    entries from `seq + 1` come after them."""
 
     seq: int
     epoch: int
     state: dict[str, Any]
+    parts: int = 0
+
+
+class SnapshotRows(msgspec.Struct, array_like=True, tag=8):
+    """One part of a snapshot's dialog rows."""
+
+    rows: list[Any]
 
 
 class Entries(msgspec.Struct, array_like=True, tag=3):
@@ -76,8 +85,8 @@ class Payloads(msgspec.Struct, array_like=True, tag=7):
     items: list[tuple[int, bytes]]
 
 
-Message = Hello | Snapshot | Entries | Ack | Heartbeat | PayloadRequest | Payloads
-_KIND_OF = {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5, PayloadRequest: 6, Payloads: 7}
+Message = Hello | Snapshot | Entries | Ack | Heartbeat | PayloadRequest | Payloads | SnapshotRows
+_KIND_OF = {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8}
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

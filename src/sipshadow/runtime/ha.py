@@ -37,6 +37,7 @@ from sipshadow.runtime.node import DatagramEndpoint, Node, open_endpoint
 
 log = logging.getLogger("sipshadow.ha")
 
+ABORT_HOLD_S = 1.0  # after an aborted takeover, a silence must outlast this to count again
 BIND_RETRY_S = 0.1  # a killed owner frees the port at once; a live one means no takeover
 
 
@@ -62,6 +63,7 @@ class HaNode:
         self.tap: TapBuffer | None = None
         self._tap_socket: tuple[asyncio.DatagramTransport, DatagramEndpoint] | None = None
         self._peer_role = ""
+        self._hold_until = 0.0
         self.tap_mode = self.replication.input == "tap"
         self.identity: ServiceIdentity = (
             LinuxIdentity(self.replication.vip_interface, config.listen[0]) if self.tap_mode else LoopbackIdentity()
@@ -224,6 +226,10 @@ class HaNode:
             return
         if self.detector is not None and self.detector.peer_alive:
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._hold_until:  # a takeover just found the primary alive: look again later
+            loop.call_at(self._hold_until, self._on_peer_dead)
+            return
         if self.arbiter is not None and self.arbiter.peer_alive:
             # The arbiter's own silence (if the primary is really dead) calls us again.
             self.held_by_arbiter += 1
@@ -260,6 +266,7 @@ class HaNode:
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
             log.error("takeover aborted (%s): rejoining as the shadow", error)
             self.takeovers.append({"epoch": self.epoch, "aborted": str(error)})
+            self._hold_until = asyncio.get_running_loop().time() + ABORT_HOLD_S
             await self._shadow()
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
