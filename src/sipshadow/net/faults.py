@@ -10,25 +10,15 @@ Each has an undo (`recover`, `heal`) so a test can check the way back too.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterable
 
-from sipshadow.net.testbed import PAIR, SWITCH, Testbed, run_all
+from sipshadow.net.testbed import PAIR, SWITCH, Testbed, run_all, sigkill
 
 
 def kill(tb: Testbed, host: str = "primary", pids: Iterable[int] | None = None) -> list[int]:
     """SIGKILL pids (default: every process) inside host's namespace; return the pids signalled."""
     inside = set(tb.pids(host))
-    targets = sorted(inside if pids is None else inside.intersection(pids))
-    signalled: list[int] = []
-    for pid in targets:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            signalled.append(pid)
-        except ProcessLookupError:
-            pass
-    return signalled
+    return sigkill(sorted(inside if pids is None else inside.intersection(pids)))
 
 
 def _link_commands(tb: Testbed, host: str, state: str) -> list[tuple[list[str], str]]:

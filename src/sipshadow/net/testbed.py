@@ -244,13 +244,20 @@ def kill_namespace_processes(keys: dict[NsKey, str], *, timeout: float = 5.0) ->
             return killed
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} survive SIGKILL in {sorted(keys.values())}")
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
+        killed += sigkill(pids)
         time.sleep(0.01)
+
+
+def sigkill(pids: Iterable[int]) -> list[int]:
+    """SIGKILL each pid; return those that were still there to be signalled."""
+    signalled: list[int] = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            signalled.append(pid)
+        except ProcessLookupError:
+            pass
+    return signalled
 
 
 def down_all(prefix: str) -> list[str]:
