@@ -202,7 +202,7 @@ def as_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def failure_free_cost(
-    config: ExperimentConfig, rates: tuple[int, ...] = (250, 500, 1000), seconds: float = 4.0
+    config: ExperimentConfig, rates: tuple[int, ...] = (500, 1000, 2000, 3000), seconds: float = 4.0
 ) -> dict[str, Any]:
     """No HA vs active replication without a failure: zero-failure rate and response time."""
     import json
