@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--fail-at", type=float, default=3.0, metavar="S")
     experiment.add_argument("--repeat", type=int, default=3)
     experiment.add_argument("--members", default="sipp", choices=("sipp", "kamailio"))
+    experiment.add_argument("--fault", default="crash", choices=("crash", "kill"), help="how the primary fails")
     experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
     experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
     experiment.add_argument("--out", type=Path, default=Path("runs/experiment"))
@@ -104,7 +105,7 @@ def _experiment(args: argparse.Namespace) -> int:
     _interrupt_on(signal.SIGINT, signal.SIGTERM)  # even when started as a background job (SIGINT ignored)
     config = ExperimentConfig(
         modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
-        members=args.members, parallel=args.parallel, out=args.out.resolve(),
+        members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(),
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)
 
