@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import log, machine
+from harness import log, machine, nearest_rank
 from sipshadow.lab.netns_lab import SIP_PORT, NetnsLab
 
 
@@ -52,10 +51,6 @@ def one_trial(how: str, workdir: Path) -> dict[str, Any]:
         "shadow_role": shadow_role,
         "takeover": takeovers[-1] if takeovers else None,
     }
-
-
-def nearest_rank(ordered: list[float], quantile: float) -> float:
-    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
 def main() -> None:

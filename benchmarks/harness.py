@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import subprocess
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,9 +12,8 @@ from typing import Any
 
 import psutil
 
-from sipshadow import __version__
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.kamailio import kamailio_available
+from sipshadow.lab.report import versions
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 
 LADDER = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000)
@@ -131,26 +129,10 @@ def capacity(
     }
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+def nearest_rank(ordered: list[float], quantile: float) -> float:
+    """The nearest-rank percentile: with 20 samples, p99 is the largest."""
+    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
 def machine() -> dict[str, Any]:
-    sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()
-    kamailio = (
-        subprocess.run(["kamailio", "-v"], capture_output=True, text=True).stdout.splitlines()
-        if kamailio_available()
-        else []
-    )
-    return {
-        "cpus": psutil.cpu_count(),
-        "cpu_model": cpu_model(),
-        "kernel": platform.release(),
-        "python": sys.version.split()[0],
-        "sipshadow": __version__,
-        "sipp": sipp[0] if sipp else None,
-        "kamailio": kamailio[0] if kamailio else None,
-    }  # fmt: skip
+    return {"cpus": psutil.cpu_count(), **versions()}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import statistics
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from harness import LADDER, alg_front, capacity, log, machine
+from harness import LADDER, alg_front, capacity, log, machine, nearest_rank
 from sipshadow.lab.pair import LoopbackPair
 from sipshadow.lab.pinger import Pinger
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
@@ -95,11 +94,6 @@ def latency(name: str, rate: int, seconds: float, root: Path) -> dict[str, Any]:
         "median_ms": round(statistics.median(rtts), 3),
         "p99_ms": round(nearest_rank(rtts, 0.99), 3),
     }
-
-
-def nearest_rank(ordered: list[float], quantile: float) -> float:
-    """The nearest-rank percentile: with 20 samples, p99 is the largest."""
-    return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
 # -- takeover ---------------------------------------------------------------------------------

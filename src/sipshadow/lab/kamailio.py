@@ -14,14 +14,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
+
+from sipshadow.lab.alg import options_ping
 
 __all__ = [
     "DISPATCHER_SET",
@@ -33,7 +33,6 @@ __all__ = [
     "kamailio_binary",
     "render_config",
     "render_dispatcher_list",
-    "sip_options_ping",
 ]
 
 Member = tuple[str, int]
@@ -300,46 +299,6 @@ route[RELAY] {{
 """
 
 
-def sip_options_ping(target: tuple[str, int], timeout: float = 0.5, source_host: str = "127.0.0.1") -> int | None:
-    """Send one OPTIONS and return the status code, or None on no answer.
-
-    Used as the readiness probe: a 200 proves the script runs end to end,
-    which an open socket alone does not.
-    """
-    host, port = target
-    call_id = uuid.uuid4().hex
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source_host, 0))
-        sock.settimeout(timeout)
-        lport = sock.getsockname()[1]
-        request = (
-            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {source_host}:{lport};branch=z9hG4bK{call_id[:16]};rport\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:probe@{source_host}>;tag={call_id[16:24]}\r\n"
-            f"To: <sip:{host}:{port}>\r\n"
-            f"Call-ID: {call_id}@{source_host}\r\n"
-            "CSeq: 1 OPTIONS\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-        try:
-            sock.sendto(request, (host, port))
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                sock.settimeout(remaining)
-                data, _ = sock.recvfrom(65535)
-                if call_id.encode() not in data:
-                    continue  # stray datagram, not our answer
-                parts = data.split(b"\r\n", 1)[0].split()
-                if len(parts) >= 2 and parts[0] == b"SIP/2.0" and parts[1].isdigit():
-                    return int(parts[1])
-        except (TimeoutError, ConnectionRefusedError, OSError):
-            return None
-
-
 class KamailioProcess:
     """Run Kamailio in the foreground for the duration of a `with` block.
 
@@ -493,7 +452,7 @@ class KamailioProcess:
 
     def _answers_options(self) -> bool:
         if self.netns is None:
-            return sip_options_ping(self.listen, timeout=0.3) == 200
+            return options_ping(self.listen, timeout_s=0.3)
         probe = [
             *self._in_netns,
             sys.executable,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -45,7 +46,16 @@ def draw_figure(table: Table, path: Path) -> None:
     plt.close(figure)
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def versions() -> dict[str, str]:
+    """The machine and every tool version a result depends on (reports and benchmarks)."""
+
     def first_line(argv: list[str]) -> str:
         try:
             output = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False).stdout
@@ -53,15 +63,11 @@ def versions() -> dict[str, str]:
             return "not installed"
         return next((line.strip() for line in output.splitlines() if line.strip()), "unknown")
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
-    import os
-
     return {
         "sipshadow": __version__,
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "cpu": f"{cpu} ({os.cpu_count()} cores)",
+        "cpu": f"{cpu_model()} ({os.cpu_count()} cores)",
         "sipp": first_line(["sipp", "-v"]),
         "kamailio": first_line(["kamailio", "-v"]),
         "nft": first_line(["nft", "--version"]),

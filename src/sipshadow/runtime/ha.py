@@ -321,5 +321,3 @@ class HaNode:
             if self.node.replicator is not None:
                 self.node.replicator.close()
             self.node.close()
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0)
