@@ -9,8 +9,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sipshadow import __version__
+
+if TYPE_CHECKING:
+    from sipshadow.runtime.config import NodeConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,35 +34,39 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--peer", metavar="HOST:PORT", help="the other node's replication address (replication.peer)")
 
     stats = commands.add_parser("stats", help="print a running node's status file")
-    stats.add_argument("file", type=Path)
+    stats.add_argument("file", type=Path, help="the node's status.file (--status-file)")
     stats.add_argument("--json", action="store_true", help="raw JSON instead of a table")
 
     lab = commands.add_parser("lab", help="experiments with real SIPp")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
     loopback = lab_commands.add_parser("loopback", help="SIPp UAC -> sipshadow -> 2 SIPp UAS on loopback")
-    loopback.add_argument("--calls", type=int, default=400)
-    loopback.add_argument("--rate", type=float, default=40.0)
-    loopback.add_argument("--policy", default="round-robin")
-    loopback.add_argument("--out", type=Path, default=Path("runs/loopback"))
+    loopback.add_argument("--calls", type=int, default=400, help="calls SIPp places")
+    loopback.add_argument("--rate", type=float, default=40.0, help="calls per second")
+    loopback.add_argument("--policy", default="round-robin", help="the ALG's cluster.policy")
+    loopback.add_argument("--out", type=Path, default=Path("runs/loopback"), help="SIPp and ALG logs")
     up = lab_commands.add_parser("up", help="bring up the namespace test bed with a primary/shadow pair")
     up.add_argument("--topology", type=Path, help="TOML file: member_count, addresses (198.18.0.0/24)")
-    up.add_argument("--mode", default="active", choices=("active", "network", "none"))
-    up.add_argument("--out", type=Path, default=Path("runs/lab"))
+    up.add_argument("--mode", default="active", choices=("active", "network", "none"), help="the pair's HA mode")
+    up.add_argument("--out", type=Path, default=Path("runs/lab"), help="node logs and status files")
     lab_commands.add_parser("down", help="remove the test bed: namespaces, links, processes")
     experiment = lab_commands.add_parser("experiment", help="the paper's Figure 2: loss ratio vs call rate per HA mode")
-    experiment.add_argument("--modes", default="none,network,active")
+    experiment.add_argument("--modes", default="none,network,active", help="HA modes, comma separated")
     experiment.add_argument("--rates", default="20,50,100,200", help="calls per second, comma separated")
-    experiment.add_argument("--call-duration", type=float, default=4.0, metavar="S")
-    experiment.add_argument("--fail-at", type=float, default=3.0, metavar="S")
-    experiment.add_argument("--repeat", type=int, default=3)
-    experiment.add_argument("--members", default="sipp", choices=("sipp", "kamailio"))
+    experiment.add_argument("--call-duration", type=float, default=4.0, metavar="S", help="length of each call")
+    experiment.add_argument("--fail-at", type=float, default=3.0, metavar="S", help="primary fails this long in")
+    experiment.add_argument("--repeat", type=int, default=3, help="runs per (mode, rate)")
+    experiment.add_argument(
+        "--members", default="sipp", choices=("sipp", "kamailio"), help="kamailio: a proxy before each callee"
+    )
     experiment.add_argument("--fault", default="crash", choices=("crash", "kill"), help="how the primary fails")
     experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
     experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
-    experiment.add_argument("--out", type=Path, default=Path("runs/experiment"))
+    experiment.add_argument("--out", type=Path, default=Path("runs/experiment"), help="results, figure, report, logs")
     fail = lab_commands.add_parser("fail", help="inject a fault into the primary")
-    fail.add_argument("host", choices=("primary",))
-    fail.add_argument("--how", required=True, choices=("kill", "crash", "partition"))
+    fail.add_argument("host", choices=("primary",), help="the node to fail")
+    fail.add_argument(
+        "--how", required=True, choices=("kill", "crash", "partition"), help="SIGKILL, links down, heartbeat link cut"
+    )
     return parser
 
 
@@ -73,9 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _lab(args: argparse.Namespace) -> int:
     if args.lab_command == "loopback":
+        from sipshadow.core.config import POLICIES
         from sipshadow.lab.loopback import run_loopback
 
-        return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out)
+        if args.calls < 1:
+            return _refuse("--calls", f"must be positive, got {args.calls}")
+        if not args.rate > 0:
+            return _refuse("--rate", f"must be positive, got {args.rate:g}")
+        if args.policy not in POLICIES:
+            return _refuse("--policy", f"unknown policy {args.policy!r}; expected one of {', '.join(POLICIES)}")
+        # resolved: SIPp runs with its log directory as cwd, where a relative path means something else
+        return run_loopback(calls=args.calls, rate=args.rate, policy=args.policy, out=args.out.resolve())
     from sipshadow.lab import lab_cli
 
     if args.lab_command == "experiment":
@@ -90,24 +106,33 @@ def _lab(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from sipshadow.lab.experiment import MODES, ExperimentConfig, run_experiment
 
+    modes = tuple(mode for mode in args.modes.split(",") if mode)
     try:
-        modes = tuple(mode for mode in args.modes.split(",") if mode)
         rates = tuple(int(rate) for rate in args.rates.split(",") if rate)
     except ValueError:
-        print("sipshadow: --rates: expected comma-separated integers", file=sys.stderr)
-        return 2
+        return _refuse("--rates", "expected comma-separated integers")
     if not modes or any(mode not in MODES for mode in modes):
-        print(f"sipshadow: --modes: expected a comma-separated subset of {','.join(MODES)}", file=sys.stderr)
-        return 2
-    if not rates or min(rates) <= 0 or args.repeat < 1 or args.parallel < 1:
-        print("sipshadow: --rates, --repeat and --parallel must be positive", file=sys.stderr)
-        return 2
+        return _refuse("--modes", f"expected a comma-separated subset of {','.join(MODES)}")
+    if not rates or min(rates) <= 0:
+        return _refuse("--rates", "must be positive")
+    positive = {"--repeat": args.repeat, "--parallel": args.parallel, "--call-duration": args.call_duration}
+    for flag, value in positive.items():
+        if not value > 0:
+            return _refuse(flag, f"must be positive, got {value:g}")
+    if args.fail_at < 0:
+        return _refuse("--fail-at", f"must be >= 0, got {args.fail_at:g}")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)  # even when started as a background job (SIGINT ignored)
     config = ExperimentConfig(
         modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
         members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(),
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)
+
+
+def _refuse(flag: str, problem: str) -> int:
+    """One line naming the flag, exit code 2: the same shape as a config error."""
+    print(f"sipshadow: {flag}: {problem}", file=sys.stderr)
+    return 2
 
 
 def _interrupt_on(*signums: signal.Signals) -> None:
@@ -120,13 +145,24 @@ def _interrupt_on(*signums: signal.Signals) -> None:
         signal.signal(signum, interrupt)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """The `serve` flags merged over the config file: what the node would run with (raises ConfigError)."""
     from sipshadow.runtime.config import ConfigError, ConfigFile, build, load_file
+
+    file = load_file(args.config) if args.config else ConfigFile()
+    config = build(file, listen=args.listen, members=args.member, policy=args.policy, status_file=args.status_file,
+                   role=args.role, peer=args.peer)  # fmt: skip
+    if args.peer is not None and config.replication is None:
+        raise ConfigError("--peer", "a solo node has no peer; give --role primary|shadow (or replication.role)")
+    return config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sipshadow.runtime.config import ConfigError
     from sipshadow.runtime.serve import run
 
     try:
-        file = load_file(args.config) if args.config else ConfigFile()
-        config = build(file, listen=args.listen, members=args.member, policy=args.policy, status_file=args.status_file)
+        config = node_config(args)
     except ConfigError as error:
         print(f"sipshadow: {error}", file=sys.stderr)
         return 2

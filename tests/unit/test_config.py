@@ -54,6 +54,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ('[cluster]\nmembers = ["h:5060"]\npolicy = "fastest"', "cluster.policy", "unknown policy 'fastest'"),
         ('[cluster]\nmembers = ["h:5060"]\n[service]\nlisten = "h:99999"', "service.listen", "bad port"),
         ('[cluster]\nmembers = ["h:5060"]\n[dialogs]\nearly_timeout_s = -1', "dialogs.early_timeout_s", "must be > 0"),
+        ('[cluster]\nmembers = ["h:5060"]\n[dialogs]\nearly_timeout_s = 180', "dialogs.early_timeout_s", "Timer C"),
         ('[cluster]\nmembers = ["h:1", "h:1"]', "cluster.members", "listed twice"),
         ('[servise]\nlisten = "h:1"', "servise", "unknown key"),
         ('[service]\nlissen = "h:1"', "service.lissen", "unknown key"),

@@ -41,6 +41,12 @@ def status_of(output: SendDatagram) -> int:
     return parse_message(output.data).status
 
 
+def dialog_state(gateway: Gateway, call_id: str = "call-1@caller", to_tag: str = "callee-tag") -> DialogState:
+    call = gateway.table.get(call_id)
+    assert call is not None, call_id
+    return call.dialogs[("caller-tag", to_tag)].state
+
+
 def start_call(gateway: Gateway, call_id: str = "call-1@caller", now: float = 0.0) -> SendDatagram:
     return only(send(gateway, request("INVITE", call_id=call_id, branch=f"z9hG4bK{call_id}"), now=now))
 
@@ -75,9 +81,9 @@ def test_responses_return_along_the_via_stack_and_confirm_the_dialog() -> None:
     ringing = answer(gateway, forwarded, 180)
     assert ringing.destination == CALLER
     assert parse_message(ringing.data).values("via") == ["SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKcall-1@caller"]
-    assert gateway.table.get("call-1@caller").state is DialogState.EARLY
+    assert dialog_state(gateway) is DialogState.EARLY
     answer(gateway, forwarded, 200)
-    assert gateway.table.get("call-1@caller").state is DialogState.CONFIRMED
+    assert dialog_state(gateway) is DialogState.CONFIRMED
     assert gateway.table.active_per_member == [1, 0]
 
 
@@ -130,7 +136,8 @@ def test_non_2xx_final_ends_an_early_dialog_and_its_ack_still_routes() -> None:
     gateway = make_gateway()
     forwarded = start_call(gateway)
     answer(gateway, forwarded, 487)
-    assert gateway.table.get("call-1@caller").state is DialogState.TERMINATED
+    assert dialog_state(gateway) is DialogState.TERMINATED
+    assert gateway.table.active_per_member == [0, 0]
     ack = request("ACK", to_tag="callee-tag", branch="z9hG4bKcall-1@caller")
     out = only(send(gateway, ack))
     assert out.destination == MEMBERS[0]
@@ -170,7 +177,7 @@ BAD_REQUESTS = {
     "CSeq method does not match request method": request("INVITE", cseq_method="BYE"),
     "Malformed CSeq": request("INVITE").replace(b"CSeq: 1 INVITE", b"CSeq: one INVITE"),
     "Bad Max-Forwards": request("INVITE", max_forwards="ten"),
-    "Content-Length does not match body": request("INVITE", body="v=0\r\n").replace(
+    "Content-Length exceeds body": request("INVITE", body="v=0\r\n").replace(
         b"Content-Length: 5", b"Content-Length: 50"
     ),
     "Duplicate Call-ID": request("INVITE", extra=("Call-ID: second",)),
@@ -237,11 +244,13 @@ def test_unanswered_probes_take_a_member_out_and_its_calls_keep_their_route() ->
     assert gateway.health.members[0].up and gateway.counters.member_up_events == 1
 
 
-def test_no_healthy_member_gets_503() -> None:
+def test_with_every_member_down_new_calls_are_routed_anyway_and_counted() -> None:
     gateway = make_gateway(probe_interval_s=1.0, probe_misses=1)
     for now in (0.0, 1.0):
         gateway.handle(TimerExpired(now))
-    assert status_of(only(send(gateway, request("INVITE")))) == 503
+    assert not any(member.up for member in gateway.health.members)
+    assert only(send(gateway, request("INVITE"))).destination in MEMBERS
+    assert gateway.counters.routed_all_down == 1 and gateway.counters.rejected == {}
 
 
 def test_early_and_confirmed_dialogs_are_reaped_by_their_timers() -> None:
@@ -268,9 +277,14 @@ def test_in_dialog_activity_postpones_the_confirmed_timeout() -> None:
 def test_least_active_calls_fills_the_emptier_member() -> None:
     gateway = make_gateway("least-active-calls")
     first = start_call(gateway, "a")
-    assert start_call(gateway, "b").destination != first.destination
-    send(gateway, request("BYE", call_id="a", to_tag="t", cseq=2))
-    assert start_call(gateway, "c").destination == first.destination
+    second = start_call(gateway, "b")
+    assert second.destination != first.destination
+    answer(gateway, first, 200)
+    answer(gateway, start_call(gateway, "c"), 200)  # a tie: the first configured member
+    send(gateway, request("BYE", call_id="a", to_tag="callee-tag", cseq=2))
+    assert gateway.table.active_per_member == [1, 1]
+    send(gateway, request("BYE", call_id="c", to_tag="callee-tag", cseq=2))
+    assert start_call(gateway, "d").destination == first.destination
 
 
 def test_weighted_random_uses_only_the_injected_draws() -> None:

@@ -16,10 +16,17 @@ from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 CONFIG = dict(probe_interval_s=1.0, probe_misses=2, early_timeout_s=5.0, confirmed_timeout_s=20.0,
               terminated_linger_s=2.0)  # fmt: skip
 
+#: To tags of forks: a member that forks answers one request with several.
+TAGS = st.sampled_from(["callee-tag", "fork-b", "fork-c"])
+
 operations = st.one_of(
     st.tuples(st.just("invite"), st.integers(0, 5)),
-    st.tuples(st.just("answer"), st.integers(0, 5), st.sampled_from([100, 180, 200, 486, 487])),
-    st.tuples(st.just("in_dialog"), st.integers(0, 5), st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "UPDATE"])),
+    st.tuples(st.just("subscribe"), st.integers(0, 5)),
+    st.tuples(st.just("answer"), st.integers(0, 5), st.sampled_from([100, 180, 200, 202, 486, 487]), TAGS),
+    st.tuples(
+        st.just("in_dialog"), st.integers(0, 5), st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "UPDATE", "NOTIFY"]),
+        TAGS, st.booleans(),
+    ),
     st.tuples(st.just("cancel"), st.integers(0, 5)),
     st.tuples(st.just("timer"), st.floats(0.0, 8.0)),
     st.tuples(st.just("probe_answer"), st.integers(0, 1)),
@@ -57,20 +64,25 @@ class Driver:
             return DatagramReceived(request("INVITE", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
         if kind == "cancel":
             return DatagramReceived(request("CANCEL", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
-        if kind == "in_dialog":
-            method = operation[2]
-            data = request(method, call_id=call, to_tag="callee-tag", cseq=self.cseq, branch=f"z9hG4bK{self.cseq}")
+        if kind == "subscribe":
+            data = request("SUBSCRIBE", call_id=call, branch=f"z9hG4bKs{call}", extra=("Event: presence",))
             return DatagramReceived(data, CALLER, self.now)
+        if kind == "in_dialog":
+            method, tag, from_callee = operation[2:]
+            tags = {"from_tag": tag, "to_tag": "caller-tag"} if from_callee else {"to_tag": tag}
+            extra = ("Subscription-State: terminated",) if method == "NOTIFY" else ()
+            data = request(method, call_id=call, cseq=self.cseq, branch=f"z9hG4bK{self.cseq}", extra=extra, **tags)
+            return DatagramReceived(data, MEMBERS[0] if from_callee else CALLER, self.now)
         forwarded = self.forwarded.get(operation[1])
         if forwarded is None:
             return None
-        return DatagramReceived(response_to(forwarded, operation[2], "X"), MEMBERS[0], self.now)
+        return DatagramReceived(response_to(forwarded, operation[2], "X", to_tag=operation[3]), MEMBERS[0], self.now)
 
     def observe(self, operation: tuple, outputs: list) -> None:
         for output in outputs:
             if output.data.startswith(b"OPTIONS"):
                 self.probes[MEMBERS.index(output.destination)] = output.data
-            elif operation[0] in ("invite",) and output.destination in MEMBERS:
+            elif operation[0] in ("invite", "subscribe") and output.destination in MEMBERS:
                 self.forwarded[operation[1]] = output.data
 
 

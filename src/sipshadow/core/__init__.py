@@ -11,11 +11,15 @@ Rules (the reason active replication works; `tests/unit/test_purity.py` guards t
    event when it passes. Which timers fire is decided here, from `now`, never by the adaptor.
 5. Adaptors (runtime, replication) make no decisions: they move bytes and time in and out.
 
-Theory of operation: a new INVITE is dispatched to a healthy cluster member by the policy and
-opens a dialog keyed by Call-ID; every later message of that call follows the dialog, whatever
-its Request-URI says. Responses return along the Via stack. The gateway is transaction-
-stateless (§16.11): branches are derived from the incoming branch, so a retransmission, a
-CANCEL and an ACK for a non-2xx response take the same branch as their INVITE.
+Theory of operation: a request is validated whole (§8.2, §16.3) before anything changes. A
+new INVITE, SUBSCRIBE or REFER is dispatched to a member by the policy (a known Call-ID keeps
+its member) and Record-Routed; it opens an attempt, and its responses open dialogs keyed by
+Call-ID + From tag + To tag, several per Call-ID when a call forks. A request with a To tag
+must match one of those dialogs by tags, in either direction, else 481; a CANCEL goes where the
+request it cancels went; a request with no To tag goes out of dialog to a member. Responses
+return along the Via stack. The gateway is transaction-stateless (§16.11): branches are
+derived from the incoming branch, so a retransmission, a CANCEL and an ACK for a non-2xx
+response take the same branch as their INVITE.
 """
 
 from sipshadow.core.actions import SendDatagram

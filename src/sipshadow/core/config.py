@@ -24,7 +24,7 @@ class GatewayConfig:
     policy: str = "round-robin"
     probe_interval_s: float = 1.0
     probe_misses: int = 3
-    early_timeout_s: float = 180.0
+    early_timeout_s: float = 200.0
     confirmed_timeout_s: float = 7200.0
     terminated_linger_s: float = 32.0
     aliases: tuple[Address, ...] = field(default=())

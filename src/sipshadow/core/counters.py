@@ -10,6 +10,8 @@ class Counters:
     requests: int = 0
     responses: int = 0
     calls: int = 0
+    #: SUBSCRIBE and REFER attempts that opened a Call-ID (routed like calls, not counted as one).
+    subscriptions: int = 0
     calls_per_member: list[int] = field(default_factory=list)
     rejected: dict[int, int] = field(default_factory=dict)
     malformed_requests: int = 0
@@ -17,11 +19,17 @@ class Counters:
     stray_responses: int = 0
     unroutable_acks: int = 0
     keepalives: int = 0
+    #: Responses whose next hop is the ALG itself: dropped instead of looped (§16.7 step 3).
+    response_loops: int = 0
+    #: New requests routed while every member looked down (better than refusing them all).
+    routed_all_down: int = 0
     dialogs_reaped_early: int = 0
     dialogs_reaped_confirmed: int = 0
     probes_sent: int = 0
     member_down_events: int = 0
     member_up_events: int = 0
+    #: Probe answers from the wrong address or for a probe no longer outstanding.
+    stray_probe_answers: int = 0
 
     def reject(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1

@@ -1,12 +1,23 @@
-"""The dialog table: which member holds each call, its state, and when it expires.
+"""The dialog table: which member holds each call, its dialogs and transactions, and expiry.
 
-Keyed by Call-ID: every dialog of a call (forks included) lives on the member that took its
-INVITE, which is all a load balancer must know. Expiry uses one heap with lazy deletion: a
-dialog's deadline may move later without touching the heap (the stale entry re-queues itself
-when it surfaces), and a dialog has at most one live entry, so memory stays O(dialogs).
+A dialog is Call-ID + From tag + To tag (RFC 3261 §12), and one Call-ID can carry several:
+a member that forks answers with several To tags, an upstream proxy forks one INVITE into
+branches with the same Call-ID (§13.2.2.4, §16.7). So the table holds a `Call` per Call-ID:
+the member every message of that Call-ID goes to, the pending dialog-creating transactions
+(`Attempt`, keyed by our branch, which every response carries back), and the dialogs of the
+Call-ID keyed by (caller tag, callee tag). Routing for a Call-ID lives while any of its
+attempts or dialogs lives.
 
-The table keeps an order-independent digest of its contents (XOR of a keyed hash of every
-dialog), updated on each change, so a replica can compare states after every event in O(1).
+A call counts as active on its member while it has a pending INVITE or a dialog that is not
+terminated and that the ALG is on the path of (its 2xx carried our Record-Route, or a request
+of it has come through us since). Subscriptions (SUBSCRIBE, REFER) are routed the same way
+but are not calls.
+
+Expiry uses one heap with lazy deletion, one live entry per call at its earliest deadline:
+a deadline may move later without touching the heap (the stale entry re-queues itself when
+it surfaces), so memory stays O(calls). The table keeps an order-independent digest of its
+contents (XOR of a keyed hash of every call), updated on each change, so replicas compare
+states after every event in O(1).
 """
 
 from __future__ import annotations
@@ -27,141 +38,319 @@ class DialogState(IntEnum):
     TERMINATED = 2
 
 
+class Attempt:
+    """A dialog-creating request (INVITE, SUBSCRIBE, REFER) with no final response yet.
+
+    Keyed by the branch the ALG gave it; `expires_at` is Timer C (§16.6 item 11), which
+    provisional responses push back (§16.7 item 2).
+    """
+
+    __slots__ = ("branch", "cseq", "expires_at", "from_tag", "method", "source")
+
+    def __init__(self, branch: str, method: str, from_tag: str, cseq: int, source: Address, expires_at: float) -> None:
+        self.branch = branch
+        self.method = method
+        self.from_tag = from_tag
+        self.cseq = cseq
+        self.source = source
+        self.expires_at = expires_at
+
+    def as_row(self) -> tuple[Any, ...]:
+        return (self.branch, self.method, self.from_tag, self.cseq, self.source[0], self.source[1], self.expires_at)
+
+
 class Dialog:
-    """One call's routing state; slotted and small (the table holds tens of thousands)."""
+    """One dialog of a call: its tags, state, where its caller is, and its own expiry.
 
-    __slots__ = ("call_id", "caller", "caller_tag", "expires_at", "heap_at", "member", "state")
+    `usage` is the method that created it (INVITE for a call; SUBSCRIBE or REFER for a
+    subscription); `branch` names the attempt that created it (its early dialogs end with
+    that attempt's non-2xx final); `on_path` says whether the ALG is on its route.
+    """
 
-    def __init__(self, call_id: str, member: int, caller: Address, caller_tag: str | None, expires_at: float) -> None:
+    __slots__ = ("branch", "callee_tag", "caller", "caller_tag", "expires_at", "on_path", "state", "usage")
+
+    def __init__(
+        self,
+        caller_tag: str,
+        callee_tag: str,
+        state: DialogState,
+        caller: Address,
+        branch: str,
+        usage: str,
+        expires_at: float,
+        *,
+        on_path: bool = True,
+    ) -> None:
+        self.caller_tag = caller_tag
+        self.callee_tag = callee_tag
+        self.state = state
+        self.caller = caller
+        self.branch = branch
+        self.usage = usage
+        self.expires_at = expires_at
+        self.on_path = on_path
+
+    @property
+    def live(self) -> bool:
+        """Holds its member: not ended, and the ALG is on its path."""
+        return self.state is not DialogState.TERMINATED and self.on_path
+
+    def as_row(self) -> tuple[Any, ...]:
+        return (
+            self.caller_tag, self.callee_tag, self.state.value, self.caller[0], self.caller[1], self.branch,
+            self.usage, self.expires_at, self.on_path,
+        )  # fmt: skip
+
+
+DialogKey = tuple[str, str]
+
+
+class Call:
+    """The routing state of one Call-ID (slotted and small: the table holds tens of thousands)."""
+
+    __slots__ = ("active", "attempts", "call_id", "caller", "counted", "dialogs", "hash", "heap_at", "member")
+
+    def __init__(self, call_id: str, member: int, caller: Address, counted: bool) -> None:
         self.call_id = call_id
         self.member = member
         self.caller = caller
-        self.caller_tag = caller_tag
-        self.state = DialogState.EARLY
-        self.expires_at = expires_at
-        self.heap_at = expires_at
+        #: An INVITE opened it: it counts in the member's active calls while live.
+        self.counted = counted
+        self.attempts: dict[str, Attempt] = {}
+        self.dialogs: dict[DialogKey, Dialog] = {}
+        self.active = False
+        self.hash = 0
+        self.heap_at = float("inf")
+
+    @property
+    def live(self) -> bool:
+        return bool(self.attempts) or any(dialog.live for dialog in self.dialogs.values())
+
+    def deadline(self) -> float:
+        """The earliest expiry of its attempts and dialogs (infinity if it has none)."""
+        deadline = float("inf")
+        for part in self.attempts.values():
+            deadline = min(deadline, part.expires_at)
+        for dialog in self.dialogs.values():
+            deadline = min(deadline, dialog.expires_at)
+        return deadline
+
+    def find(self, from_tag: str | None, to_tag: str | None) -> tuple[Dialog | None, bool]:
+        """The dialog a request with these tags belongs to, and whether it comes from the caller."""
+        if from_tag is None or to_tag is None:
+            return None, False
+        dialog = self.dialogs.get((from_tag, to_tag))
+        if dialog is not None:
+            return dialog, True
+        return self.dialogs.get((to_tag, from_tag)), False
+
+    def as_row(self) -> tuple[Any, ...]:
+        return (
+            self.call_id, self.member, self.caller[0], self.caller[1], self.counted, self.heap_at,
+            [attempt.as_row() for attempt in self.attempts.values()],
+            [dialog.as_row() for dialog in self.dialogs.values()], self.hash,
+        )  # fmt: skip
 
 
-def dialog_hash(dialog: Dialog) -> int:
-    """A 64-bit hash of a dialog's routing state; stable across processes (no `hash()` salt)."""
-    text = (
-        f"{dialog.call_id}\x1f{dialog.member}\x1f{dialog.caller[0]}\x1f{dialog.caller[1]}"
-        f"\x1f{dialog.caller_tag}\x1f{dialog.state.value}\x1f{dialog.expires_at!r}"
-    )
+def call_hash(call: Call) -> int:
+    """A 64-bit hash of a call's routing state; stable across processes (no `hash()` salt)."""
+    parts = [f"{call.call_id}\x1f{call.member}\x1f{call.caller[0]}\x1f{call.caller[1]}\x1f{call.counted:d}"]
+    parts.extend(repr(attempt.as_row()) for attempt in call.attempts.values())
+    parts.extend(repr(dialog.as_row()) for dialog in call.dialogs.values())
+    text = "\x1e".join(parts)
     return int.from_bytes(hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=8).digest(), "little")
 
 
 class DialogTable:
-    """Dialogs by Call-ID, active calls per member, and their expiry timers."""
+    """Calls by Call-ID, active calls per member, and their expiry timers.
+
+    Every change goes through a method here, which keeps the digest, the active counts and
+    the heap true; callers never assign to a call's parts themselves.
+    """
 
     def __init__(self, member_count: int) -> None:
-        self.dialogs: dict[str, Dialog] = {}
+        self.calls: dict[str, Call] = {}
         self.active_per_member = [0] * member_count
         self.digest = 0
         self._expiry: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
-        return len(self.dialogs)
+        return len(self.calls)
 
-    def get(self, call_id: str) -> Dialog | None:
-        return self.dialogs.get(call_id)
+    def get(self, call_id: str) -> Call | None:
+        return self.calls.get(call_id)
 
-    def open(self, call_id: str, member: int, caller: Address, caller_tag: str | None, expires_at: float) -> Dialog:
-        dialog = Dialog(call_id, member, caller, caller_tag, expires_at)
-        self.dialogs[call_id] = dialog
-        self.digest ^= dialog_hash(dialog)
-        self.active_per_member[member] += 1
-        heapq.heappush(self._expiry, (expires_at, call_id))
-        return dialog
+    # -- changes --------------------------------------------------------------------------
 
-    def reopen(self, dialog: Dialog, expires_at: float) -> None:
-        """A terminated dialog's Call-ID starts again (an INVITE retried after 401/407)."""
-        self.digest ^= dialog_hash(dialog)
-        if dialog.state is DialogState.TERMINATED:
-            self.active_per_member[dialog.member] += 1
-        dialog.state = DialogState.EARLY
-        self._move_expiry(dialog, expires_at)
-        self.digest ^= dialog_hash(dialog)
+    def open(self, call_id: str, member: int, caller: Address, *, counted: bool) -> Call:
+        """A new Call-ID; it holds nothing until an attempt is added (same event)."""
+        call = Call(call_id, member, caller, counted)
+        self.calls[call_id] = call
+        return call
 
-    def confirm(self, dialog: Dialog, expires_at: float) -> None:
-        if dialog.state is DialogState.TERMINATED:
+    def add_attempt(self, call: Call, attempt: Attempt) -> None:
+        """A dialog-creating request forwarded; a retransmission (same branch) changes nothing."""
+        if attempt.branch in call.attempts:
             return
-        self.digest ^= dialog_hash(dialog)
-        dialog.state = DialogState.CONFIRMED
-        self._move_expiry(dialog, expires_at)
-        self.digest ^= dialog_hash(dialog)
+        call.attempts[attempt.branch] = attempt
+        self._changed(call)
 
-    def terminate(self, dialog: Dialog, linger_until: float) -> None:
-        self.digest ^= dialog_hash(dialog)
-        if dialog.state is not DialogState.TERMINATED:
-            dialog.state = DialogState.TERMINATED
-            self.active_per_member[dialog.member] -= 1
-        self._move_expiry(dialog, linger_until)
-        self.digest ^= dialog_hash(dialog)
+    def refresh_attempt(self, call: Call, attempt: Attempt, expires_at: float) -> None:
+        """A 101-199 arrived: Timer C starts again (§16.7 item 2)."""
+        if attempt.expires_at != expires_at:
+            attempt.expires_at = expires_at
+            self._changed(call)
 
-    def set_expiry(self, dialog: Dialog, expires_at: float) -> None:
-        self.digest ^= dialog_hash(dialog)
-        self._move_expiry(dialog, expires_at)
-        self.digest ^= dialog_hash(dialog)
+    def end_attempt(self, call: Call, branch: str, *, failed: bool, linger_until: float) -> None:
+        """A final response for the attempt, and what it means for the early dialogs it made.
 
-    def _move_expiry(self, dialog: Dialog, expires_at: float) -> None:
-        dialog.expires_at = expires_at
-        if expires_at < dialog.heap_at:
-            dialog.heap_at = expires_at
-            heapq.heappush(self._expiry, (expires_at, dialog.call_id))
+        A non-2xx ends them. After a 2xx they stop holding the member and wait until
+        `linger_until` (64*T1) for a 2xx of their own, which a forking UAS may still send
+        (§13.2.2.4).
+        """
+        attempt = call.attempts.pop(branch, None)
+        if attempt is None:
+            return
+        for dialog in call.dialogs.values():
+            if dialog.branch == branch and dialog.state is DialogState.EARLY:
+                dialog.expires_at = min(dialog.expires_at, linger_until)
+                if failed:
+                    dialog.state = DialogState.TERMINATED
+                else:
+                    dialog.on_path = False
+        self._changed(call)
+
+    def put_dialog(self, call: Call, dialog: Dialog) -> None:
+        """Add a dialog, or bring an existing one (same tags) to `dialog`'s state and expiry.
+
+        A dialog that ended never comes back (a 2xx retransmitted after the BYE).
+        """
+        key = (dialog.caller_tag, dialog.callee_tag)
+        known = call.dialogs.get(key)
+        if known is None:
+            call.dialogs[key] = dialog
+        elif known.state is DialogState.TERMINATED:
+            return
+        elif known.state is DialogState.CONFIRMED and dialog.state is not DialogState.CONFIRMED:
+            return  # a late 1xx never reopens, a non-2xx never ends a confirmed dialog
+        elif dialog.state is known.state:
+            known.expires_at = max(known.expires_at, dialog.expires_at)  # a retransmission
+            if dialog.state is DialogState.CONFIRMED:
+                known.on_path = known.on_path or dialog.on_path
+        else:
+            known.state = dialog.state
+            known.expires_at = dialog.expires_at
+            known.on_path = known.on_path or dialog.on_path
+        self._changed(call)
+
+    def touch(self, call: Call, dialog: Dialog, expires_at: float | None) -> None:
+        """A request of the dialog passed through us: on its path, idle timer restarted."""
+        if dialog.on_path and (expires_at is None or dialog.expires_at == expires_at):
+            return
+        dialog.on_path = True
+        if expires_at is not None:
+            dialog.expires_at = expires_at
+        self._changed(call)
+
+    def terminate(self, call: Call, dialog: Dialog, linger_until: float) -> None:
+        """BYE (or a final NOTIFY): the dialog ends and lingers for retransmissions."""
+        if dialog.state is DialogState.TERMINATED and dialog.expires_at <= linger_until:
+            return
+        dialog.state = DialogState.TERMINATED
+        dialog.expires_at = linger_until
+        self._changed(call)
+
+    def _changed(self, call: Call) -> None:
+        self.digest ^= call.hash
+        call.hash = call_hash(call)
+        self.digest ^= call.hash
+        self._count(call)
+        deadline = call.deadline()
+        if deadline < call.heap_at:
+            call.heap_at = deadline
+            heapq.heappush(self._expiry, (deadline, call.call_id))
+
+    def _count(self, call: Call) -> None:
+        live = call.live
+        if live != call.active:
+            call.active = live
+            if call.counted:
+                self.active_per_member[call.member] += 1 if live else -1
+
+    # -- expiry ---------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         return self._expiry[0][0] if self._expiry else None
 
-    def expire(self, now: float) -> list[Dialog]:
-        """Remove and return the dialogs whose deadline has passed."""
-        reaped: list[Dialog] = []
+    def expire(self, now: float) -> list[tuple[Call, list[Attempt | Dialog]]]:
+        """Remove what has expired; returns each touched call with the parts it lost.
+
+        A call with no part left is removed from the table.
+        """
+        reaped: list[tuple[Call, list[Attempt | Dialog]]] = []
         heap = self._expiry
         while heap and heap[0][0] <= now:
             at, call_id = heapq.heappop(heap)
-            dialog = self.dialogs.get(call_id)
-            if dialog is None or dialog.heap_at != at:
+            call = self.calls.get(call_id)
+            if call is None or call.heap_at != at:
                 continue
-            if dialog.expires_at > now:
-                dialog.heap_at = dialog.expires_at
-                heapq.heappush(heap, (dialog.expires_at, call_id))
+            call.heap_at = float("inf")
+            lost: list[Attempt | Dialog] = [part for part in call.attempts.values() if part.expires_at <= now]
+            lost.extend(dialog for dialog in call.dialogs.values() if dialog.expires_at <= now)
+            if not lost:
+                self._requeue(call)
                 continue
-            del self.dialogs[call_id]
-            self.digest ^= dialog_hash(dialog)
-            if dialog.state is not DialogState.TERMINATED:
-                self.active_per_member[dialog.member] -= 1
-            reaped.append(dialog)
+            call.attempts = {key: part for key, part in call.attempts.items() if part.expires_at > now}
+            call.dialogs = {key: part for key, part in call.dialogs.items() if part.expires_at > now}
+            if call.attempts or call.dialogs:
+                self._changed(call)
+            else:
+                del self.calls[call_id]
+                self.digest ^= call.hash
+                if call.active and call.counted:
+                    self.active_per_member[call.member] -= 1
+                call.active = False
+            reaped.append((call, lost))
         return reaped
+
+    def _requeue(self, call: Call) -> None:
+        deadline = call.deadline()
+        call.heap_at = deadline
+        heapq.heappush(self._expiry, (deadline, call.call_id))
 
     # -- state transfer -------------------------------------------------------------------
 
     def export_state(self) -> list[tuple[Any, ...]]:
-        """Every dialog as a plain tuple, in table order (a snapshot for a joining shadow)."""
-        return [
-            (d.call_id, d.member, d.caller[0], d.caller[1], d.caller_tag, d.state.value, d.expires_at, d.heap_at)
-            for d in self.dialogs.values()
-        ]
+        """Every call as a plain tuple, in table order (a snapshot for a joining shadow)."""
+        return [call.as_row() for call in self.calls.values()]
 
-    def import_state(self, rows: list[tuple[Any, ...]], digest: int | None = None) -> None:
+    def import_state(self, rows: list[Any], digest: int | None = None) -> None:
         """Replace the contents with `export_state()` rows; counts and heap follow.
 
-        With the sender's `digest`, hashing every dialog again is skipped (a large table would
-        stall the joining shadow); the first replayed entry's state digest checks it anyway.
+        Each row carries its call's hash, so a large table is not hashed again here (that
+        would stall the joining shadow): the rows must add up to the sender's `digest`, and
+        the first replayed entry's state digest checks the rest.
         """
-        self.dialogs = {}
+        self.calls = {}
         self.active_per_member = [0] * len(self.active_per_member)
         states = tuple(DialogState)
-        for call_id, member, host, port, caller_tag, state, expires_at, heap_at in rows:
-            dialog = Dialog(call_id, member, (host, port), caller_tag, expires_at)
-            dialog.state = states[state]
-            dialog.heap_at = heap_at
-            self.dialogs[call_id] = dialog
-            if state != DialogState.TERMINATED:
-                self.active_per_member[member] += 1
-        if digest is None:
-            digest = 0
-            for dialog in self.dialogs.values():
-                digest ^= dialog_hash(dialog)
-        self.digest = digest
-        self._expiry = [(dialog.heap_at, call_id) for call_id, dialog in self.dialogs.items()]
+        for call_id, member, host, port, counted, heap_at, attempts, dialogs, hashed in rows:
+            call = Call(call_id, member, (host, port), counted)
+            for branch, method, from_tag, cseq, a_host, a_port, expires_at in attempts:
+                call.attempts[branch] = Attempt(branch, method, from_tag, cseq, (a_host, a_port), expires_at)
+            for caller_tag, callee_tag, state, d_host, d_port, branch, usage, expires_at, on_path in dialogs:
+                call.dialogs[(caller_tag, callee_tag)] = Dialog(
+                    caller_tag, callee_tag, states[state], (d_host, d_port), branch, usage, expires_at, on_path=on_path
+                )
+            call.heap_at = heap_at
+            call.hash = hashed
+            self._count(call)
+            self.calls[call_id] = call
+        computed = 0
+        for call in self.calls.values():
+            computed ^= call.hash
+        if digest is not None and digest != computed:
+            raise ValueError("snapshot digest does not match its dialog rows")
+        self.digest = computed
+        self._expiry = [(call.heap_at, call_id) for call_id, call in self.calls.items() if call.heap_at != float("inf")]
         heapq.heapify(self._expiry)

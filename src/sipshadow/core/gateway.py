@@ -13,22 +13,34 @@ from typing import Any
 from sipshadow.core.actions import Address, SendDatagram
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
-from sipshadow.core.dialogs import Dialog, DialogState, DialogTable
+from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable
 from sipshadow.core.entropy import Entropy
 from sipshadow.core.events import DatagramReceived, Event
 from sipshadow.core.health import HealthMonitor
 from sipshadow.core.policies import make_policy, stable_hash
-from sipshadow.core.replies import build_reply, salvage_reply
+from sipshadow.core.replies import build_reply, lenient_via, salvage_reply
+from sipshadow.core.validation import Rejection, check_request, unsupported_extensions
 from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via, parse_message
 from sipshadow.sip.headers import Uri
 
 MAGIC_COOKIE = "z9hG4bK"
 OWN_BRANCH = MAGIC_COOKIE + "ss"
 PROBE_BRANCH = OWN_BRANCH + "p."
-DEFAULT_MAX_FORWARDS = 70
-IN_DIALOG_ONLY = frozenset({"ACK", "BYE", "UPDATE", "INFO", "PRACK", "NOTIFY", "REFER"})
-_LABELS = {"call-id": "Call-ID", "cseq": "CSeq", "from": "From", "to": "To"}
-_ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, NOTIFY, REFER"
+#: Requests that open a dialog when they carry no To tag (RFC 3261 §12, RFC 6665, RFC 3515).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+_ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
+
+
+def _ends(dialog: Dialog, request: SipMessage) -> bool:
+    """BYE ends a call (§15); a NOTIFY with Subscription-State: terminated ends a
+    subscription's dialog (RFC 6665 §4.1.2.3); nothing else ends a dialog."""
+    if dialog.usage == "INVITE":
+        return request.method == "BYE"
+    if request.method != "NOTIFY":
+        return False
+    value = request.first("subscription-state")
+    return value is not None and value.split(";", 1)[0].strip().lower() == "terminated"
+
 
 Outputs = list[SendDatagram]
 
@@ -43,6 +55,8 @@ class Gateway:
         self.record_route = f"<sip:{self.sent_by};lr>"
         self.own_addresses = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
         self.members: list[Address] = [member.address for member in config.members]
+        self.member_index = {address: index for index, address in enumerate(self.members)}
+        self._all_members = list(range(len(self.members)))
         self.table = DialogTable(len(self.members))
         self.health = HealthMonitor(len(self.members), config.probe_interval_s, config.probe_misses)
         self.policy = make_policy(config.policy, config.members, entropy)
@@ -103,7 +117,7 @@ class Gateway:
         try:
             message = parse_message(data)
         except SipParseError as error:
-            return self._unparseable(data, event.source, error.reason)
+            return self._unparseable(data, event.source, error)
         try:
             if message.method is not None:
                 return self._on_request(message, event)
@@ -112,10 +126,13 @@ class Gateway:
             if message.method is None:
                 self.counters.malformed_responses += 1
                 return []
-            return self._reject_malformed(message, event.source, error.reason)
+            self.counters.malformed_requests += 1
+            return self._reject(message, event.source, error.status, error.reason)
+        except Rejection as rejection:
+            return self._reject(message, event.source, rejection.status, rejection.reason, rejection.extra)
 
-    def _unparseable(self, data: bytes, source: Address, reason: str) -> Outputs:
-        salvaged = salvage_reply(data, 400, reason)
+    def _unparseable(self, data: bytes, source: Address, error: SipParseError) -> Outputs:
+        salvaged = salvage_reply(data, error.status, error.reason)
         if salvaged is None:
             if data[:4].upper() == b"SIP/":
                 self.counters.malformed_responses += 1
@@ -123,127 +140,171 @@ class Gateway:
                 self.counters.malformed_requests += 1
             return []
         self.counters.malformed_requests += 1
-        self.counters.reject(400)
+        self.counters.reject(error.status)
         reply, via = salvaged
         return [SendDatagram(reply, self._reply_address(via, source))]
 
-    def _reject_malformed(self, request: SipMessage, source: Address, reason: str) -> Outputs:
-        self.counters.malformed_requests += 1
+    def _reject(
+        self, request: SipMessage, source: Address, status: int, reason: str, extra: tuple[str, ...] = ()
+    ) -> Outputs:
+        """Answer a request that failed validation; an ACK is never answered (§17.2.1)."""
         if request.method == "ACK":
-            return []  # §17.2.1: an ACK is never answered
+            return []
         try:
             via = request.top_via
         except SipParseError:
-            via = None
+            top = request.first("via")
+            via = lenient_via(top) if top is not None else None
         if via is None:
             return []  # no usable Via: there is nowhere to send an answer
-        self.counters.reject(400)
-        reply = build_reply(request, 400, reason)
-        return [SendDatagram(reply, self._reply_address(via, source))]
+        self.counters.reject(status)
+        return [SendDatagram(build_reply(request, status, reason, extra), self._reply_address(via, source))]
 
     # -- requests -------------------------------------------------------------------------
 
     def _on_request(self, request: SipMessage, event: DatagramReceived) -> Outputs:
+        """Validate the whole request, then route it; state changes only for one that passes."""
         self.counters.requests += 1
-        via, max_forwards = self._check_request(request)
+        via, max_forwards = check_request(request)
+        self._preprocess_route(request)
         method = request.method
         to_tag = request.to_tag
-        if to_tag is None and method == "OPTIONS" and self._addressed_to_me(request.uri):
+        if to_tag is None and method == "OPTIONS" and self._is_own_uri(request.uri):
             return self._reply(request, via, event.source, 200, "OK", (_ALLOW,))
         if max_forwards <= 0:
             if method == "ACK":
                 return []
             return self._reply(request, via, event.source, 483, "Too Many Hops")
+        if method != "ACK" and method != "CANCEL":
+            extensions = unsupported_extensions(request)
+            if extensions:
+                raise Rejection(420, "Bad Extension", (f"Unsupported: {', '.join(extensions)}",))
         if method == "CANCEL":
-            dialog = self.table.get(request.call_id)  # type: ignore[arg-type]
-            if dialog is None:
-                return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-            return self._forward(request, event, via, max_forwards, self.members[dialog.member])
-        if to_tag is None and method == "INVITE":
-            return self._on_new_invite(request, event, via, max_forwards)
-        if to_tag is None and method not in IN_DIALOG_ONLY:
-            return self._on_out_of_dialog(request, event, via, max_forwards)
-        return self._on_in_dialog(request, event, via, max_forwards)
+            return self._on_cancel(request, event, via, max_forwards)
+        if to_tag is not None:
+            return self._on_in_dialog(request, event, via, max_forwards)
+        if method in DIALOG_CREATING:
+            return self._on_dialog_creating(request, event, via, max_forwards)
+        return self._on_out_of_dialog(request, event, via, max_forwards)
 
-    def _check_request(self, request: SipMessage) -> tuple[Via, int]:
-        """Basic sanity (§8.2, §16.3); raises `SipParseError` with the 400 reason phrase."""
-        via = request.top_via
-        if via is None:
-            raise SipParseError("Missing Via")
-        seen = {"call-id": 0, "cseq": 0, "from": 0, "to": 0}
-        for entry in request.headers:
-            if entry[0] in seen:
-                seen[entry[0]] += 1
-        for key, found in seen.items():
-            if found != 1:
-                raise SipParseError(f"{'Missing' if found == 0 else 'Duplicate'} {_LABELS[key]}")
-        cseq = request.cseq
-        assert cseq is not None
-        if cseq[1] != request.method:
-            raise SipParseError("CSeq method does not match request method")
-        if not request.call_id:
-            raise SipParseError("Empty Call-ID")
-        request.from_tag  # noqa: B018 -- parses From, raising on a malformed one
-        request.to_tag  # noqa: B018
-        max_forwards = DEFAULT_MAX_FORWARDS
-        value = request.first("max-forwards")
-        if value is not None:
-            if not (value.isascii() and value.isdigit()) or len(value) > 3:
-                raise SipParseError("Bad Max-Forwards")
-            max_forwards = int(value)
-        length = request.first("content-length")
-        if length is not None:
-            if not (length.isascii() and length.isdigit()) or len(length) > 9:
-                raise SipParseError("Bad Content-Length")
-            if int(length) != len(request.body):
-                raise SipParseError("Content-Length does not match body")
-        return via, max_forwards
+    def _preprocess_route(self, request: SipMessage) -> None:
+        """§16.4: undo a strict-routing previous hop, then take our own Route off the top."""
+        if self._is_own_uri(request.uri, record_route=True) and request.first("route") is not None:
+            last = request.pop_back("route")
+            assert last is not None
+            request.uri = NameAddr.parse(last).uri
+        top = request.first_value("route")
+        if top is not None and self._is_own_uri(NameAddr.parse(top).uri):
+            request.pop_front("route")
 
-    def _on_new_invite(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+    def _on_dialog_creating(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+        """A new INVITE, SUBSCRIBE or REFER: its Call-ID's member (chosen now if new), Record-Routed."""
         call_id: str = request.call_id  # type: ignore[assignment]
-        now = event.now
-        dialog = self.table.get(call_id)
-        if dialog is not None:
-            if dialog.state is DialogState.TERMINATED:
-                self.table.reopen(dialog, now + self.config.early_timeout_s)
-            member = dialog.member
-        else:
-            candidates = self.health.healthy()
-            if not candidates:
-                return self._reply(request, via, event.source, 503, "Service Unavailable")
-            member = self.policy.choose(candidates, call_id, self.table.active_per_member)
-            self.table.open(call_id, member, event.source, request.from_tag, now + self.config.early_timeout_s)
-            self.counters.calls += 1
-            self.counters.calls_per_member[member] += 1
-        return self._forward(request, event, via, max_forwards, self.members[member], record_route=True)
+        method: str = request.method  # type: ignore[assignment]
+        call = self.table.get(call_id)
+        if call is None:
+            member = self._choose_member(call_id)
+            call = self.table.open(call_id, member, event.source, counted=method == "INVITE")
+            if method == "INVITE":
+                self.counters.calls += 1
+                self.counters.calls_per_member[member] += 1
+            else:
+                self.counters.subscriptions += 1
+        branch = self._branch(request, via)
+        cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
+        attempt = Attempt(branch, method, request.from_tag or "", cseq[0], event.source,
+                          event.now + self.config.early_timeout_s)  # fmt: skip
+        self.table.add_attempt(call, attempt)
+        destination = self.members[call.member]
+        return self._forward(request, event, via, max_forwards, destination, branch, record_route=True)
 
     def _on_out_of_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
-        candidates = self.health.healthy()
-        if not candidates:
-            return self._reply(request, via, event.source, 503, "Service Unavailable")
+        """No To tag and no dialog to open (MESSAGE, REGISTER, NOTIFY, ACK of a tagless 4xx…).
+
+        A known Call-ID keeps its member; any other goes to a member by a hash of the Call-ID.
+        """
         call_id: str = request.call_id  # type: ignore[assignment]
-        member = candidates[stable_hash(call_id) % len(candidates)]
-        return self._forward(request, event, via, max_forwards, self.members[member])
+        call = self.table.get(call_id)
+        if call is not None:
+            member = call.member
+        elif request.method == "ACK":
+            self.counters.unroutable_acks += 1
+            return []
+        else:
+            candidates = self._candidates()
+            member = candidates[stable_hash(call_id) % len(candidates)]
+        return self._forward(request, event, via, max_forwards, self.members[member], self._branch(request, via))
+
+    def _on_cancel(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+        """§9.1, §16.10: a CANCEL goes where the request it cancels went, in either direction."""
+        call = self.table.get(request.call_id)  # type: ignore[arg-type]
+        destination: Address | None = None
+        if call is not None and request.to_tag is not None:
+            dialog, from_caller = call.find(request.from_tag, request.to_tag)
+            if dialog is not None:
+                destination = self.members[call.member] if from_caller else dialog.caller
+        elif call is not None:
+            cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
+            from_tag = request.from_tag or ""
+            for attempt in call.attempts.values():
+                if attempt.method == "INVITE" and attempt.from_tag == from_tag and attempt.cseq == cseq[0]:
+                    destination = self.members[call.member]
+                    break
+        if destination is None:
+            return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
+        return self._forward(request, event, via, max_forwards, destination, self._branch(request, via))
 
     def _on_in_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
-        dialog = self.table.get(request.call_id)  # type: ignore[arg-type]
-        if dialog is None:
+        """A request with a To tag must match a dialog of its Call-ID by tags, else 481 (§12.2.2)."""
+        call = self.table.get(request.call_id)  # type: ignore[arg-type]
+        dialog: Dialog | None = None
+        from_caller = False
+        if call is not None:
+            dialog, from_caller = call.find(request.from_tag, request.to_tag)
+            if dialog is None and request.method == "NOTIFY":
+                dialog = self._notify_establishes(call, request, event.now)
+        if call is None or dialog is None:
             if request.method == "ACK":
                 self.counters.unroutable_acks += 1
                 return []
             return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-        destination = self._dialog_destination(dialog, request)
-        if request.method == "BYE":
-            self.table.terminate(dialog, event.now + self.config.terminated_linger_s)
-        elif dialog.state is DialogState.CONFIRMED:
-            self.table.set_expiry(dialog, event.now + self.config.confirmed_timeout_s)
-        return self._forward(request, event, via, max_forwards, destination)
+        destination = self.members[call.member] if from_caller else dialog.caller
+        self._follow(call, dialog, request, event.now)
+        return self._forward(request, event, via, max_forwards, destination, self._branch(request, via))
 
-    def _dialog_destination(self, dialog: Dialog, request: SipMessage) -> Address:
-        """Caller-side requests go to the member; callee-side ones back to the caller."""
-        if dialog.caller_tag is None or request.from_tag == dialog.caller_tag:
-            return self.members[dialog.member]
-        return dialog.caller
+    def _follow(self, call: Call, dialog: Dialog, request: SipMessage, now: float) -> None:
+        """What a request does to its dialog: BYE or a final NOTIFY ends it, any other refreshes it."""
+        if _ends(dialog, request):
+            self.table.terminate(call, dialog, now + self.config.terminated_linger_s)
+        elif dialog.state is DialogState.CONFIRMED:
+            self.table.touch(call, dialog, now + self.config.confirmed_timeout_s)
+        else:
+            self.table.touch(call, dialog, None)
+
+    def _notify_establishes(self, call: Call, request: SipMessage, now: float) -> Dialog | None:
+        """A NOTIFY may arrive before the 2xx of its SUBSCRIBE or REFER and create the dialog
+        (RFC 6665 §4.1.2.4): its To tag is the subscriber's From tag."""
+        subscriber_tag, notifier_tag = request.to_tag, request.from_tag
+        if subscriber_tag is None or notifier_tag is None:
+            return None
+        for attempt in call.attempts.values():
+            if attempt.method != "INVITE" and attempt.from_tag == subscriber_tag:
+                dialog = Dialog(subscriber_tag, notifier_tag, DialogState.CONFIRMED, attempt.source, attempt.branch,
+                                attempt.method, now + self.config.confirmed_timeout_s)  # fmt: skip
+                self.table.put_dialog(call, dialog)
+                return call.dialogs[(subscriber_tag, notifier_tag)]
+        return None
+
+    def _choose_member(self, call_id: str) -> int:
+        return self.policy.choose(self._candidates(), call_id, self.table.active_per_member)
+
+    def _candidates(self) -> list[int]:
+        """Members in service; all of them when every one looks down (better than refusing all)."""
+        healthy = self.health.healthy()
+        if healthy:
+            return healthy
+        self.counters.routed_all_down += 1
+        return self._all_members
 
     # -- forwarding (§16.6) ---------------------------------------------------------------
 
@@ -254,14 +315,11 @@ class Gateway:
         via: Via,
         max_forwards: int,
         destination: Address,
+        branch: str,
         *,
         record_route: bool = False,
     ) -> Outputs:
-        route = request.first_value("route")
-        if route is not None and self._addressed_to_me(NameAddr.parse(route).uri):
-            request.pop_front("route")  # §16.4: the top Route was ours
         request.set("max-forwards", "Max-Forwards", str(max_forwards - 1))
-        branch = self._branch(request, via)
         self._stamp_received(request, via, event.source)
         if record_route:
             request.headers.insert(0, ("record-route", "Record-Route", self.record_route, None))
@@ -302,40 +360,78 @@ class Gateway:
         if via is None or cseq is None or not response.call_id:
             self.counters.malformed_responses += 1
             return []
+        response.frame_datagram()
         branch = via.branch or ""
         if not branch.startswith(OWN_BRANCH) or (via.host, via.port or 5060) not in self.own_addresses:
             self.counters.stray_responses += 1
             return []
+        member = self.member_index.get(event.source)
+        if member is not None and self.health.alive(member):
+            self.counters.member_up_events += 1
         if branch.startswith(PROBE_BRANCH):
-            self._on_probe_answer(branch)
+            self._on_probe_answer(branch, event.source)
             return []
         response.pop_front("via")
         next_via = response.top_via
         if next_via is None:
             self.counters.stray_responses += 1
             return []
-        if cseq[1] == "INVITE":
-            self._track_invite_response(response, event.now)
-        return [SendDatagram(response.to_bytes(), next_via.response_address())]
+        destination = next_via.response_address()
+        if (destination[0].lower(), destination[1]) in self.own_addresses:
+            self.counters.response_loops += 1  # §16.7 step 3: never our own next hop
+            return []
+        if cseq[1] in DIALOG_CREATING:
+            self._track_response(response, branch, cseq[1], event.now)
+        return [SendDatagram(response.to_bytes(), destination)]
 
-    def _track_invite_response(self, response: SipMessage, now: float) -> None:
-        dialog = self.table.get(response.call_id)  # type: ignore[arg-type]
-        if dialog is None:
-            return
+    def _track_response(self, response: SipMessage, branch: str, method: str, now: float) -> None:
+        """What a response to a dialog-creating request does to its call (§12.1, §13.2.2.4, §16.7)."""
+        call = self.table.get(response.call_id)  # type: ignore[arg-type]
         status = response.status
-        if 200 <= status < 300:
-            self.table.confirm(dialog, now + self.config.confirmed_timeout_s)
-        elif status >= 300 and dialog.state is DialogState.EARLY:
-            self.table.terminate(dialog, now + self.config.terminated_linger_s)
+        if call is None or status == 100:
+            return
+        attempt = call.attempts.get(branch)
+        caller = attempt.source if attempt is not None else call.caller
+        from_tag, to_tag = response.from_tag or "", response.to_tag
+        config = self.config
+        if status < 200:
+            if attempt is not None:
+                self.table.refresh_attempt(call, attempt, now + config.early_timeout_s)  # Timer C
+            if to_tag is not None and method == "INVITE":
+                ringing_until = now + config.early_timeout_s
+                early = Dialog(from_tag, to_tag, DialogState.EARLY, caller, branch, method, ringing_until)
+                self.table.put_dialog(call, early)
+            return
+        if status < 300:
+            if to_tag is not None:  # a 2xx always establishes its dialog
+                on_path = self._record_routed(response)
+                idle = config.confirmed_timeout_s if on_path else config.terminated_linger_s
+                confirmed = Dialog(from_tag, to_tag, DialogState.CONFIRMED, caller, branch, method, now + idle,
+                                   on_path=on_path)  # fmt: skip
+                self.table.put_dialog(call, confirmed)
+            self.table.end_attempt(call, branch, failed=False, linger_until=now + config.terminated_linger_s)
+            return
+        linger_until = now + config.terminated_linger_s
+        if to_tag is not None:  # kept to route the ACK of this non-2xx (§17.1.1.3)
+            ended = Dialog(from_tag, to_tag, DialogState.TERMINATED, caller, branch, method, linger_until)
+            self.table.put_dialog(call, ended)
+        self.table.end_attempt(call, branch, failed=True, linger_until=linger_until)
+
+    def _record_routed(self, response: SipMessage) -> bool:
+        """Whether the 2xx kept our Record-Route: if not, the dialog's requests bypass us."""
+        try:
+            return any(self._is_own_uri(NameAddr.parse(value).uri) for value in response.values("record-route"))
+        except SipParseError:
+            return False
 
     # -- timers and health ----------------------------------------------------------------
 
     def _on_timer(self, now: float) -> Outputs:
-        for dialog in self.table.expire(now):
-            if dialog.state is DialogState.EARLY:
-                self.counters.dialogs_reaped_early += 1
-            elif dialog.state is DialogState.CONFIRMED:
+        for _call, lost in self.table.expire(now):
+            if any(type(part) is Dialog and part.state is DialogState.CONFIRMED for part in lost):
                 self.counters.dialogs_reaped_confirmed += 1
+            elif any(type(part) is Attempt or part.state is DialogState.EARLY for part in lost):  # type: ignore[union-attr]
+                self.counters.dialogs_reaped_early += 1
         if self.health.next_round_at is None or now < self.health.next_round_at:
             return []
         was_up = [member.up for member in self.health.members]
@@ -364,23 +460,33 @@ class Gateway:
         )
         return SendDatagram("\r\n".join(lines).encode("latin-1"), (host, port))
 
-    def _on_probe_answer(self, branch: str) -> None:
+    def _on_probe_answer(self, branch: str, source: Address) -> None:
+        """A probe counts only from the member it was sent to, for the probe outstanding."""
         index_text, _, sequence_text = branch[len(PROBE_BRANCH) :].partition(".")
         if not (index_text.isascii() and index_text.isdigit() and sequence_text.isascii() and sequence_text.isdigit()):
-            self.counters.stray_responses += 1
+            self.counters.stray_probe_answers += 1
             return
         index = int(index_text)
-        if index >= len(self.members):
-            self.counters.stray_responses += 1
+        if index >= len(self.members) or self.members[index] != source:
+            self.counters.stray_probe_answers += 1
             return
-        if self.health.answered(index, int(sequence_text)):
+        came_back = self.health.answered(index, int(sequence_text))
+        if came_back is None:
+            self.counters.stray_probe_answers += 1
+        elif came_back:
             self.counters.member_up_events += 1
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _addressed_to_me(self, uri_text: str) -> bool:
+    def _is_own_uri(self, uri_text: str, *, record_route: bool = False) -> bool:
+        """A SIP URI naming the ALG with no user part (with `record_route`, the one we put in
+        Record-Route, which carries `lr`: what a strict router hands back as Request-URI)."""
         uri = Uri.parse(uri_text)
-        return uri.user is None and (uri.host, uri.port or 5060) in self.own_addresses
+        if uri.user is not None or uri.scheme not in ("sip", "sips"):
+            return False
+        if record_route and "lr" not in uri.params:
+            return False
+        return (uri.host, uri.port or 5060) in self.own_addresses
 
     def _reply(
         self,

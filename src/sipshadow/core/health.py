@@ -1,7 +1,10 @@
-"""Member health from OPTIONS probes: N unanswered probes in a row take a member out.
+"""Member health: N probe rounds in a row with no sign of life take a member out.
 
-A member out of service gets no new calls; calls it already holds keep their route. Any
-response to a probe (even 404) proves the member alive and puts it back.
+A sign of life is any response from the member's address: to a probe (even 404), or to
+any request we forwarded, since many members (SIPp's stock UAS among them) answer calls but
+not OPTIONS. A probe answer counts only for the probe outstanding (the gateway checks that
+it came from the member it was sent to). A member out of service gets no new calls; calls it
+already holds keep their route.
 """
 
 from __future__ import annotations
@@ -77,13 +80,29 @@ class HealthMonitor:
             member.sequence += 1
         return list(range(len(self.members)))
 
-    def answered(self, index: int, sequence: int) -> bool:
-        """A probe response arrived; returns whether the member came back into service."""
-        self._changed()
+    def answered(self, index: int, sequence: int) -> bool | None:
+        """A probe response from the member; None if it is not for the probe outstanding.
+
+        Otherwise returns whether the member came back into service.
+        """
         member = self.members[index]
+        if not member.outstanding or sequence != member.sequence:
+            return None
+        member.outstanding = False
+        self._changed()
+        return self._revive(member)
+
+    def alive(self, index: int) -> bool:
+        """Any response from the member proves it alive; returns whether it came back."""
+        member = self.members[index]
+        if member.up and member.misses == 0:
+            return False  # nothing changes: keep the cached summary (hot path)
+        self._changed()
+        return self._revive(member)
+
+    @staticmethod
+    def _revive(member: MemberHealth) -> bool:
         came_back = not member.up
         member.up = True
         member.misses = 0
-        if sequence == member.sequence:
-            member.outstanding = False
         return came_back

@@ -7,6 +7,7 @@ gets the same tag on the primary and on the shadow without a random draw.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via
 from sipshadow.sip.headers import COMPACT_FORMS
@@ -63,12 +64,34 @@ def salvage_reply(data: bytes, status: int, reason: str) -> tuple[bytes, Via] | 
         if not colon or key not in _COPIED or "\r" in line or "\n" in line:
             continue
         if key == "via" and top_via is None:
-            try:
-                top_via = Via.parse(value.split(",", 1)[0])
-            except SipParseError:
+            top_via = lenient_via(value)
+            if top_via is None:
                 return None
         kept.append(line)
     if top_via is None:
         return None
     reply = "\r\n".join([f"SIP/2.0 {status} {reason}", *kept, _SERVER, "Content-Length: 0", "", ""])
     return reply.encode("latin-1"), top_via
+
+
+_SENT_BY_RE = re.compile(
+    r"\s*SIP\s*/\s*[0-9.]+\s*/\s*[A-Za-z0-9.!%*_+`'~-]+\s+([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+)
+
+
+def lenient_via(value: str) -> Via | None:
+    """The top Via for a reply, even when its parameters or version are broken (RFC 4475
+    §3.1.2.1 `;;,;,,`, §3.1.2.16 `SIP/7.0/UDP`): only its sent-by is needed, and the reply
+    goes to the source address anyway (§18.2.2)."""
+    first = value.split(",", 1)[0]
+    try:
+        return Via.parse(first)
+    except SipParseError:
+        pass
+    match = _SENT_BY_RE.match(first)
+    if match is None:
+        return None
+    port = int(match.group(2)) if match.group(2) else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return Via("UDP", match.group(1).lower(), port, {})

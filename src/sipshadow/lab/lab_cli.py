@@ -19,10 +19,15 @@ STATE = Path("runs/lab/state.json")
 
 
 def lab_up(topology_file: Path | None, mode: str, workdir: Path) -> int:
+    try:  # a bad file is the operator's typo: one line, not a traceback
+        topology = Topology.from_toml(topology_file) if topology_file else Topology()
+    except (OSError, ValueError, TypeError) as error:
+        problem = error.strerror if isinstance(error, OSError) else error
+        print(f"sipshadow: --topology: {topology_file}: {problem}", file=sys.stderr)
+        return 2
     if STATE.exists():
         print(f"sipshadow: a lab is already up ({STATE}); run `sipshadow lab down` first", file=sys.stderr)
         return 2
-    topology = Topology.from_toml(topology_file) if topology_file else Topology()
     lab = NetnsLab(workdir, mode=mode, topology=topology)
     try:
         lab.up()

@@ -68,7 +68,7 @@ class PrimaryReplicator:
         self.with_payload = with_payload
         self.stats: dict[str, float] = dict.fromkeys(
             ("entries_sent", "frames_sent", "acks", "refused_frames", "snapshots_sent", "shadow_losses",
-             "commit_timeouts", "last_snapshot_ms", "payloads_sent"), 0
+             "commit_timeouts", "last_snapshot_ms", "payloads_sent", "release_errors"), 0
         )  # fmt: skip
         self.connection: ShadowConnection | None = None
         self._batch: list[LogEntry] = []
@@ -91,7 +91,7 @@ class PrimaryReplicator:
         draws = self.recorder.take()
         if self.connection is None:
             self.released = self.seq
-            self.send(outputs)
+            self._release(outputs)
             return
         state = self.gateway.state_digest()
         self._batch.append(entry_for(self.seq, event, draws, state, with_payload=self.with_payload))
@@ -102,7 +102,7 @@ class PrimaryReplicator:
             self._loop.call_soon(self._flush)
         if not self.output_commit:
             self.released = self.seq
-            self.send(outputs)
+            self._release(outputs)
         elif outputs:
             self._pending.append((self.seq, self._loop.time(), outputs))
             if self._deadline is None:
@@ -125,7 +125,7 @@ class PrimaryReplicator:
         self.acked = max(self.acked, seq)
         pending = self._pending
         while pending and pending[0][0] <= seq:
-            self.send(pending.popleft()[2])
+            self._release(pending.popleft()[2])
         self.released = max(self.released, seq)
         payloads = self._payloads
         while payloads and payloads[0][0] <= seq:
@@ -155,8 +155,16 @@ class PrimaryReplicator:
 
     def release_all(self) -> None:
         while self._pending:
-            self.send(self._pending.popleft()[2])
+            self._release(self._pending.popleft()[2])
         self.released = self.seq
+
+    def _release(self, outputs: list[SendDatagram]) -> None:
+        """Let outputs go; a failing send must never reach the replication link's callbacks."""
+        try:
+            self.send(outputs)
+        except Exception:
+            self.stats["release_errors"] += 1
+            log.exception("sending %d released datagrams failed; dropped", len(outputs))
 
     # -- the shadow's connection ----------------------------------------------------------
 

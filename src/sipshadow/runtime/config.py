@@ -5,7 +5,7 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [service]   listen = "HOST:PORT", advertise = "HOST:PORT"
     [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}]
     [health]    probe_interval_ms = 1000, probe_misses = 3
-    [dialogs]   early_timeout_s = 180, confirmed_timeout_s = 7200, terminated_linger_s = 32
+    [dialogs]   early_timeout_s = 200 (Timer C: > 180), confirmed_timeout_s = 7200, terminated_linger_s = 32
     [status]    file = "PATH", interval_s = 1.0
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
@@ -29,6 +29,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("solo", "primary", "shadow")
 HA_MODES = ("active", "network", "none")
 INPUTS = ("forward", "tap")
+#: A call may ring this long before Timer C ends it (RFC 3261 §16.6 item 11: more than 3 min).
+TIMER_C_FLOOR_S = 180.0
 
 
 class ConfigError(Exception):
@@ -64,7 +66,7 @@ class HealthSection(_Strict):
 
 
 class DialogsSection(_Strict):
-    early_timeout_s: float = 180.0
+    early_timeout_s: float = 200.0
     confirmed_timeout_s: float = 7200.0
     terminated_linger_s: float = 32.0
 
@@ -191,6 +193,10 @@ def build(
     _positive("health.probe_misses", file.health.probe_misses)
     for name in ("early_timeout_s", "confirmed_timeout_s", "terminated_linger_s"):
         _positive(f"dialogs.{name}", getattr(file.dialogs, name))
+    if file.dialogs.early_timeout_s <= TIMER_C_FLOOR_S:
+        raise ConfigError(
+            "dialogs.early_timeout_s", "must be > 180 (RFC 3261 §16.6 item 11: Timer C exceeds 3 minutes)"
+        )
     _positive("status.interval_s", file.status.interval_s)
     if file.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
 from sipshadow.core.actions import Address, SendDatagram
 from sipshadow.replication.primary import PrimaryReplicator
+from sipshadow.runtime.sender import DatagramSender
 from sipshadow.runtime.status import snapshot
 
 log = logging.getLogger("sipshadow.node")
@@ -24,11 +25,20 @@ SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 
 
 def bind_udp(address: Address) -> socket.socket:
-    """A UDP socket with buffers big enough to ride out bursts at thousands of calls/s."""
+    """A UDP socket with buffers big enough to ride out bursts at thousands of calls/s.
+
+    A Via may name a broadcast or multicast next hop (RFC 3261 §18.2.2): the socket may
+    broadcast, and multicast leaves with a TTL (hop limit) of 1.
+    """
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    if family == socket.AF_INET:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
     sock.bind(address)
     sock.setblocking(False)
     return sock
@@ -67,11 +77,14 @@ class Node:
         #: On a primary, every event goes through the replicator, which decides when to send.
         self.replicator: PrimaryReplicator | None = None
         self._loop = asyncio.get_running_loop()
+        #: The only way out to the SIP side: names resolved off the loop, failures counted.
+        self.sender = DatagramSender(self._loop)
         self._transport: asyncio.DatagramTransport | None = None
         self._endpoint: DatagramEndpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._started_at = time.monotonic()
+        self._all_down = False
 
     async def start(self, listen: Address) -> None:
         self.adopt(*await open_endpoint(listen, self.on_datagram))
@@ -81,6 +94,8 @@ class Node:
         """Serve on an already bound socket (the shadow's tap socket, at takeover)."""
         endpoint.handler = self.on_datagram
         self._transport, self._endpoint = transport, endpoint
+        config = self.gateway.config
+        self.sender.attach(transport, own=(config.service, *config.aliases))
         self._rearm()
 
     @property
@@ -98,6 +113,17 @@ class Node:
         self._timer = self._timer_at = None
         self._take(TimerExpired(self._loop.time()))
         self._rearm()
+        self._say_if_all_down()
+
+    def _say_if_all_down(self) -> None:
+        """Health changes at probe rounds (timer events): say when every member looks down."""
+        all_down = not self.gateway.health.healthy()
+        if all_down != self._all_down:
+            self._all_down = all_down
+            if all_down:
+                log.warning("every member looks down: new requests go to all of them anyway (counter routed_all_down)")
+            else:
+                log.info("a member is back in service")
 
     def _take(self, event: Event) -> None:
         try:
@@ -112,12 +138,11 @@ class Node:
             self.send(outputs)
 
     def send(self, outputs: list[SendDatagram]) -> None:
-        transport = self._transport
-        if transport is None:
+        """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
+        if self._transport is None:
             return
         self.sent_datagrams += len(outputs)
-        for data, destination in outputs:
-            transport.sendto(data, destination)
+        self.sender.send(outputs)
 
     def _rearm(self) -> None:
         if self._timer is not None:
@@ -127,7 +152,8 @@ class Node:
         self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
 
     def status(self) -> dict[str, object]:
-        extra = {"internal_errors": self.internal_errors, "send_errors": self.send_errors}
+        extra: dict[str, object] = {"internal_errors": self.internal_errors, "send_errors": self.send_errors}
+        extra.update(self.sender.counters)
         if self.replicator is not None:
             extra["replication"] = {"seq": self.replicator.seq, "released": self.replicator.released,
                                     "shadow_attached": self.replicator.attached, **self.replicator.stats}  # fmt: skip
@@ -136,5 +162,6 @@ class Node:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self.sender.close()
         if self._transport is not None:
             self._transport.close()

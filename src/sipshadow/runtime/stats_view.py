@@ -7,9 +7,21 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from sipshadow.runtime.sender import COUNTERS as SEND_COUNTERS
+
 
 def render(document: dict[str, Any]) -> None:
+    """Print a status file: the HA role and replication when present, then the serving node's
+    members and counters (a shadow that serves nothing writes only its `ha` section)."""
     console = Console()
+    for section in ("ha", "replication"):
+        if isinstance(document.get(section), dict):
+            table = Table(section, "value")
+            for name, value in document[section].items():
+                table.add_row(name, str(value))
+            console.print(table)
+    if "members" not in document:
+        return
     console.print(
         f"sipshadow pid {document['pid']} on {document['service']} · policy {document['policy']}"
         f" · up {document['uptime_s']:.0f} s · {document['dialogs']} dialogs"
@@ -28,7 +40,7 @@ def render(document: dict[str, Any]) -> None:
     for name, value in document["counters"].items():
         if name != "calls_per_member":
             counters.add_row(name, str(value))
-    for name in ("internal_errors", "send_errors"):
+    for name in ("internal_errors", "send_errors", *SEND_COUNTERS):
         if name in document:
             counters.add_row(name, str(document[name]))
     console.print(counters)

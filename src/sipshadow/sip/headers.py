@@ -156,6 +156,8 @@ class Uri:
     host: str
     port: int | None
     params: dict[str, str | None]
+    #: The `?header=value` part, if any: not allowed in a Request-URI (§19.1.1, RFC 4475 §3.1.2.11).
+    headers: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Uri:
@@ -167,13 +169,17 @@ class Uri:
         rest = text[scheme_match.end() :]
         if scheme not in ("sip", "sips"):
             return cls(scheme, None, "", None, {})
-        rest = rest.split("?", 1)[0]
         user: str | None = None
         if "@" in rest:
+            # The last "@" ends the userinfo: "@" may not appear unescaped in hostport, params
+            # or headers, while a user may hold "?" and ";" (§25.1 user-unreserved).
             user, rest = rest.rsplit("@", 1)
+            if not user:
+                raise SipParseError("Malformed URI")
+        rest, _, headers = rest.partition("?")
         hostport, _, params = rest.partition(";")
         host, port = parse_hostport(hostport)
-        return cls(scheme, user, host, port, parse_params(params))
+        return cls(scheme, user, host, port, parse_params(params), headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +215,15 @@ class Via:
         return self.params.get("branch")
 
     def response_address(self) -> tuple[str, int]:
-        """Where a response to this hop goes (§18.2.2, RFC 3581 §4): received, rport, sent-by."""
+        """Where a response to this hop goes over UDP (§18.2.2, RFC 3581 §4).
+
+        maddr wins (with the sent-by port), then received (with rport's value if given, else
+        the sent-by port), then sent-by itself. The host may be a name (RFC 3263 §5): resolving
+        it is the sender's job, never the core's.
+        """
+        maddr = self.params.get("maddr")
+        if maddr:
+            return maddr.strip("[]"), self.port or 5060
         host = self.params.get("received") or self.host
         rport = self.params.get("rport")
         if rport:

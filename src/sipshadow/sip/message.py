@@ -59,6 +59,9 @@ LIST_HEADERS: Final = frozenset({"via", "route", "record-route", "contact"})
 
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?$", re.IGNORECASE | re.DOTALL)
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
+_VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
+#: The largest Content-Length worth reading: a UDP datagram is below 64 KiB anyway.
+_MAX_LENGTH_DIGITS = 9
 _UNSET: Final = object()
 #: The cached typed value each header feeds, forgotten when that header is rewritten.
 _CACHE_SLOTS: Final = {
@@ -225,6 +228,23 @@ class SipMessage:
         self._forget(key)
         return value.strip()
 
+    def pop_back(self, key: str) -> str | None:
+        """Remove and return the last value of a list header (§16.4: a strict router's target)."""
+        index = -1
+        for position, entry in enumerate(self.headers):
+            if entry[0] == key:
+                index = position
+        if index < 0:
+            return None
+        entry = self.headers[index]
+        parts = split_header_values(entry[2])
+        if len(parts) > 1:
+            self.headers[index] = (key, entry[1], ", ".join(parts[:-1]), None)
+        else:
+            del self.headers[index]
+        self._forget(key)
+        return parts[-1]
+
     def replace_front(self, key: str, value: str) -> None:
         """Replace the first value of `key` (keeping any further comma-separated values).
 
@@ -262,6 +282,30 @@ class SipMessage:
             lines.append(raw if raw is not None else f"{name}: {value}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1") + self.body
+
+    def frame_datagram(self) -> None:
+        """Apply §18.3's framing for a datagram: the body is exactly Content-Length octets.
+
+        Octets past Content-Length are discarded (RFC 4475 §3.1.1.8); fewer octets than it
+        announces, a malformed value (§20.14: 1*DIGIT) or two Content-Length headers
+        (RFC 4475 §3.3.9) raise `SipParseError`. Without the header the body is the rest of
+        the datagram (§18.3 allows that over UDP).
+        """
+        value: str | None = None
+        for entry in self.headers:
+            if entry[0] == "content-length":
+                if value is not None:
+                    raise SipParseError("Multiple Content-Length")
+                value = entry[2]
+        if value is None:
+            return
+        if not (value.isascii() and value.isdigit()) or len(value) > _MAX_LENGTH_DIGITS:
+            raise SipParseError("Bad Content-Length")
+        length = int(value)
+        if length > len(self.body):
+            raise SipParseError("Content-Length exceeds body")
+        if length < len(self.body):
+            self.body = self.body[:length]
 
     def __repr__(self) -> str:
         return f"<SipMessage {self.start_line()!r} call-id={self.call_id!r}>"
@@ -318,7 +362,9 @@ def _with_start_line(line: str, headers: list[Header], body: bytes) -> SipMessag
     if not TOKEN_RE.fullmatch(method):
         raise SipParseError("Malformed method")
     if version.upper() != SIP_VERSION:
-        raise SipParseError("Version Not Supported")
+        if _VERSION_RE.fullmatch(version):
+            raise SipParseError("Version Not Supported", 505)  # §8.2.2, RFC 4475 §3.1.2.16
+        raise SipParseError("Malformed request line")
     if ":" not in uri:
         raise SipParseError("Malformed Request-URI")
     return SipMessage(headers, body, method=method, uri=uri)
