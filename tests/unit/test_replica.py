@@ -80,3 +80,18 @@ def test_replaying_entropy_refuses_draws_beyond_the_log() -> None:
     assert entropy.random() == 0.25
     with pytest.raises(ReplayMismatch):
         entropy.random()
+
+
+def test_takeover_resend_drops_a_provisional_whose_final_response_is_also_resent() -> None:
+    """A 180 re-sent after the 200 the caller already holds aborts strict UACs (SIPp)."""
+    from sipshadow.core import SendDatagram
+    from sipshadow.core.resend import without_stale_provisionals
+    from tests.unit.messages import CALLER, request, response_to
+
+    invite, other = request("INVITE"), request("INVITE", call_id="other", branch="z9hG4bKother")
+    ringing, ok = (SendDatagram(response_to(invite, status, "X"), CALLER) for status in (180, 200))
+    other_ringing = SendDatagram(response_to(other, 180, "Ringing"), CALLER)
+    forwarded = SendDatagram(invite, ("192.0.2.21", 5080))
+    kept = without_stale_provisionals([ringing, other_ringing, forwarded, ok])
+    assert kept == [other_ringing, forwarded, ok]
+    assert without_stale_provisionals([ok, ringing]) == [ok, ringing]  # a final before it: kept as it came

@@ -103,6 +103,8 @@ class Dialog:
 
 
 DialogKey = tuple[str, str]
+#: Calls changed since the digest was last read, at most (then their hashes are taken).
+_DIRTY_LIMIT = 4096
 
 
 class Call:
@@ -154,10 +156,17 @@ class Call:
 
 def call_hash(call: Call) -> int:
     """A 64-bit hash of a call's routing state; stable across processes (no `hash()` salt)."""
-    parts = [f"{call.call_id}\x1f{call.member}\x1f{call.caller[0]}\x1f{call.caller[1]}\x1f{call.counted:d}"]
-    parts.extend(repr(attempt.as_row()) for attempt in call.attempts.values())
-    parts.extend(repr(dialog.as_row()) for dialog in call.dialogs.values())
-    text = "\x1e".join(parts)
+    text = f"{call.call_id}\x1f{call.member}\x1f{call.caller[0]}\x1f{call.caller[1]}\x1f{call.counted:d}"
+    for a in call.attempts.values():
+        text += (
+            f"\x1e{a.branch}\x1f{a.method}\x1f{a.from_tag}\x1f{a.cseq}\x1f{a.source[0]}\x1f{a.source[1]}"
+            f"\x1f{a.expires_at!r}"
+        )
+    for d in call.dialogs.values():
+        text += (
+            f"\x1d{d.caller_tag}\x1f{d.callee_tag}\x1f{d.state:d}\x1f{d.caller[0]}\x1f{d.caller[1]}\x1f{d.branch}"
+            f"\x1f{d.usage}\x1f{d.expires_at!r}\x1f{d.on_path:d}"
+        )
     return int.from_bytes(hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=8).digest(), "little")
 
 
@@ -171,8 +180,27 @@ class DialogTable:
     def __init__(self, member_count: int) -> None:
         self.calls: dict[str, Call] = {}
         self.active_per_member = [0] * member_count
-        self.digest = 0
+        self._digest = 0
         self._expiry: list[tuple[float, str]] = []
+        #: Calls changed since their hash was last taken: one event may change a call several
+        #: times (a 2xx confirms a dialog and ends an attempt), so each is hashed once, on read.
+        self._dirty: dict[str, Call] = {}
+
+    @property
+    def digest(self) -> int:
+        """The XOR of every call's hash: equal on replicas that hold the same calls."""
+        if self._dirty:
+            self.settle()
+        return self._digest
+
+    def settle(self) -> None:
+        """Bring the changed calls' hashes (and so the digest) up to date."""
+        for call in self._dirty.values():
+            if self.calls.get(call.call_id) is call:
+                self._digest ^= call.hash
+                call.hash = call_hash(call)
+                self._digest ^= call.hash
+        self._dirty.clear()
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -261,9 +289,9 @@ class DialogTable:
         self._changed(call)
 
     def _changed(self, call: Call) -> None:
-        self.digest ^= call.hash
-        call.hash = call_hash(call)
-        self.digest ^= call.hash
+        self._dirty[call.call_id] = call
+        if len(self._dirty) > _DIRTY_LIMIT:
+            self.settle()  # a solo node never reads the digest: keep the backlog bounded
         self._count(call)
         deadline = call.deadline()
         if deadline < call.heap_at:
@@ -306,7 +334,8 @@ class DialogTable:
                 self._changed(call)
             else:
                 del self.calls[call_id]
-                self.digest ^= call.hash
+                self._dirty.pop(call_id, None)
+                self._digest ^= call.hash  # the hash it entered the digest with, even if stale
                 if call.active and call.counted:
                     self.active_per_member[call.member] -= 1
                 call.active = False
@@ -322,6 +351,7 @@ class DialogTable:
 
     def export_state(self) -> list[tuple[Any, ...]]:
         """Every call as a plain tuple, in table order (a snapshot for a joining shadow)."""
+        self.settle()
         return [call.as_row() for call in self.calls.values()]
 
     def import_state(self, rows: list[Any], digest: int | None = None) -> None:
@@ -332,6 +362,7 @@ class DialogTable:
         the first replayed entry's state digest checks the rest.
         """
         self.calls = {}
+        self._dirty.clear()
         self.active_per_member = [0] * len(self.active_per_member)
         states = tuple(DialogState)
         for call_id, member, host, port, counted, heap_at, attempts, dialogs, hashed in rows:
@@ -351,6 +382,6 @@ class DialogTable:
             computed ^= call.hash
         if digest is not None and digest != computed:
             raise ValueError("snapshot digest does not match its dialog rows")
-        self.digest = computed
+        self._digest = computed
         self._expiry = [(call.heap_at, call_id) for call_id, call in self.calls.items() if call.heap_at != float("inf")]
         heapq.heapify(self._expiry)

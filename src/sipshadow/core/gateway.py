@@ -189,7 +189,9 @@ class Gateway:
 
     def _preprocess_route(self, request: SipMessage) -> None:
         """§16.4: undo a strict-routing previous hop, then take our own Route off the top."""
-        if self._is_own_uri(request.uri, record_route=True) and request.first("route") is not None:
+        if request.first("route") is None:
+            return
+        if self._is_own_uri(request.uri, record_route=True):
             last = request.pop_back("route")
             assert last is not None
             request.uri = NameAddr.parse(last).uri

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from sipshadow.core import Gateway, GatewayConfig, SendDatagram
+from sipshadow.core.resend import without_stale_provisionals
 from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
 from sipshadow.replication.log import LogEntry, event_for
 
@@ -65,5 +66,7 @@ class Replica:
             self._outputs.popleft()
 
     def unreleased_outputs(self) -> list[SendDatagram]:
-        """What a new primary re-sends: outputs the old one may not have sent (dups are harmless)."""
-        return [output for seq, outputs in self._outputs if seq > self.released_seq for output in outputs]
+        """What a new primary re-sends: outputs the old one may not have sent (duplicates are
+        harmless in SIP), less provisionals their own final response in the list makes stale."""
+        unreleased = [output for seq, outputs in self._outputs if seq > self.released_seq for output in outputs]
+        return without_stale_provisionals(unreleased)

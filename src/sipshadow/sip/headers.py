@@ -159,8 +159,13 @@ class Uri:
     #: The `?header=value` part, if any: not allowed in a Request-URI (§19.1.1, RFC 4475 §3.1.2.11).
     headers: str = ""
 
+    @staticmethod
+    def parse(text: str) -> Uri:
+        """Parse a URI's routing parts; memoized, since a call's URIs repeat in its messages."""
+        return _parse_uri(text) if len(text) <= _MEMO_MAX_CHARS else Uri._parse(text)
+
     @classmethod
-    def parse(cls, text: str) -> Uri:
+    def _parse(cls, text: str) -> Uri:
         text = text.strip()
         scheme_match = _URI_SCHEME_RE.match(text)
         if scheme_match is None:
@@ -305,3 +310,4 @@ def parse_cseq(text: str) -> tuple[int, str]:
 _MEMO_MAX_CHARS = 256
 _parse_via = lru_cache(maxsize=4096)(Via._parse)
 _parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)
+_parse_uri = lru_cache(maxsize=4096)(Uri._parse)
