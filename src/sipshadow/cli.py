@@ -167,6 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"sipshadow: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in config.warnings:
+        logging.getLogger("sipshadow.config").warning("%s", warning)
     return run(config)
 
 

@@ -4,9 +4,9 @@ Each test proves one kind of behaviour RFC 3261 asks of a dialog-stateful proxy 
 a cluster, with every tag, branch and timing chosen by the test (see `sip_peers`). The ALG
 runs as a child process on 127.0.0.1; the caller and the members are plain UDP sockets.
 
-Kind 2 (provisional responses refresh the early-dialog timer) is not here: testing it at
-real time needs early_timeout_s below Timer C's three minutes (§16.6 item 11), which the
-config may refuse, so it belongs to the core's unit tests.
+Kind 2 (provisional responses refresh Timer C) runs on a scaled clock: early_timeout_s of
+1 s (the config warns that this is below RFC 3261's three minutes) and provisionals every
+0.6 s for 2.5 s; the 185-second ring itself is a core unit test.
 """
 
 from __future__ import annotations
@@ -152,8 +152,12 @@ def place_call(alg: AlgProcess, caller: UdpPeer, member: UdpPeer, *, to_tag: str
     caller.send(initial_request("INVITE", caller, alg, call_id=call_id, from_tag=from_tag), alg.listen)
     invite = member.expect("INVITE ")
     member.send(build_response(invite, 200, "OK", to_tag=to_tag, contact=f"<{member.uri('bob')}>"), alg.listen)
-    ok = caller.expect("SIP/2.0 200")
-    route = [route_of(alg)]
+    return acknowledge(alg, caller, member, invite, caller.expect("SIP/2.0 200"))
+
+
+def acknowledge(alg: AlgProcess, caller: UdpPeer, member: UdpPeer, invite: SipMessage, ok: SipMessage) -> Call:
+    """The caller ACKs the 200 `ok` through the ALG; both legs route in-dialog requests via it."""
+    call_id, route = ok.first("call-id") or "", [route_of(alg)]
     caller_leg = Leg(caller, call_id, ok.first("from") or "", ok.first("to") or "", member.uri("bob"), route)
     callee_leg = Leg(member, call_id, ok.first("to") or "", ok.first("from") or "", caller.uri("alice"), route, 0)
     caller.send(caller_leg.request("ACK", cseq=1), alg.listen)
@@ -235,6 +239,28 @@ def test_forked_2xx_are_separate_dialogs_keyed_by_call_id_and_both_tags(
         caller.expect("SIP/2.0 200")
         after_both = status_value(alg, active_calls(), 0, timeout=2.5)
         assert (with_fa_up, after_both) == (1, 0), "active_calls: (with only fa up, after both BYEs)"
+
+
+# -- 2. early dialogs that ring long --------------------------------------------------------
+
+
+def test_provisionals_refresh_timer_c_so_a_call_that_rings_past_it_keeps_its_route(
+    tmp_path: Path, caller: UdpPeer, member: UdpPeer
+) -> None:
+    """§16.6 item 11, §16.7 item 2: each 101-199 restarts Timer C; a call that rings for longer
+    than Timer C in all, but never longer between provisionals, is answered and hung up."""
+    with running_alg(tmp_path, [member], "[dialogs]\nearly_timeout_s = 1.0\n") as alg:
+        call_id, from_tag = f"{new_token()}@caller", new_token()
+        caller.send(initial_request("INVITE", caller, alg, call_id=call_id, from_tag=from_tag), alg.listen)
+        invite = member.expect("INVITE ")
+        contact = f"<{member.uri('bob')}>"
+        for _ in range(4):  # 2.4 s of ringing against a 1 s Timer C
+            member.send(build_response(invite, 180, "Ringing", to_tag="ring", contact=contact), alg.listen)
+            caller.expect("SIP/2.0 180")
+            time.sleep(0.6)
+        member.send(build_response(invite, 200, "OK", to_tag="ring", contact=contact), alg.listen)
+        hang_up(alg, acknowledge(alg, caller, member, invite, caller.expect("SIP/2.0 200")))
+        assert status_value(alg, active_calls(), 0, timeout=2.0) == 0
 
 
 # -- 3. routing of CANCEL, strict routing ----------------------------------------------------
@@ -580,6 +606,9 @@ def test_two_sipp_members_without_auto_answer_take_300_calls(tmp_path: Path) -> 
         result = SippUac(alg.listen, tmp_path, calls=300, rate=50, extra_args=["-nr"]).start().wait()
         assert (result.failed_calls, result.successful_calls) == (0, 300), result.summary()
         assert result.ok, result.summary()
+        status = fresh_status(alg)  # (idle again, the members may look down by now: that is fine)
+        assert [member["calls"] for member in status["members"]] == [150, 150]
+        assert status["counters"]["rejected"] == {}
 
 
 # -- 10. state only for requests that pass ---------------------------------------------------

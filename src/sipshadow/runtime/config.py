@@ -5,7 +5,7 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [service]   listen = "HOST:PORT", advertise = "HOST:PORT"
     [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}]
     [health]    probe_interval_ms = 1000, probe_misses = 3
-    [dialogs]   early_timeout_s = 200 (Timer C: > 180), confirmed_timeout_s = 7200, terminated_linger_s = 32
+    [dialogs]   early_timeout_s = 200 (Timer C; at most 180 is warned of), confirmed_timeout_s = 7200, terminated_linger_s = 32
     [status]    file = "PATH", interval_s = 1.0
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
@@ -140,6 +140,8 @@ class NodeConfig:
     status_interval_s: float
     log_level: str
     replication: ReplicationConfig | None = None
+    #: Legal but risky settings, one line each, logged when the node starts.
+    warnings: tuple[str, ...] = ()
 
 
 def load_file(path: Path) -> ConfigFile:
@@ -193,9 +195,11 @@ def build(
     _positive("health.probe_misses", file.health.probe_misses)
     for name in ("early_timeout_s", "confirmed_timeout_s", "terminated_linger_s"):
         _positive(f"dialogs.{name}", getattr(file.dialogs, name))
+    warnings = []
     if file.dialogs.early_timeout_s <= TIMER_C_FLOOR_S:
-        raise ConfigError(
-            "dialogs.early_timeout_s", "must be > 180 (RFC 3261 §16.6 item 11: Timer C exceeds 3 minutes)"
+        warnings.append(
+            f"dialogs.early_timeout_s = {file.dialogs.early_timeout_s:g} is not above 180 s (RFC 3261 §16.6 item 11:"
+            " Timer C exceeds 3 minutes): a call that rings longer without a provisional loses its route"
         )
     _positive("status.interval_s", file.status.interval_s)
     if file.log.level not in LOG_LEVELS:
@@ -219,6 +223,7 @@ def build(
         status_interval_s=file.status.interval_s,
         log_level=file.log.level,
         replication=_replication(file.replication, role, peer, listen_address),
+        warnings=tuple(warnings),
     )
 
 
