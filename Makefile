@@ -39,6 +39,8 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/sipshadow
+	$(BIN)/mypy --strict src/sipshadow/core src/sipshadow/sip src/sipshadow/determinism src/sipshadow/replication src/sipshadow/runtime
 
 bench: setup
 	$(BIN)/python benchmarks/cps.py

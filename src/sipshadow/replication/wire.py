@@ -86,7 +86,9 @@ class Payloads(msgspec.Struct, array_like=True, tag=7):
 
 
 Message = Hello | Snapshot | Entries | Ack | Heartbeat | PayloadRequest | Payloads | SnapshotRows
-_KIND_OF = {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8}
+_KIND_OF: dict[type, int] = {
+    Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, Heartbeat: 5, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8
+}
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
@@ -149,7 +151,7 @@ class FrameDecoder:
         if version != VERSION:
             return Refused(f"unsupported protocol version {version}")
         try:
-            message = _decoder.decode(signed[HEADER.size :])
+            message: Message = _decoder.decode(signed[HEADER.size :])
         except msgspec.DecodeError as error:
             return Refused(f"undecodable body ({error})")
         if _KIND_OF[type(message)] != kind:

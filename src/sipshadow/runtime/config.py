@@ -5,7 +5,8 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [service]   listen = "HOST:PORT", advertise = "HOST:PORT"
     [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}]
     [health]    probe_interval_ms = 1000, probe_misses = 3
-    [dialogs]   early_timeout_s = 200 (Timer C; at most 180 is warned of), confirmed_timeout_s = 7200, terminated_linger_s = 32
+    [dialogs]   early_timeout_s = 200 (Timer C; 180 or less is warned of), confirmed_timeout_s = 7200,
+                terminated_linger_s = 32
     [status]    file = "PATH", interval_s = 1.0
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",

@@ -51,7 +51,7 @@ class DatagramEndpoint(asyncio.DatagramProtocol):
         self.handler = handler
         self.errors = 0
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.handler(data, addr)
 
     def error_received(self, exc: Exception) -> None:
