@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core
 STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
 

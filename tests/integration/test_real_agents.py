@@ -38,7 +38,11 @@ pytestmark = pytest.mark.timeout(90)
 
 SIPSAK = shutil.which("sipsak")
 BARESIP = shutil.which("baresip")
-BARESIP_MODULE_DIRS = ("/usr/lib/baresip/modules", "/usr/lib/x86_64-linux-gnu/baresip/modules", "/usr/local/lib/baresip/modules")
+BARESIP_MODULE_DIRS = (
+    "/usr/lib/baresip/modules",
+    "/usr/lib/x86_64-linux-gnu/baresip/modules",
+    "/usr/local/lib/baresip/modules",
+)
 BARESIP_MODULES = ("opus", "ausine", "aubridge", "account", "menu", "ctrl_tcp")
 
 needs_sipsak = pytest.mark.skipif(SIPSAK is None, reason="sipsak is not installed (Debian package sipsak)")
@@ -112,7 +116,9 @@ def test_sipsak_options_reaches_a_member_and_its_200_comes_back(alg: AlgProcess,
     result = sipsak("-vv", "-s", f"sip:someone@{HOST}", "-p", f"{HOST}:{port}")
     assert result.returncode == 0, outcome(result)
     assert "SIP/2.0 200 OK" in result.stdout, outcome(result)
-    member_contacts = {f"<sip:{host}:{member_port};transport=UDP>" for host, member_port in (m.address for m in members)}
+    member_contacts = {
+        f"<sip:{host}:{member_port};transport=UDP>" for host, member_port in (m.address for m in members)
+    }
     assert any(contact in result.stdout for contact in member_contacts), outcome(result)  # a member answered
     status = status_now(alg)
     assert status["counters"]["rejected"] == {}, status["counters"]
@@ -184,7 +190,9 @@ def test_sipsak_message_from_a_file_reaches_the_member_whole_and_gets_its_200(tm
                 if client.poll() is None:
                     client.kill()
                     client.wait()
-            assert client.returncode == 0 and "SIP/2.0 200 OK" in stdout, f"exit {client.returncode}\n{stdout}\n{stderr}"
+            assert client.returncode == 0 and "SIP/2.0 200 OK" in stdout, (
+                f"exit {client.returncode}\n{stdout}\n{stderr}"
+            )
             status = status_now(alg)
             assert status["counters"]["calls"] == 0 and status["dialogs"] == 0, status  # a MESSAGE opens no dialog
             assert_no_errors(status)
@@ -192,21 +200,23 @@ def test_sipsak_message_from_a_file_reaches_the_member_whole_and_gets_its_200(tm
 
 @needs_sipsak
 def test_sipsak_options_to_the_alg_itself_is_answered_by_the_alg(tmp_path: Path) -> None:
-    with UdpPeer("member", answer_options=True) as member:
-        with AlgProcess((HOST, free_udp_port()), [member.address], tmp_path, config_text=FAST_PROBES) as alg:
-            port = alg.listen[1]
-            keepalive = tmp_path / "keepalive.sip"
-            keepalive.write_text(
-                f"OPTIONS sip:{HOST}:{port} SIP/2.0\nFrom: <sip:sipsak@{HOST}>;tag=ka\nTo: <sip:{HOST}:{port}>\n"
-                f"Call-ID: sipsak-keepalive-{port}@{HOST}\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n"
-            )
-            result = sipsak("-vv", "-f", str(keepalive), "-s", f"sip:{HOST}:{port}")
-            assert result.returncode == 0 and "SIP/2.0 200" in result.stdout, outcome(result)
-            assert "Allow: INVITE" in result.stdout, outcome(result)  # the ALG's own answer
-            member.expect_nothing(0.3, note="an OPTIONS for the ALG itself is not forwarded")
-            status = status_now(alg)
-            assert status["counters"]["rejected"] == {}, status["counters"]
-            assert_no_errors(status)
+    with (
+        UdpPeer("member", answer_options=True) as member,
+        AlgProcess((HOST, free_udp_port()), [member.address], tmp_path, config_text=FAST_PROBES) as alg,
+    ):
+        port = alg.listen[1]
+        keepalive = tmp_path / "keepalive.sip"
+        keepalive.write_text(
+            f"OPTIONS sip:{HOST}:{port} SIP/2.0\nFrom: <sip:sipsak@{HOST}>;tag=ka\nTo: <sip:{HOST}:{port}>\n"
+            f"Call-ID: sipsak-keepalive-{port}@{HOST}\nCSeq: 1 OPTIONS\nMax-Forwards: 70\nContent-Length: 0\n\n"
+        )
+        result = sipsak("-vv", "-f", str(keepalive), "-s", f"sip:{HOST}:{port}")
+        assert result.returncode == 0 and "SIP/2.0 200" in result.stdout, outcome(result)
+        assert "Allow: INVITE" in result.stdout, outcome(result)  # the ALG's own answer
+        member.expect_nothing(0.3, note="an OPTIONS for the ALG itself is not forwarded")
+        status = status_now(alg)
+        assert status["counters"]["rejected"] == {}, status["counters"]
+        assert_no_errors(status)
 
 
 # -- baresip: a real call through the ALG ------------------------------------------------
@@ -237,9 +247,10 @@ def free_sip_port() -> int:
     for _ in range(50):
         port = free_udp_port()
         try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(
-                socket.AF_INET, socket.SOCK_STREAM
-            ) as tls:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tls,
+            ):
                 tcp.bind((HOST, port))
                 tls.bind((HOST, port + 1))
         except OSError:
@@ -378,7 +389,9 @@ def hang_up_from_the_callee_and_check_the_end(alg: AlgProcess, alice: Baresip, b
         wait_for(alice.idle, 5.0, "the callee's BYE to reach the caller")
         wait_for(bob.idle, 5.0, "the callee to see its call ended")
     except AssertionError as error:
-        raise AssertionError(f"{error}\nalice: {alice.calls()}\nbob: {bob.calls()}\nalice's log:\n{alice.log_tail()}")
+        calls = f"alice: {alice.calls()}\nbob: {bob.calls()}"
+        raise AssertionError(f"{error}\n{calls}\nalice's log:\n{alice.log_tail()}") from None
+
     def ended() -> dict[str, Any] | None:
         status = status_now(alg)
         return status if active_calls(status) == 0 else None
@@ -403,11 +416,6 @@ def test_baresip_call_held_and_resumed_by_the_caller_then_hung_up_by_the_callee(
 
 
 @needs_baresip
-@pytest.mark.xfail(
-    strict=True,
-    reason="FAULT: the 2xx to a callee-side re-INVITE stores a mirrored dialog (callee tag as caller tag), so the "
-    "callee's ACK and BYE are sent back to the member instead of to the caller (gateway._track_response)",
-)
 def test_baresip_call_held_by_the_callee_then_hung_up_by_the_callee(
     call_bed: tuple[AlgProcess, Baresip, Baresip],
 ) -> None:

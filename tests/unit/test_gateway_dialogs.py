@@ -256,3 +256,29 @@ def test_a_bad_bye_with_wrong_tags_never_ends_the_real_call() -> None:
     assert send(gateway, request("ACK", from_tag="intruder", to_tag="nobody")) == []
     gateway.handle(TimerExpired(40.0))
     assert only(send(gateway, request("BYE", to_tag="callee-tag", cseq=2), now=40.0)).destination == MEMBERS[0]
+
+
+def test_after_the_callee_holds_the_call_its_ack_and_bye_still_reach_the_caller() -> None:
+    """A callee's re-INVITE (hold) and its 2xx make no new dialog: the callee's later requests
+    go to the caller, and its BYE ends the call (found with baresip holding from the callee)."""
+    gateway = make_gateway()
+    invite = start_call(gateway)
+    answer(gateway, invite, 200)
+    reinvite = only(send(gateway, member_request("INVITE", cseq=5), MEMBERS[0]))
+    assert reinvite.destination == CALLER
+    ok = response_to(reinvite.data, 200, "OK", to_tag=None)  # the caller answers within the dialog
+    assert only(send(gateway, ok, CALLER)).destination == MEMBERS[0]
+    assert only(send(gateway, member_request("ACK", cseq=5), MEMBERS[0])).destination == CALLER
+    assert only(send(gateway, member_request("BYE", cseq=6), MEMBERS[0])).destination == CALLER
+    assert gateway.table.active_per_member == [0, 0]
+    assert len(gateway.table.get("call-1@caller").dialogs) == 1
+
+
+def test_a_callee_reinvite_rejected_leaves_the_dialog_as_it_was() -> None:
+    gateway = make_gateway()
+    answer(gateway, start_call(gateway), 200)
+    reinvite = only(send(gateway, member_request("INVITE", cseq=5), MEMBERS[0]))
+    send(gateway, response_to(reinvite.data, 488, "Not Acceptable Here", to_tag=None), CALLER)
+    assert only(send(gateway, member_request("ACK", cseq=5), MEMBERS[0])).destination == CALLER
+    assert gateway.table.active_per_member == [1, 0]
+    assert only(send(gateway, request("BYE", to_tag="callee-tag", cseq=2))).destination == MEMBERS[0]

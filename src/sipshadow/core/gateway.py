@@ -42,6 +42,14 @@ def _ends(dialog: Dialog, request: SipMessage) -> bool:
     return value is not None and value.split(";", 1)[0].strip().lower() == "terminated"
 
 
+def _late_fork(call: Call, from_tag: str, to_tag: str | None) -> bool:
+    """A 2xx whose attempt already ended: a forking UAS's second answer (§13.2.2.4) comes from
+    the caller's side of the call, not from a dialog's callee answering its own re-INVITE."""
+    if to_tag is None or (to_tag, from_tag) in call.dialogs:
+        return False
+    return any(dialog.caller_tag == from_tag for dialog in call.dialogs.values())
+
+
 Outputs = list[SendDatagram]
 
 
@@ -393,8 +401,10 @@ class Gateway:
         if call is None or status == 100:
             return
         attempt = call.attempts.get(branch)
-        caller = attempt.source if attempt is not None else call.caller
         from_tag, to_tag = response.from_tag or "", response.to_tag
+        if attempt is None and not (status // 100 == 2 and _late_fork(call, from_tag, to_tag)):
+            return  # a response to an in-dialog request (a re-INVITE, either side): dialogs stay
+        caller = attempt.source if attempt is not None else call.caller
         config = self.config
         if status < 200:
             if attempt is not None:
