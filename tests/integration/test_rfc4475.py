@@ -37,7 +37,9 @@ from sipshadow.net.testbed import NETNS_DIR, down_all, new_prefix, run_checked
 
 from .rfc4475_cases import CASES, MEMBER, Answered, Case, Dropped, Forwarded, markdown_rows
 
-TORTURE_DIR = Path(__file__).resolve().parents[3] / "shared" / "rfc4475"
+#: A byte-exact copy of `../shared/rfc4475/` (CRLFs, NULs and folds are the test), kept in the
+#: repository so a clean clone runs it; `.gitattributes` there marks the files binary.
+TORTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
 LOOP = "127.0.0.1"
 NAMES_NET = "198.51.100."  # example.com names resolve here (TEST-NET-2), inside the namespace only
 CONFIG = "[health]\nprobe_interval_ms = 0\n[status]\ninterval_s = 0.02\n"  # no probes: the member stays quiet
