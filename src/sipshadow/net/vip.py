@@ -205,9 +205,30 @@ def announce(ifname: str, vip: str, count: int = 3, spacing: float = 0.02, backo
 
 
 # takeover -------------------------------------------------------------------------------------
+#: How long the tap accept chain outlives the last gratuitous ARP burst: frames peers sent to
+#: the old primary's MAC before they took the GARP still reach the new primary (the mirror
+#: copies them here), instead of dying as `otherhost` in the takeover's first milliseconds.
+TAP_GRACE_S = 0.5
+
+
 def unsilence_commands() -> str:
-    """One nft transaction: drop the silent-mode table and the tap accept table (each may be absent)."""
-    return silent.teardown_commands() + mirror.accept_teardown_commands()
+    """One nft transaction: drop the silent-mode table (it may be absent).
+
+    The tap accept table stays until the announcement is done (`drop_tap_accept`).
+    """
+    return silent.teardown_commands()
+
+
+def drop_tap_accept() -> None:
+    """End of the takeover: the copies addressed to the old primary's MAC are no longer taken."""
+    nft.shared().run(mirror.accept_teardown_commands())
+
+
+async def finish_takeover(announcement: Announcement, grace_s: float = TAP_GRACE_S) -> None:
+    """The later GARP bursts on the loop, then, after `grace_s`, the tap accept table goes."""
+    await announcement.finish_async()
+    await asyncio.sleep(grace_s)
+    drop_tap_accept()
 
 
 @dataclass
@@ -246,7 +267,8 @@ class Takeover:
         self._done = False
 
     def run(self) -> TakeoverResult:
-        """(a) leave silent mode and drop the tap accept chain, (b) move the VIP, (c) first GARP burst."""
+        """(a) leave silent mode, (b) move the VIP, (c) first GARP burst; the tap accept chain
+        stays until the announcement is done (`finish_takeover`)."""
         if self._done:
             raise RuntimeError("this takeover already ran")
         self._done = True
@@ -280,4 +302,6 @@ def takeover(ifname: str, vip: str, *, prefixlen: int = 32, wait: bool = True) -
     result = prepared.run()
     if wait:
         result.announcement.finish()
+        time.sleep(TAP_GRACE_S)
+        drop_tap_accept()
     return result

@@ -35,7 +35,8 @@ class LinuxIdentity:
     def __init__(self, interface: str, vip: str) -> None:
         self.interface = interface
         self.vip = vip
-        self.announcements: list[object] = []
+        #: The takeover's later GARP bursts and tap-accept teardown, running on the loop.
+        self.announcements: list[asyncio.Task[None]] = []
 
     def silence(self) -> None:
         """VIP on lo (receive the tap, never answer ARP for it), silent-mode and accept tables."""
@@ -43,6 +44,10 @@ class LinuxIdentity:
 
         from sipshadow.net import mirror, nft, silent
         from sipshadow.net.vip import RTM_DELADDR, RTM_NEWADDR, Rtnetlink
+
+        for finishing in self.announcements:  # a takeover stepping back must keep its tap
+            finishing.cancel()
+        self.announcements.clear()
 
         for scope in ("all", self.interface):
             for setting, value in (("arp_ignore", "1"), ("arp_announce", "2")):
@@ -58,9 +63,10 @@ class LinuxIdentity:
         nft.run(silent.ruleset(self.interface, self.vip) + mirror.accept_ruleset(self.interface, self.vip))
 
     def claim(self) -> dict[str, float]:
-        """Unsilence, VIP to the interface, first GARP burst now; later bursts on the loop."""
-        from sipshadow.net.vip import Takeover
+        """Unsilence, VIP to the interface, first GARP burst now; later bursts on the loop, then
+        the tap accept chain goes (frames sent to the old MAC meanwhile are still served)."""
+        from sipshadow.net.vip import Takeover, finish_takeover
 
         result = Takeover(self.interface, self.vip).run()
-        self.announcements.append(asyncio.get_running_loop().create_task(result.announcement.finish_async()))
+        self.announcements.append(asyncio.get_running_loop().create_task(finish_takeover(result.announcement)))
         return {name: round(ms, 3) for name, ms in result.steps_ms.items()}
