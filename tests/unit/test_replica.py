@@ -95,3 +95,20 @@ def test_takeover_resend_drops_a_provisional_whose_final_response_is_also_resent
     kept = without_stale_provisionals([ringing, other_ringing, forwarded, ok])
     assert kept == [other_ringing, forwarded, ok]
     assert without_stale_provisionals([ok, ringing]) == [ok, ringing]  # a final before it: kept as it came
+
+
+def test_takeover_resend_skips_a_request_whose_response_proves_it_was_delivered() -> None:
+    """SIPp's UAS aborts a call on an INVITE it already answered; the member's 180 through
+    the old primary proves that INVITE went out, so the new primary does not send it again."""
+    from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+    from sipshadow.core.resend import resend_plan
+    from sipshadow.determinism import SystemEntropy
+    from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
+
+    gateway = Gateway(GatewayConfig(ALG, (MemberSpec(MEMBERS[0]),), probe_interval_s=0.0), SystemEntropy(1))
+    (answered,) = gateway.handle(DatagramReceived(request("INVITE", call_id="a", branch="z9hG4bKa"), CALLER, 0.0))
+    (silent,) = gateway.handle(DatagramReceived(request("INVITE", call_id="b", branch="z9hG4bKb"), CALLER, 0.0))
+    ringing = response_to(answered.data, 180, "Ringing")
+    (relayed,) = gateway.handle(DatagramReceived(ringing, MEMBERS[0], 0.1))
+    assert resend_plan([answered, silent, relayed], [ringing]) == [silent, relayed]
+    assert resend_plan([answered, silent], []) == [answered, silent]

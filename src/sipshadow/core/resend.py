@@ -1,19 +1,55 @@
-"""What a new primary re-sends at takeover: outputs the old one may not have sent, minus the
-provisional responses their own final response makes stale.
+"""What a new primary re-sends at takeover: outputs the old one may not have sent, less those
+it provably sent and those a later output makes stale.
 
-The old primary released its outputs in log order, so when a 180 and the 200 of the same
-transaction are both unreleased, the caller may already hold both; a re-sent 180 then lands
-after the 200, which strict user agents (SIPp among them) treat as a protocol error. The final
-response carries everything the provisional did (§13.2.2.4), so the provisional is dropped;
-every other output is re-sent as it was (duplicates are otherwise harmless in SIP, §17).
+The old primary released its outputs in log order after the shadow's acknowledgement, and the
+shadow's idea of what was released lags by a round trip; so some of what it re-sends did go
+out. Duplicates are harmless to a compliant UA (§17), but strict ones (SIPp among them) abort a
+call on a request they already answered or on a 180 after its 200. Two proofs are used:
+
+- a forwarded request whose response (same branch, our Via) is among the datagrams the shadow
+  has seen since reached its next hop: it is not re-sent;
+- a provisional response followed in the list by a final response of its transaction carries
+  nothing the final does not (§13.2.2.4): it is not re-sent.
+
+Everything else is re-sent as it was.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from sipshadow.core.actions import SendDatagram
 from sipshadow.sip import SipParseError, parse_message
 
 TransactionKey = tuple[str, str, str]
+_RESPONSE = b"SIP/2.0 "
+
+
+def resend_plan(unreleased: list[SendDatagram], seen: Iterable[bytes]) -> list[SendDatagram]:
+    """The outputs to re-send, in order: `unreleased` less what `seen` (datagrams received
+    since, responses among them) proves delivered, less stale provisionals."""
+    pending = {_top_branch(output.data): output for output in unreleased if not output.data.startswith(_RESPONSE)}
+    pending.pop(None, None)
+    delivered: set[str | None] = set()
+    if pending:
+        needles = [branch.encode("latin-1", "replace") for branch in pending if branch]
+        for data in seen:
+            if data.startswith(_RESPONSE) and any(needle in data for needle in needles):
+                delivered.add(_top_branch(data))
+    kept = [
+        output
+        for output in unreleased
+        if output.data.startswith(_RESPONSE) or _top_branch(output.data) not in delivered
+    ]
+    return without_stale_provisionals(kept)
+
+
+def _top_branch(data: bytes) -> str | None:
+    try:
+        via = parse_message(data).top_via
+    except SipParseError:
+        return None
+    return via.branch if via is not None else None
 
 
 def without_stale_provisionals(outputs: list[SendDatagram]) -> list[SendDatagram]:

@@ -8,16 +8,25 @@ takeover can re-send what the world may not have seen.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Iterable
 
 from sipshadow.core import Gateway, GatewayConfig, SendDatagram
-from sipshadow.core.resend import without_stale_provisionals
+from sipshadow.core.events import DatagramReceived
+from sipshadow.core.resend import resend_plan
 from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
 from sipshadow.replication.log import LogEntry, event_for
 
 
 class Divergence(RuntimeError):
     """The shadow's state no longer matches the primary's; a state transfer repairs it."""
+
+
+#: Outputs released this close (primary's clock, seconds) before its last logged event are
+#: re-sent too: "released" means handed to the kernel, and a node that dies at once (links
+#: down) loses what was still queued. Requests a response proves delivered are not re-sent.
+RESEND_WINDOW_S = 0.02
 
 
 class Replica:
@@ -29,21 +38,28 @@ class Replica:
         self.applied_seq = 0
         self.released_seq = 0
         self.divergences = 0
-        self._outputs: deque[tuple[int, list[SendDatagram]]] = deque(maxlen=keep_outputs)
+        self._outputs: deque[tuple[int, float, list[SendDatagram]]] = deque(maxlen=keep_outputs)
+        self._last_now = 0.0
+        #: Responses received since the oldest output still kept: proof of what was delivered.
+        self._responses: deque[tuple[int, bytes]] = deque(maxlen=keep_outputs)
 
     def restore(self, seq: int, state: dict[str, object]) -> None:
         """Start from a snapshot taken after entry `seq`."""
         self.gateway.import_state(state)
         self.applied_seq = self.released_seq = seq
         self._outputs.clear()
+        self._responses.clear()
 
     def apply(self, entry: LogEntry, payload: bytes | None = None) -> list[SendDatagram]:
         """Replay one entry; raises Divergence if it is out of order or the states differ."""
         if entry.seq != self.applied_seq + 1:
             raise Divergence(f"expected entry {self.applied_seq + 1}, got {entry.seq}")
         self.entropy.load(entry.draws)
+        event = event_for(entry, payload)
+        if type(event) is DatagramReceived and event.data.startswith(b"SIP/2.0 "):
+            self._responses.append((entry.seq, event.data))
         try:
-            outputs = self.gateway.handle(event_for(entry, payload))
+            outputs = self.gateway.handle(event)
             self.entropy.finish()
         except ReplayMismatch as error:
             self.divergences += 1
@@ -51,8 +67,9 @@ class Replica:
         except Exception:  # the primary's core failed the same way on this event (a bug, logged there)
             outputs = []
         self.applied_seq = entry.seq
+        self._last_now = entry.now
         if outputs:
-            self._outputs.append((entry.seq, outputs))
+            self._outputs.append((entry.seq, entry.now, outputs))
         digest = self.gateway.state_digest()
         if digest != entry.state:
             self.divergences += 1
@@ -62,11 +79,24 @@ class Replica:
     def released(self, seq: int) -> None:
         """The primary says it has sent the outputs of every entry up to `seq`."""
         self.released_seq = max(self.released_seq, seq)
-        while self._outputs and self._outputs[0][0] <= self.released_seq:
+        recent = self._last_now - RESEND_WINDOW_S
+        while self._outputs and self._outputs[0][0] <= self.released_seq and self._outputs[0][1] < recent:
             self._outputs.popleft()
+        oldest = self._outputs[0][0] if self._outputs else self.released_seq + 1
+        while self._responses and self._responses[0][0] < oldest:
+            self._responses.popleft()
 
-    def unreleased_outputs(self) -> list[SendDatagram]:
-        """What a new primary re-sends: outputs the old one may not have sent (duplicates are
-        harmless in SIP), less provisionals their own final response in the list makes stale."""
-        unreleased = [output for seq, outputs in self._outputs if seq > self.released_seq for output in outputs]
-        return without_stale_provisionals(unreleased)
+    def unreleased_outputs(self, seen_since: Iterable[bytes] = ()) -> list[SendDatagram]:
+        """What a new primary re-sends: outputs the old one may not have sent (unreleased, or
+        released in the last `RESEND_WINDOW_S`), less what the responses logged since (and
+        `seen_since`, the unlogged tap) prove delivered and less stale provisionals
+        (`core.resend`)."""
+        recent = self._last_now - RESEND_WINDOW_S
+        unreleased = [
+            output
+            for seq, now, outputs in self._outputs
+            if seq > self.released_seq or now >= recent
+            for output in outputs
+        ]
+        seen = itertools.chain((data for _, data in self._responses), seen_since)
+        return resend_plan(unreleased, seen)

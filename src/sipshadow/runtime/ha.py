@@ -254,12 +254,13 @@ class HaNode:
             await self.link.close()
             self.link = None
         recorder = RecordingEntropy(SystemEntropy())
+        unlogged = self.tap.unclaimed() if self.tap is not None and self.replication.mode == "active" else []
         if self.replication.mode == "active":
             replica.entropy.go_live(recorder)
-            gateway, start_seq, resend = replica.gateway, replica.applied_seq, replica.unreleased_outputs()
+            resend = replica.unreleased_outputs(data for data, _ in unlogged)
+            gateway, start_seq = replica.gateway, replica.applied_seq
         else:
             gateway, start_seq, resend = Gateway(self.config.gateway, recorder), 0, []
-        unlogged = self.tap.unclaimed() if self.tap is not None and self.replication.mode == "active" else []
         self.tap = None
         try:
             await self._serve_as_primary(gateway, recorder, start_seq, resend, unlogged)
