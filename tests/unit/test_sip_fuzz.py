@@ -689,3 +689,19 @@ def test_strange_unknown_lines_survive_any_rewrite() -> None:
         for line in STRANGE_UNKNOWN_LINES:
             if line.encode("latin-1") in data:
                 assert line.encode("latin-1") in out
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([*'ab<>;="\\ :@tT=,', "sip:", ";tag=", ">;tag="]), max_size=14).map("".join))
+def test_the_fast_tag_reader_agrees_with_the_full_name_addr_parse(text: str) -> None:
+    """`tag_of` splits the common `<uri>;tag=x` spelling for speed; it must answer exactly as
+    `NameAddr.parse(text).tag` does, errors included."""
+    from sipshadow.sip.headers import tag_of
+
+    def outcome(read: Callable[[str], str | None]) -> tuple[str, str | None]:
+        try:
+            return "ok", read(text)
+        except SipParseError:
+            return "error", None
+
+    assert outcome(tag_of) == outcome(lambda value: NameAddr.parse(value).tag)

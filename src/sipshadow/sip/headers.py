@@ -280,6 +280,24 @@ class NameAddr:
         return self.params.get("tag")
 
 
+def tag_of(text: str) -> str | None:
+    """The tag of a From or To value (§19.3), the name-addr validated as `NameAddr.parse` does.
+
+    Every dialog has its own tag, so the whole value rarely repeats and its memo would miss;
+    the value less its tag repeats across calls (`service <sip:service@host>`). So the common
+    spelling (`<...>;tag=TOKEN`) is split there and the rest parsed through the memo; anything
+    else takes the full parse.
+    """
+    close = text.rfind(">")
+    params = text[close + 1 :]
+    if close < 0 or params.count(";tag=") != 1 or '"' in params or "<" in params or "<" not in text[:close]:
+        return NameAddr.parse(text).tag
+    before, _, after = params.partition(";tag=")
+    tag, semicolon, others = after.partition(";")
+    NameAddr.parse(text[: close + 1] + before + semicolon + others)  # validates the rest
+    return tag.strip()
+
+
 def _closing_quote(text: str) -> int:
     escaped = False
     for index in range(1, len(text)):

@@ -14,10 +14,10 @@ from sipshadow.sip.errors import SipParseError
 from sipshadow.sip.headers import (
     COMPACT_FORMS,
     TOKEN_RE,
-    NameAddr,
     Via,
     parse_cseq,
     split_header_values,
+    tag_of,
 )
 
 SIP_VERSION: Final = "SIP/2.0"
@@ -167,14 +167,14 @@ class SipMessage:
     def from_tag(self) -> str | None:
         if self._from_tag is _UNSET:
             value = self.first("from")
-            self._from_tag = NameAddr.parse(value).tag if value is not None else None
+            self._from_tag = tag_of(value) if value is not None else None
         return self._from_tag  # type: ignore[return-value]
 
     @property
     def to_tag(self) -> str | None:
         if self._to_tag is _UNSET:
             value = self.first("to")
-            self._to_tag = NameAddr.parse(value).tag if value is not None else None
+            self._to_tag = tag_of(value) if value is not None else None
         return self._to_tag  # type: ignore[return-value]
 
     @property
