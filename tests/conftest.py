@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,20 @@ from sipshadow.lab.sipp import SippUas, free_udp_port
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 FAST_PROBES = "[health]\nprobe_interval_ms = 200\nprobe_misses = 2\n[status]\ninterval_s = 0.1\n"
+
+
+#: Under CI (`CI=true`, which `.ci/run` sets) a skip is a failure: a system test that skips
+#: because `ip netns add` or a package is missing has proven nothing, and must not pass quietly.
+STRICT_SKIPS = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,10 +1,11 @@
 """What a proxy must do with each RFC 4475 torture message, and how that shows on the wire.
 
-One row per file of `tests/data/rfc4475/` (a copy of `../shared/rfc4475/`). `rfc` is the verdict in the RFC's own words (the
-section the message comes from, shortened); `outcome` is what the ALG must visibly do with it,
-given its policy (RFC 3261 §16.3 request validation, §8.2 for what it answers itself, and a
-dialog table that answers 481 to an in-dialog request it does not know); `note` says how the
-verdict became that outcome when it is not a straight reading.
+One row per file of `tests/data/rfc4475/` (a copy of `../shared/rfc4475/`). `rfc` is the
+verdict in the RFC's own words (the section the message comes from, shortened); `outcome` is
+what the ALG must visibly do with it, given its policy (RFC 3261 §16.3 request validation,
+§8.2 for what it answers itself, and a dialog table that answers 481 to an in-dialog request
+it does not know); `note` says how the verdict became that outcome when it is not a straight
+reading.
 
 A row's `sender` is the sent-by of the message's top Via (the datagram comes from that address,
 so a reply to the Via and a reply to the source land on the same socket), or `MEMBER` for the

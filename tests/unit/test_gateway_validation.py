@@ -115,3 +115,40 @@ def test_broadcast_next_hops_are_relayed() -> None:
 def test_a_response_whose_next_hop_is_the_alg_itself_is_dropped_and_counted(next_via: str) -> None:
     outputs, gateway = relay(next_via)
     assert outputs == [] and gateway.counters.response_loops == 1
+
+
+# -- received/rport (§18.2.1, §18.2.2, RFC 3581): where requests say they came from, and where
+# the answers go, when the source port or address is not the one in Via ---------------------
+
+NAT_SOURCE = ("203.0.113.7", 4000)
+
+
+@pytest.mark.parametrize(
+    ("via_host", "rport", "stamped", "reply_to"),
+    [
+        ("192.0.2.10:5070", False, None, ("192.0.2.10", 5070)),  # same address: nothing to say
+        ("192.0.2.10:5070", True, ";rport=6000;received=192.0.2.10", ("192.0.2.10", 6000)),
+        ("10.0.0.5:5070", False, ";received=203.0.113.7", ("203.0.113.7", 5070)),
+        ("10.0.0.5:5070", True, ";rport=4000;received=203.0.113.7", ("203.0.113.7", 4000)),
+    ],
+)
+def test_received_and_rport_are_stamped_and_the_algs_own_replies_follow_them(
+    via_host: str, rport: bool, stamped: str | None, reply_to: tuple[str, int]
+) -> None:
+    source = ("192.0.2.10", 6000) if via_host.startswith("192.0.2.10") else NAT_SOURCE
+    branch = "z9hG4bKnat" + (";rport" if rport else "")
+    gateway = make_gateway()
+    forwarded = parse_message(only(send(gateway, request("INVITE", via_host=via_host, branch=branch), source)).data)
+    caller_via = forwarded.values("via")[1]
+    if stamped is None:
+        assert "received" not in caller_via and "rport=" not in caller_via
+    else:
+        params = dict(part.partition("=")[::2] for part in caller_via.split(";")[1:])
+        expected = dict(part.partition("=")[::2] for part in stamped.split(";")[1:])
+        assert {key: params[key] for key in expected} == expected, caller_via
+    bad_bye = request("BYE", to_tag="nobody", cseq=2, via_host=via_host, branch=branch)
+    assert only(send(gateway, bad_bye, source)).destination == reply_to  # the ALG's own 481
+    relay = make_gateway()
+    invite = only(send(relay, request("INVITE", via_host=via_host, branch=branch), source))
+    ringing = only(send(relay, response_to(invite.data, 180, "Ringing"), MEMBERS[0]))
+    assert ringing.destination == reply_to  # a member's response goes back the same way

@@ -90,12 +90,14 @@ class Driver:
 @given(
     policy=st.sampled_from(POLICIES),
     seed=st.integers(0, 2**32),
-    ops=st.lists(operations, max_size=60),
-    join_at=st.integers(0, 60),
+    ops=st.lists(operations, min_size=1, max_size=60),
+    data=st.data(),
 )
 def test_shadow_replaying_the_log_equals_the_primary_after_every_step(
-    policy: str, seed: int, ops: list[tuple], join_at: int
+    policy: str, seed: int, ops: list[tuple], data: st.DataObject
 ) -> None:
+    # The join point is drawn within the example, so the shadow always joins and is checked.
+    join_at = data.draw(st.integers(0, len(ops) - 1), label="join_at")
     config = GatewayConfig(ALG, tuple(MemberSpec(m, w) for m, w in zip(MEMBERS, (1, 2), strict=True)), policy, **CONFIG)
     recorder = RecordingEntropy(SystemEntropy(seed))
     primary = Gateway(config, recorder)
@@ -108,6 +110,7 @@ def test_shadow_replaying_the_log_equals_the_primary_after_every_step(
             wire = msgspec.msgpack.encode(primary.export_state())
             shadow.restore(seq, msgspec.msgpack.decode(wire))
             assert shadow.gateway.state_digest() == primary.state_digest()
+            assert shadow.gateway.table.active_per_member == primary.table.active_per_member
         event = driver.event(operation)
         if event is None:
             continue
@@ -120,3 +123,4 @@ def test_shadow_replaying_the_log_equals_the_primary_after_every_step(
             assert shadow.apply(decoded) == outputs
             assert shadow.gateway.state_digest() == primary.state_digest()
             assert shadow.gateway.export_state() == primary.export_state()
+            assert shadow.gateway.table.active_per_member == primary.table.active_per_member
