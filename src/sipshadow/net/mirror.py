@@ -13,15 +13,13 @@ by ARP, and an nftables `netdev` ingress chain on the service interface re-marki
 
 from __future__ import annotations
 
-import ipaddress
-
 from sipshadow.net import silent
+from sipshadow.net.accept import ACCEPT_TABLE, ARP_SYSCTLS, accept_ruleset, accept_teardown_commands
 from sipshadow.net.testbed import SWITCH, Testbed, run_checked, run_quiet
 
-ACCEPT_TABLE = "sipshadow_tap"
-ACCEPT_CHAIN = "tap_in"  # "accept" is an nft keyword
+__all__ = ["ACCEPT_TABLE", "accept_ruleset", "accept_teardown_commands", "install", "install_accept", "tapped_hosts"]
+
 TC_PRIO = 1
-ARP_SYSCTLS = ("arp_ignore=1", "arp_announce=2")
 
 
 def tapped_hosts(tb: Testbed) -> tuple[str, ...]:
@@ -59,26 +57,6 @@ def remove_tap(tb: Testbed) -> None:
     lines = [f"qdisc del dev {tb.switch_port(host)} ingress" for host in tapped_hosts(tb)]
     run_quiet(["tc", "-n", ns, "-force", "-batch", "-"], input="\n".join(lines) + "\n")
     run_quiet(["bridge", "-n", ns, "fdb", "del", tb.mac_of("primary"), "dev", tb.switch_port("primary"), "master"])
-
-
-def accept_ruleset(ifname: str, vip: str) -> str:
-    """The shadow's ingress chain: copies addressed to the VIP but to another MAC become `host` packets."""
-    ipaddress.IPv4Address(vip)
-    return (
-        f"add table netdev {ACCEPT_TABLE}\n"
-        f"delete table netdev {ACCEPT_TABLE}\n"
-        f"table netdev {ACCEPT_TABLE} {{\n"
-        f"  chain {ACCEPT_CHAIN} {{\n"
-        f'    type filter hook ingress device "{ifname}" priority -500; policy accept;\n'
-        f"    ip daddr {vip} meta pkttype other counter meta pkttype set host\n"
-        f"  }}\n"
-        f"}}\n"
-    )
-
-
-def accept_teardown_commands() -> str:
-    """Remove the accept chain's table whether or not it exists."""
-    return f"add table netdev {ACCEPT_TABLE}\ndelete table netdev {ACCEPT_TABLE}\n"
 
 
 def install_accept(tb: Testbed, host: str = "shadow") -> None:

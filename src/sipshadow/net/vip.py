@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from sipshadow.net import mirror, nft, silent
+from sipshadow.net import accept, nft, silent
 
 # rtnetlink ------------------------------------------------------------------------------------
 NLMSG_ERROR = 2
@@ -221,7 +221,7 @@ def unsilence_commands() -> str:
 
 def drop_tap_accept() -> None:
     """End of the takeover: the copies addressed to the old primary's MAC are no longer taken."""
-    nft.shared().run(mirror.accept_teardown_commands())
+    nft.shared().run(accept.accept_teardown_commands())
 
 
 async def finish_takeover(announcement: Announcement, grace_s: float = TAP_GRACE_S) -> None:

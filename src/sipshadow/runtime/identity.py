@@ -42,7 +42,7 @@ class LinuxIdentity:
         """VIP on lo (receive the tap, never answer ARP for it), silent-mode and accept tables."""
         import errno
 
-        from sipshadow.net import mirror, nft, silent
+        from sipshadow.net import accept, nft, silent
         from sipshadow.net.vip import RTM_DELADDR, RTM_NEWADDR, Rtnetlink
 
         for finishing in self.announcements:  # a takeover stepping back must keep its tap
@@ -60,7 +60,7 @@ class LinuxIdentity:
                         ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}))  # fmt: skip
         finally:
             link.close()
-        nft.run(silent.ruleset(self.interface, self.vip) + mirror.accept_ruleset(self.interface, self.vip))
+        nft.run(silent.ruleset(self.interface, self.vip) + accept.accept_ruleset(self.interface, self.vip))
 
     def claim(self) -> dict[str, float]:
         """Unsilence, VIP to the interface, first GARP burst now; later bursts on the loop, then
