@@ -1,5 +1,5 @@
-"""What production runs never loads the namespace test bed (DESIGN.md: `net/` never imports
-the test bed), however deep the import."""
+"""The layering of DESIGN.md, however deep the import: what production runs never loads the
+namespace test bed, and the failure detector shares only the link format with replication."""
 
 from __future__ import annotations
 
@@ -13,10 +13,19 @@ PRODUCTION = (
 TEST_BED = ("sipshadow.net.testbed", "sipshadow.net.mirror", "sipshadow.net.faults", "sipshadow.lab")
 
 
-def test_production_modules_never_import_the_test_bed() -> None:
+def loaded_by(importing: tuple[str, ...], watched: tuple[str, ...]) -> str:
+    """The `watched` modules a fresh interpreter holds after importing `importing`."""
     code = (
-        f"import importlib, sys\nfor name in {PRODUCTION!r}: importlib.import_module(name)\n"
-        f"print(sorted(name for name in sys.modules if name.startswith({TEST_BED!r})))"
+        f"import importlib, sys\nfor name in {importing!r}: importlib.import_module(name)\n"
+        f"print(sorted(name for name in sys.modules if name.startswith({watched!r})))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert loaded.stdout.strip() == "[]"
+    return loaded.stdout.strip()
+
+
+def test_production_modules_never_import_the_test_bed() -> None:
+    assert loaded_by(PRODUCTION, TEST_BED) == "[]"
+
+
+def test_the_failure_detector_does_not_import_replication() -> None:
+    assert loaded_by(("sipshadow.detect.heartbeat",), ("sipshadow.replication",)) == "[]"

@@ -14,7 +14,7 @@ PURE_PACKAGES = ("sip", "core")
 PURE_MODULES = (
     "determinism/__init__.py", "determinism/recording.py",
     "replication/__init__.py", "replication/log.py", "replication/replica.py", "replication/tap.py",
-    "replication/wire.py",
+    "replication/wire.py", "link/__init__.py", "link/frames.py",
 )  # fmt: skip
 FORBIDDEN = {
     "time",

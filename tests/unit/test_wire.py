@@ -10,7 +10,6 @@ from sipshadow.replication.wire import (
     Ack,
     Entries,
     FrameDecoder,
-    Heartbeat,
     Hello,
     Refused,
     Snapshot,
@@ -23,7 +22,7 @@ ENTRIES = Entries([LogEntry(1, 0, 1.5, "127.0.0.1", 5060, b"INVITE ...", None, (
 
 
 def test_every_message_kind_round_trips_through_one_stream() -> None:
-    messages = [Hello("shadow-1", 3), Snapshot(7, 3, {"dialogs": []}), ENTRIES, Ack(7), Heartbeat("p", 1, "primary", 9)]
+    messages = [Hello("shadow-1", 3), Snapshot(7, 3, {"dialogs": []}), ENTRIES, Ack(7)]
     stream = b"".join(encode(message, KEY) for message in messages)
     decoder = FrameDecoder(KEY)
     received = [m for chunk in (stream[:5], stream[5:40], stream[40:]) for m in decoder.feed(chunk)]
@@ -61,3 +60,15 @@ def test_a_truncated_frame_is_held_not_applied() -> None:
 def test_garbage_loses_the_stream() -> None:
     with pytest.raises(StreamLost):
         list(FrameDecoder(KEY).feed(b"GET / HTTP/1.1\r\n\r\n"))
+
+
+def test_a_heartbeat_frames_on_its_own_link_and_is_refused_on_the_replication_link() -> None:
+    """The heartbeat's codec lives in `detect/`; the format is shared, the message unions are not."""
+    from sipshadow.detect.heartbeat import CODEC, Heartbeat
+    from sipshadow.link import FrameDecoder as LinkDecoder
+
+    beat = Heartbeat("p", 1, "primary", 9)
+    frame = CODEC.encode(beat, KEY)
+    assert LinkDecoder(CODEC, KEY).open_datagram(frame) == beat
+    assert isinstance(FrameDecoder(KEY).open_datagram(frame), Refused)
+    assert isinstance(LinkDecoder(CODEC, KEY).open_datagram(encode(Ack(1), KEY)), Refused)

@@ -20,7 +20,26 @@ import threading
 import time
 from collections.abc import Callable
 
-from sipshadow.replication.wire import FrameDecoder, Heartbeat, Refused, encode
+import msgspec
+
+from sipshadow.link import FrameCodec, FrameDecoder, Refused
+
+
+class Heartbeat(msgspec.Struct, array_like=True, tag=5):
+    """One UDP datagram on the heartbeat link: who I am, my role, how far I have released."""
+
+    node_id: str
+    epoch: int
+    role: str
+    released: int
+
+
+#: Heartbeats are frame kind 5 of the pair's format; a datagram holds one, well under 4 KiB.
+CODEC = FrameCodec({Heartbeat: 5}, Heartbeat, 4096)
+
+
+def encode(message: Heartbeat, key: bytes) -> bytes:
+    return CODEC.encode(message, key)
 
 log = logging.getLogger("sipshadow.detect")
 
@@ -60,7 +79,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.stalls = 0
         self._worst_gap = 0.0
         self._worst_gap_at = 0.0
-        self._decoder = FrameDecoder(key)
+        self._decoder = FrameDecoder(CODEC, key)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._frame = b""

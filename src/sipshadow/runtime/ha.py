@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sipshadow.core import Gateway, SendDatagram
-from sipshadow.detect.heartbeat import HeartbeatDetector
+from sipshadow.detect.heartbeat import Heartbeat, HeartbeatDetector
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.replication.primary import PrimaryReplicator, ShadowConnection
 from sipshadow.replication.replica import Divergence, Replica
 from sipshadow.replication.shadow import ShadowLink
 from sipshadow.replication.tap import TapBuffer
-from sipshadow.replication.wire import Heartbeat
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
 from sipshadow.runtime.node import DatagramEndpoint, Node, open_endpoint
