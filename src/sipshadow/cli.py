@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sipshadow import __version__
+from sipshadow.core.config import POLICIES
+from sipshadow.runtime.config import HA_MODES
 
 if TYPE_CHECKING:
     from sipshadow.runtime.config import NodeConfig
@@ -28,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--member", action="append", metavar="HOST:PORT", help="cluster member (repeatable; replaces cluster.members)"
     )
-    serve.add_argument("--policy", help="round-robin | least-active-calls | weighted-random | call-id-hash")
+    serve.add_argument("--policy", help=" | ".join(POLICIES))
     serve.add_argument("--status-file", metavar="PATH", help="write counters here as JSON every status.interval_s")
     serve.add_argument("--role", help="solo | primary | shadow (overrides replication.role)")
     serve.add_argument("--peer", metavar="HOST:PORT", help="the other node's replication address (replication.peer)")
@@ -46,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     loopback.add_argument("--out", type=Path, default=Path("runs/loopback"), help="SIPp and ALG logs")
     up = lab_commands.add_parser("up", help="bring up the namespace test bed with a primary/shadow pair")
     up.add_argument("--topology", type=Path, help="TOML file: member_count, addresses (198.18.0.0/24)")
-    up.add_argument("--mode", default="active", choices=("active", "network", "none"), help="the pair's HA mode")
+    up.add_argument("--mode", default="active", choices=HA_MODES, help="the pair's HA mode")
     up.add_argument("--out", type=Path, default=Path("runs/lab"), help="node logs and status files")
     lab_commands.add_parser("down", help="remove the test bed: namespaces, links, processes")
     experiment = lab_commands.add_parser("experiment", help="the paper's Figure 2: loss ratio vs call rate per HA mode")
@@ -81,7 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _lab(args: argparse.Namespace) -> int:
     if args.lab_command == "loopback":
-        from sipshadow.core.config import POLICIES
         from sipshadow.lab.loopback import run_loopback
 
         if args.calls < 1:

@@ -29,3 +29,14 @@ def test_production_modules_never_import_the_test_bed() -> None:
 
 def test_the_failure_detector_does_not_import_replication() -> None:
     assert loaded_by(("sipshadow.detect.heartbeat",), ("sipshadow.replication",)) == "[]"
+
+
+def test_shared_names_are_defined_once() -> None:
+    """`Address` lives in `core.actions`; HA modes and policies each have one registry."""
+    from pathlib import Path
+
+    source = Path(__file__).parents[2] / "src" / "sipshadow"
+    texts = {path: path.read_text() for path in source.rglob("*.py")}
+    assert [path.name for path, text in texts.items() if "\nAddress = " in text] == ["actions.py"]
+    assert [path.name for path, text in texts.items() if "\nHA_MODES = " in text] == ["config.py"]
+    assert sum('"least-active-calls", "weighted-random"' in text for text in texts.values()) == 1

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from sipshadow.core.actions import Address
 from sipshadow.link import FrameCodec, FrameDecoder, Refused
 
 
@@ -41,9 +42,9 @@ CODEC = FrameCodec({Heartbeat: 5}, Heartbeat, 4096)
 def encode(message: Heartbeat, key: bytes) -> bytes:
     return CODEC.encode(message, key)
 
+
 log = logging.getLogger("sipshadow.detect")
 
-Address = tuple[str, int]
 
 #: How long the event loop may go without a turn before this node stops vouching for itself.
 LOOP_STALL_LIMIT_S = 2.0

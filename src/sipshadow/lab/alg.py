@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-Address = tuple[str, int]
+from sipshadow.core.actions import Address
 
 
 def options_ping(target: Address, timeout_s: float = 0.2) -> bool:

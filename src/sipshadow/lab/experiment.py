@@ -25,8 +25,9 @@ from typing import Any
 from sipshadow.lab.netns_lab import NetnsLab
 from sipshadow.lab.sipp import SippResult, read_stat_rows
 from sipshadow.net.testbed import down_all
+from sipshadow.runtime.config import HA_MODES
 
-MODES = ("none", "network", "active")
+MODES = HA_MODES
 CSV_FIELDS = (
     "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio", "failover_ms",
 )  # fmt: skip

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sipshadow.core.actions import Address
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import free_udp_port
-
-Address = tuple[str, int]
 
 NODE_CONFIG = """\
 [health]

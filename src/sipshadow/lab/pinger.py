@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-Address = tuple[str, int]
+from sipshadow.core.actions import Address
 
 
 class Pinger(threading.Thread):

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 
 from sipshadow.core import SendDatagram
+from sipshadow.core.actions import Address
 from sipshadow.replication.log import DATAGRAM, LogEntry
 from sipshadow.replication.primary import set_nodelay
 from sipshadow.replication.replica import Divergence, Replica
@@ -36,8 +37,6 @@ from sipshadow.replication.wire import (
 )
 
 log = logging.getLogger("sipshadow.replication")
-
-Address = tuple[str, int]
 
 
 class ShadowLink(asyncio.Protocol):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from sipshadow.core.actions import Address
 from sipshadow.replication.log import payload_digest
-
-Address = tuple[str, int]
 
 
 class TapBuffer:

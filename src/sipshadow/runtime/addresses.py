@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-Address = tuple[str, int]
+from sipshadow.core.actions import Address
 
 
 def parse_address(text: str, default_port: int | None = None) -> Address:

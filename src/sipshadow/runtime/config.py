@@ -23,12 +23,14 @@ from pathlib import Path
 
 import msgspec
 
+from sipshadow.core.actions import Address
 from sipshadow.core.config import POLICIES, GatewayConfig, MemberSpec
-from sipshadow.runtime.addresses import Address, is_ip_literal, parse_address
+from sipshadow.runtime.addresses import is_ip_literal, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("solo", "primary", "shadow")
-HA_MODES = ("active", "network", "none")
+#: The paper's three cases, in its order (no HA, network-level HA, active replication).
+HA_MODES = ("none", "network", "active")
 INPUTS = ("forward", "tap")
 #: A call may ring this long before Timer C ends it (RFC 3261 §16.6 item 11: more than 3 min).
 TIMER_C_FLOOR_S = 180.0
