@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from sipshadow.net import silent
 from sipshadow.net.accept import ACCEPT_TABLE, ARP_SYSCTLS, accept_ruleset, accept_teardown_commands
-from sipshadow.net.testbed import SWITCH, Testbed, run_checked, run_quiet
+from sipshadow.net.testbed import SWITCH, Testbed, run_checked
 
 __all__ = ["ACCEPT_TABLE", "accept_ruleset", "accept_teardown_commands", "install", "install_accept", "tapped_hosts"]
 
@@ -51,14 +51,6 @@ def install_tap(tb: Testbed) -> None:
     run_checked(["bridge", "-n", ns, "fdb", "replace", mac, "dev", tb.switch_port("primary"), "master", "static"])
 
 
-def remove_tap(tb: Testbed) -> None:
-    """Undo install_tap; missing pieces are ignored."""
-    ns = tb.ns_name(SWITCH)
-    lines = [f"qdisc del dev {tb.switch_port(host)} ingress" for host in tapped_hosts(tb)]
-    run_quiet(["tc", "-n", ns, "-force", "-batch", "-"], input="\n".join(lines) + "\n")
-    run_quiet(["bridge", "-n", ns, "fdb", "del", tb.mac_of("primary"), "dev", tb.switch_port("primary"), "master"])
-
-
 def install_accept(tb: Testbed, host: str = "shadow") -> None:
     """VIP on lo, ARP sysctls, and the ingress accept chain, in host's namespace."""
     ifname = tb.service_if(host)
@@ -69,18 +61,7 @@ def install_accept(tb: Testbed, host: str = "shadow") -> None:
     silent.apply(accept_ruleset(ifname, vip), tb.ns_name(host))
 
 
-def remove_accept(tb: Testbed, host: str = "shadow") -> None:
-    """Drop the accept chain and the VIP on lo (the ARP sysctls stay: harmless)."""
-    silent.apply(accept_teardown_commands(), tb.ns_name(host))
-    run_quiet(["ip", "-n", tb.ns_name(host), "addr", "del", f"{tb.topology.vip}/32", "dev", "lo"])
-
-
 def install(tb: Testbed) -> None:
     """The whole tap: switch mirror and shadow accept side."""
     install_accept(tb)
     install_tap(tb)
-
-
-def remove(tb: Testbed) -> None:
-    remove_tap(tb)
-    remove_accept(tb)

@@ -99,18 +99,6 @@ class Rtnetlink:
             raise NetlinkError("; ".join(failures))
 
 
-def move_address(address: str, from_if: str, to_if: str, *, from_prefixlen: int = 32, to_prefixlen: int = 32) -> None:
-    """Delete address from from_if and add it to to_if, atomically enough: both requests in one datagram."""
-    link = Rtnetlink()
-    try:
-        link.change(
-            [(RTM_DELADDR, from_if, address, from_prefixlen), (RTM_NEWADDR, to_if, address, to_prefixlen)],
-            ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}),
-        )
-    finally:
-        link.close()
-
-
 # gratuitous ARP -------------------------------------------------------------------------------
 def arp_frame(op: int, src_mac: bytes, src_ip: str, dst_mac: bytes, target_mac: bytes, target_ip: str) -> bytes:
     """An Ethernet II ARP frame for IPv4, padded to the 60-byte minimum."""
@@ -197,11 +185,6 @@ class Announcement:
         """Send the remaining bursts without blocking the event loop."""
         while (delay := self.send_due()) is not None:
             await asyncio.sleep(delay)
-
-
-def announce(ifname: str, vip: str, count: int = 3, spacing: float = 0.02, backoff: float = 5.0) -> Announcement:
-    """Send gratuitous ARP for vip on ifname now; the returned Announcement sends the other count-1 bursts."""
-    return Announcement(GarpSender(ifname, vip), garp_offsets(count, spacing, backoff))
 
 
 # takeover -------------------------------------------------------------------------------------
