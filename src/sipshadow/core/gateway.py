@@ -165,8 +165,7 @@ class Gateway:
             via = lenient_via(top) if top is not None else None
         if via is None:
             return []  # no usable Via: there is nowhere to send an answer
-        self.counters.reject(status)
-        return [SendDatagram(build_reply(request, status, reason, extra), self._reply_address(via, source))]
+        return self._reply(request, via, source, status, reason, extra)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -243,7 +242,7 @@ class Gateway:
         else:
             candidates = self._candidates()
             member = candidates[stable_hash(call_id) % len(candidates)]
-        return self._forward(request, event, via, max_forwards, self.members[member], self._branch(request, via))
+        return self._forward(request, event, via, max_forwards, self.members[member])
 
     def _on_cancel(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
         """§9.1, §16.10: a CANCEL goes where the request it cancels went, in either direction."""
@@ -252,7 +251,7 @@ class Gateway:
         if call is not None and request.to_tag is not None:
             dialog, from_caller = call.find(request.from_tag, request.to_tag)
             if dialog is not None:
-                destination = self.members[call.member] if from_caller else dialog.caller
+                destination = self._towards(call, dialog, from_caller)
         elif call is not None:
             cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
             from_tag = request.from_tag or ""
@@ -262,7 +261,7 @@ class Gateway:
                     break
         if destination is None:
             return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-        return self._forward(request, event, via, max_forwards, destination, self._branch(request, via))
+        return self._forward(request, event, via, max_forwards, destination)
 
     def _on_in_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
         """A request with a To tag must match a dialog of its Call-ID by tags, else 481 (§12.2.2)."""
@@ -278,9 +277,13 @@ class Gateway:
                 self.counters.unroutable_acks += 1
                 return []
             return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-        destination = self.members[call.member] if from_caller else dialog.caller
+        destination = self._towards(call, dialog, from_caller)
         self._follow(call, dialog, request, event.now)
-        return self._forward(request, event, via, max_forwards, destination, self._branch(request, via))
+        return self._forward(request, event, via, max_forwards, destination)
+
+    def _towards(self, call: Call, dialog: Dialog, from_caller: bool) -> Address:
+        """A dialog's requests from the caller's side go to the member, the callee's back to the caller."""
+        return self.members[call.member] if from_caller else dialog.caller
 
     def _follow(self, call: Call, dialog: Dialog, request: SipMessage, now: float) -> None:
         """What a request does to its dialog: BYE or a final NOTIFY ends it, any other refreshes it."""
@@ -325,10 +328,14 @@ class Gateway:
         via: Via,
         max_forwards: int,
         destination: Address,
-        branch: str,
+        branch: str | None = None,
         *,
         record_route: bool = False,
     ) -> Outputs:
+        """§16.6: our Via (with `branch`, derived from the request unless given), Max-Forwards
+        less one, received/rport stamped, and Record-Route when asked."""
+        if branch is None:
+            branch = self._branch(request, via)
         request.set("max-forwards", "Max-Forwards", str(max_forwards - 1))
         self._stamp_received(request, via, event.source)
         if record_route:

@@ -28,19 +28,15 @@ _RESPONSE = b"SIP/2.0 "
 def resend_plan(unreleased: list[SendDatagram], seen: Iterable[bytes]) -> list[SendDatagram]:
     """The outputs to re-send, in order: `unreleased` less what `seen` (datagrams received
     since, responses among them) proves delivered, less stale provisionals."""
-    pending = {_top_branch(output.data): output for output in unreleased if not output.data.startswith(_RESPONSE)}
-    pending.pop(None, None)
+    branches = [None if output.data.startswith(_RESPONSE) else _top_branch(output.data) for output in unreleased]
+    needles = [branch.encode("latin-1", "replace") for branch in branches if branch]
     delivered: set[str | None] = set()
-    if pending:
-        needles = [branch.encode("latin-1", "replace") for branch in pending if branch]
+    if needles:
         for data in seen:
             if data.startswith(_RESPONSE) and any(needle in data for needle in needles):
                 delivered.add(_top_branch(data))
-    kept = [
-        output
-        for output in unreleased
-        if output.data.startswith(_RESPONSE) or _top_branch(output.data) not in delivered
-    ]
+    delivered.discard(None)
+    kept = [output for output, branch in zip(unreleased, branches, strict=True) if branch not in delivered]
     return without_stale_provisionals(kept)
 
 

@@ -30,12 +30,19 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
     return host, int(port_text)
 
 
-def is_ip_literal(host: str) -> bool:
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def ip_literal(host: str) -> IpAddress | None:
+    """The address `host` spells, or None for a name (or anything else)."""
     try:
-        ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def is_ip_literal(host: str) -> bool:
+    return ip_literal(host) is not None
 
 
 def format_address(address: Address) -> str:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from sipshadow.core import SendDatagram
 from sipshadow.core.actions import Address
+from sipshadow.runtime.addresses import IpAddress, ip_literal
 
 log = logging.getLogger("sipshadow.send")
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: The counters `Node.status()` shows, in the order an operator reads them.
 COUNTERS = ("send_failures", "family_mismatches", "unresolvable", "resolution_overflow", "self_loops", "resolutions")
@@ -43,13 +43,6 @@ class SendLimits:
     pending_names: int = 64  # names being resolved at once; datagrams to one more are dropped
     queued_per_name: int = 32  # datagrams waiting for one name's resolution
     warn_interval_s: float = 10.0
-
-
-def ip_literal(host: str) -> IpAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
 
 
 class DatagramSender:
