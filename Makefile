@@ -40,7 +40,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/sipshadow
-	$(BIN)/mypy --strict src/sipshadow/core src/sipshadow/sip src/sipshadow/determinism src/sipshadow/replication src/sipshadow/runtime src/sipshadow/link
+	$(BIN)/mypy --strict src/sipshadow/core src/sipshadow/sip src/sipshadow/determinism src/sipshadow/replication src/sipshadow/ha src/sipshadow/runtime src/sipshadow/link
 
 bench: setup
 	$(BIN)/python benchmarks/cps.py

@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.bed.testbed import NETNS_DIR, down_all, new_prefix, run_checked
 from sipshadow.lab.sipp import free_udp_port
-from sipshadow.net.testbed import NETNS_DIR, down_all, new_prefix, run_checked
 
 from .rfc4475_cases import CASES, MEMBER, Answered, Case, Dropped, Forwarded, markdown_rows
 

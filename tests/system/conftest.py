@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sipshadow.net.testbed import Testbed, Topology, new_prefix
+from sipshadow.lab.bed.testbed import Testbed, Topology, new_prefix
 
 
 @functools.cache

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sipshadow.lab.bed.testbed import SERVICE_IF
 from sipshadow.lab.netns_lab import NetnsLab
-from sipshadow.net.testbed import SERVICE_IF
 
 pytestmark = pytest.mark.sipp
 

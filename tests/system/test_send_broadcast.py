@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.net.testbed import down_all, new_prefix, run_checked
+from sipshadow.lab.bed.testbed import down_all, new_prefix, run_checked
 
 AGENT = Path(__file__).with_name("agent.py")
 NODE, PEER = "198.18.0.2", "198.18.0.3"

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sipshadow.net import faults, mirror, silent
-from sipshadow.net.testbed import SWITCH, Testbed, Topology, down_all, list_namespaces
+from sipshadow.lab.bed import faults, mirror
+from sipshadow.lab.bed.testbed import SWITCH, Testbed, Topology, down_all, list_namespaces
+from sipshadow.net import silent
+from sipshadow.net.accept import ACCEPT_TABLE
 from sipshadow.net.vip import garp_frames, garp_offsets
 
 AGENT = Path(__file__).with_name("agent.py")
@@ -163,7 +165,7 @@ def test_mirror_gives_primary_and_shadow_one_copy_each(testbed: Testbed) -> None
     expected = ["from-client", "from-member1", "from-member2"]
     assert got_primary == expected
     assert got_shadow == expected
-    assert "meta pkttype set host" in tb.run("shadow", ["nft", "list", "table", "netdev", mirror.ACCEPT_TABLE])
+    assert "meta pkttype set host" in tb.run("shadow", ["nft", "list", "table", "netdev", ACCEPT_TABLE])
 
 
 # item 3: silent mode ------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ def test_takeover_moves_the_vip_and_the_client_follows(testbed: Testbed) -> None
     assert f"inet {topo.vip}/25" in tb.ip("shadow", "-4", "addr", "show", "dev", "svc0")
     assert f"{topo.vip}/32" not in shadow_addrs
     tables = tb.run("shadow", ["nft", "list", "tables"])
-    assert silent.TABLE not in tables and mirror.ACCEPT_TABLE not in tables
+    assert silent.TABLE not in tables and ACCEPT_TABLE not in tables
     with receivers(tb, ("client", "0.0.0.0", 5060)) as started:
         send(tb, "shadow", topo.client, "reply-from-vip", src=topo.vip, sport=5060)
         assert collect(started) == [["reply-from-vip"]]

@@ -10,7 +10,7 @@ PRODUCTION = (
     "sipshadow.cli", "sipshadow.runtime.serve", "sipshadow.runtime.ha", "sipshadow.runtime.identity",
     "sipshadow.net.vip", "sipshadow.net.accept", "sipshadow.net.silent", "sipshadow.net.nft",
 )  # fmt: skip
-TEST_BED = ("sipshadow.net.testbed", "sipshadow.net.mirror", "sipshadow.net.faults", "sipshadow.lab")
+TEST_BED = ("sipshadow.lab.bed", "sipshadow.lab")
 
 
 def loaded_by(importing: tuple[str, ...], watched: tuple[str, ...]) -> str:
@@ -27,6 +27,15 @@ def test_production_modules_never_import_the_test_bed() -> None:
     assert loaded_by(PRODUCTION, TEST_BED) == "[]"
 
 
+def test_net_holds_only_what_production_runs() -> None:
+    """Every module of `net/` is a production module, so none of them may load the test bed."""
+    from pathlib import Path
+
+    net = Path(__file__).parents[2] / "src" / "sipshadow" / "net"
+    modules = {f"sipshadow.net.{path.stem}" for path in net.glob("*.py") if path.stem != "__init__"}
+    assert modules <= set(PRODUCTION), sorted(modules - set(PRODUCTION))
+
+
 def test_the_failure_detector_does_not_import_replication() -> None:
     assert loaded_by(("sipshadow.detect.heartbeat",), ("sipshadow.replication",)) == "[]"
 
@@ -40,3 +49,12 @@ def test_shared_names_are_defined_once() -> None:
     assert [path.name for path, text in texts.items() if "\nAddress = " in text] == ["actions.py"]
     assert [path.name for path, text in texts.items() if "\nHA_MODES = " in text] == ["config.py"]
     assert sum('"least-active-calls", "weighted-random"' in text for text in texts.values()) == 1
+
+
+def test_pure_packages_never_import_a_shell() -> None:
+    """The state machines (core, replication, ha, link) know nothing of asyncio shells, the
+    kernel or the lab: imports point down DESIGN.md's list."""
+    pure = ("sipshadow.core", "sipshadow.sip", "sipshadow.determinism", "sipshadow.replication.recorder",
+            "sipshadow.replication.follower", "sipshadow.ha.roles", "sipshadow.link")  # fmt: skip
+    shells = ("sipshadow.runtime", "sipshadow.net", "sipshadow.detect", "sipshadow.lab", "sipshadow.cli")
+    assert loaded_by(pure, shells) == "[]"

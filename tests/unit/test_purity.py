@@ -7,15 +7,12 @@ import pytest
 
 import sipshadow
 
-PURE_PACKAGES = ("sip", "core")
-#: The pure halves of the other packages: determinism's recorder and replayer, replication's
-#: log, wire format, tap pairing and replica. (`determinism/system.py` is the one real source
-#: of randomness, the shells in replication/ and detect/ are I/O by design.)
-PURE_MODULES = (
-    "determinism/__init__.py", "determinism/recording.py",
-    "replication/__init__.py", "replication/log.py", "replication/replica.py", "replication/tap.py",
-    "replication/wire.py", "link/__init__.py", "link/frames.py",
-)  # fmt: skip
+#: Every module of these packages: the core, replication's recorder, follower, log, wire
+#: format, tap pairing and replica, the HA role table and the link framing.
+PURE_PACKAGES = ("sip", "core", "replication", "ha", "link")
+#: The pure half of determinism: its recorder and replayer. (`determinism/system.py` is the one
+#: real source of randomness; the shells in runtime/ and detect/ are I/O by design.)
+PURE_MODULES = ("determinism/__init__.py", "determinism/recording.py")
 FORBIDDEN = {
     "time",
     "random",

@@ -6,22 +6,17 @@ import pytest
 from msgspec.structs import replace
 
 from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
-from sipshadow.determinism import RecordingEntropy, ReplayingEntropy, ReplayMismatch, SystemEntropy
+from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
 from sipshadow.replication.log import entry_for, event_for, payload_digest
 from sipshadow.replication.replica import Divergence, Replica
 from tests.unit.messages import ALG, CALLER, MEMBERS, request
+from tests.unit.replication_pair import recorded_entries
 
 CONFIG = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), "weighted-random", probe_interval_s=0)
 
 
 def recorded(events: list) -> tuple[Gateway, list]:
-    recorder = RecordingEntropy(SystemEntropy(7))
-    primary = Gateway(CONFIG, recorder)
-    entries = []
-    for seq, event in enumerate(events, start=1):
-        primary.handle(event)
-        entries.append(entry_for(seq, event, recorder.take(), primary.state_digest()))
-    return primary, entries
+    return recorded_entries(CONFIG, events)
 
 
 INVITES = [

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import DatagramReceived, GatewayConfig, MemberSpec, TimerExpired
 from sipshadow.core.config import POLICIES
-from sipshadow.determinism import RecordingEntropy, SystemEntropy
-from sipshadow.replication.log import entry_for
-from sipshadow.replication.replica import Replica
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
+from tests.unit.replication_pair import Pair
 
 CONFIG = dict(probe_interval_s=1.0, probe_misses=2, early_timeout_s=5.0, confirmed_timeout_s=20.0,
               terminated_linger_s=2.0)  # fmt: skip
@@ -24,8 +21,11 @@ operations = st.one_of(
     st.tuples(st.just("subscribe"), st.integers(0, 5)),
     st.tuples(st.just("answer"), st.integers(0, 5), st.sampled_from([100, 180, 200, 202, 486, 487]), TAGS),
     st.tuples(
-        st.just("in_dialog"), st.integers(0, 5), st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "UPDATE", "NOTIFY"]),
-        TAGS, st.booleans(),
+        st.just("in_dialog"),
+        st.integers(0, 5),
+        st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "UPDATE", "NOTIFY"]),
+        TAGS,
+        st.booleans(),
     ),
     st.tuples(st.just("cancel"), st.integers(0, 5)),
     st.tuples(st.just("timer"), st.floats(0.0, 8.0)),
@@ -96,31 +96,35 @@ class Driver:
 def test_shadow_replaying_the_log_equals_the_primary_after_every_step(
     policy: str, seed: int, ops: list[tuple], data: st.DataObject
 ) -> None:
+    """The real recorder and follower, wired over the real wire format (`Pair`): after every
+    event the shadow's core equals the primary's, and output commit lets out every output,
+    in order, once the shadow has acknowledged it."""
     # The join point is drawn within the example, so the shadow always joins and is checked.
     join_at = data.draw(st.integers(0, len(ops) - 1), label="join_at")
     config = GatewayConfig(ALG, tuple(MemberSpec(m, w) for m, w in zip(MEMBERS, (1, 2), strict=True)), policy, **CONFIG)
-    recorder = RecordingEntropy(SystemEntropy(seed))
-    primary = Gateway(config, recorder)
-    shadow: Replica | None = None
+    pair = Pair(config, seed=seed)
     driver = Driver()
-    seq = 0
+    produced = []
     for index, operation in enumerate(ops):
-        if index == join_at:  # a shadow joins here by state transfer, over the wire format
-            shadow = Replica(config)
-            wire = msgspec.msgpack.encode(primary.export_state())
-            shadow.restore(seq, msgspec.msgpack.decode(wire))
-            assert shadow.gateway.state_digest() == primary.state_digest()
-            assert shadow.gateway.table.active_per_member == primary.table.active_per_member
+        if index == join_at:  # a shadow joins here by state transfer
+            pair.connect()
+            pair.deliver()
+            shadow = pair.follower.replica.gateway
+            assert pair.follower.synced and shadow.state_digest() == pair.gateway.state_digest()
+            assert shadow.table.active_per_member == pair.gateway.table.active_per_member
         event = driver.event(operation)
         if event is None:
             continue
-        outputs = primary.handle(event)
-        seq += 1
-        entry = entry_for(seq, event, recorder.take(), primary.state_digest())
+        pair.now = event.now
+        outputs = pair.event(event)
+        produced += outputs
         driver.observe(operation, outputs)
-        if shadow is not None:
-            decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(entry), type=type(entry))
-            assert shadow.apply(decoded) == outputs
-            assert shadow.gateway.state_digest() == primary.state_digest()
-            assert shadow.gateway.export_state() == primary.export_state()
-            assert shadow.gateway.table.active_per_member == primary.table.active_per_member
+        pair.deliver()
+        assert pair.sent == produced  # every output released, in order, none twice
+        if index >= join_at:
+            shadow = pair.follower.replica.gateway
+            assert pair.follower.replica.applied_seq == pair.recorder.seq
+            assert shadow.state_digest() == pair.gateway.state_digest()
+            assert shadow.export_state() == pair.gateway.export_state()
+            assert shadow.table.active_per_member == pair.gateway.table.active_per_member
+    assert pair.dropped == [] and pair.follower.stats["divergences"] == 0

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
-from sipshadow.determinism import RecordingEntropy, SystemEntropy
-from sipshadow.replication.log import entry_for, payload_digest
-from sipshadow.replication.replica import Replica
-from sipshadow.replication.shadow import ShadowLink
+from sipshadow.core import GatewayConfig, MemberSpec
+from sipshadow.replication.log import payload_digest
 from sipshadow.replication.tap import TapBuffer
-from sipshadow.replication.wire import Entries, FrameDecoder, PayloadRequest, Payloads, Snapshot
 from tests.unit.messages import ALG, CALLER, MEMBERS, request
+from tests.unit.replication_pair import Pair
 
-KEY = b"t" * 32
 CONFIG = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0)
 DATAGRAMS = [request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}") for i in range(3)]
 
@@ -37,71 +31,52 @@ def test_copies_the_log_never_claims_are_pruned_after_the_horizon() -> None:
     assert tap.unclaimed() == [(b"recent", CALLER)] and tap.pruned == 1
 
 
-class Wire:
-    """Stands in for the TCP transport: records the frames the shadow writes."""
-
-    def __init__(self) -> None:
-        self.frames: list[object] = []
-        self._decoder = FrameDecoder(KEY)
-
-    def write(self, data: bytes) -> None:
-        self.frames.extend(self._decoder.feed(data))
-
-    def close(self) -> None:
-        pass
-
-
-def primary_entries() -> tuple[Gateway, list]:
-    recorder = RecordingEntropy(SystemEntropy(3))
-    primary = Gateway(CONFIG, recorder)
-    entries = []
-    for seq, data in enumerate(DATAGRAMS, start=1):
-        event = DatagramReceived(data, CALLER, float(seq))
-        primary.handle(event)
-        entries.append(entry_for(seq, event, recorder.take(), primary.state_digest(), with_payload=False))
-    return primary, entries
-
-
-async def tap_mode_shadow() -> tuple[ShadowLink, Wire, TapBuffer]:
-    tap = TapBuffer()
-    link = ShadowLink(Replica(CONFIG), ("127.0.0.1", 1), key=KEY, node_id="s", epoch=lambda: 0,
-                      gate=lambda outputs: None, tap=tap, payload_wait_s=0.01)  # fmt: skip
-    wire = Wire()
-    link._transport = wire  # type: ignore[assignment]
-    link._on_message(Snapshot(0, 0, Gateway(CONFIG, SystemEntropy()).export_state()))
-    return link, wire, tap
+def synced_tap_pair() -> Pair:
+    pair = Pair(CONFIG, tap=True)
+    pair.connect()
+    pair.deliver()
+    assert pair.follower.synced and pair.recorder.attached
+    return pair
 
 
 def test_entries_wait_for_their_tapped_copy_and_apply_in_log_order() -> None:
-    async def scenario() -> None:
-        primary, entries = primary_entries()
-        link, _, tap = await tap_mode_shadow()
-        tap.add(DATAGRAMS[1], CALLER, 0.0)  # the tap delivers out of log order
-        link._on_message(Entries(entries, released=0))
-        assert link.replica.applied_seq == 0  # entry 1's copy has not arrived
-        tap.add(DATAGRAMS[0], CALLER, 0.0)
-        tap.add(DATAGRAMS[2], CALLER, 0.0)
-        link.drain()
-        assert link.replica.applied_seq == 3
-        assert link.replica.gateway.state_digest() == primary.state_digest()
-        await link.close()
-
-    asyncio.run(scenario())
+    pair = synced_tap_pair()
+    for data in DATAGRAMS:
+        pair.datagram(data, CALLER, tapped=False)
+    pair.tap(DATAGRAMS[1], CALLER)  # the tap delivers out of log order
+    pair.deliver()
+    assert pair.follower.replica.applied_seq == 0 and pair.sent == []  # entry 1's copy is missing
+    pair.tap(DATAGRAMS[0], CALLER)
+    assert pair.follower.replica.applied_seq == 2  # entry 3 still waits for its copy
+    pair.tap(DATAGRAMS[2], CALLER)
+    pair.deliver()
+    assert pair.follower.replica.applied_seq == 3 and len(pair.sent) == 3
+    assert pair.follower.replica.gateway.state_digest() == pair.gateway.state_digest()
 
 
 def test_a_copy_the_tap_lost_is_asked_of_the_primary() -> None:
-    async def scenario() -> None:
-        primary, entries = primary_entries()
-        link, wire, tap = await tap_mode_shadow()
-        tap.add(DATAGRAMS[0], CALLER, 0.0)
-        tap.add(DATAGRAMS[2], CALLER, 0.0)
-        link._on_message(Entries(entries, released=0))
-        await asyncio.sleep(0.05)
-        requests = [frame for frame in wire.frames if isinstance(frame, PayloadRequest)]
-        assert requests == [PayloadRequest([2])]
-        link._on_message(Payloads([(2, DATAGRAMS[1])]))
-        assert link.replica.applied_seq == 3
-        assert link.replica.gateway.state_digest() == primary.state_digest()
-        await link.close()
+    pair = synced_tap_pair()
+    pair.datagram(DATAGRAMS[0], CALLER)
+    pair.datagram(DATAGRAMS[1], CALLER, tapped=False)  # the tap lost this one
+    pair.datagram(DATAGRAMS[2], CALLER)
+    pair.deliver()
+    assert pair.follower.replica.applied_seq == 1 and pair.follower.pending_entries == 2
+    pair.advance(0.005)
+    assert pair.follower.stats["payload_requests"] == 0  # still within payload_wait_s
+    pair.advance(0.01)
+    pair.deliver()  # PayloadRequest([2]) out, Payloads back, entries 2 and 3 applied
+    assert pair.follower.stats["payload_requests"] == 1 and pair.follower.stats["payloads_received"] == 1
+    assert pair.follower.replica.applied_seq == 3
+    assert pair.follower.replica.gateway.state_digest() == pair.gateway.state_digest()
+    assert len(pair.sent) == 3  # every forwarded INVITE released once acknowledged
 
-    asyncio.run(scenario())
+
+def test_unlogged_tapped_copies_are_handed_over_in_arrival_order() -> None:
+    pair = synced_tap_pair()
+    pair.datagram(DATAGRAMS[0], CALLER)
+    pair.deliver()
+    pair.tap(DATAGRAMS[2], CALLER)  # reached the primary, never logged
+    pair.tap(DATAGRAMS[1], CALLER)
+    handover = pair.take_over()
+    assert handover.start_seq == 1 and handover.stranded == 0
+    assert handover.unlogged == [(DATAGRAMS[2], CALLER), (DATAGRAMS[1], CALLER)]

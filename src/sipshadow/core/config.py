@@ -9,7 +9,8 @@ POLICIES = ("round-robin", "least-active-calls", "weighted-random", "call-id-has
 
 @dataclass(frozen=True, slots=True)
 class MemberSpec:
-    """A cluster member: where it listens and its share of new calls under weighted-random."""
+    """A cluster member: where it listens (IP, port) and its share of new calls under
+    weighted-random (a positive integer, relative to the other members' weights)."""
 
     address: Address
     weight: int = 1
@@ -17,7 +18,15 @@ class MemberSpec:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    """What the core needs to know; every duration is in seconds of the event clock."""
+    """What the core needs to know; every duration is in seconds of the event clock.
+
+    `service` is the address the ALG puts in its Via and Record-Route (the VIP); `aliases`
+    are further addresses that name it (the listen address, if different). `policy` is one
+    of `POLICIES`; `probe_interval_s` 0 switches probing off; `probe_misses` counts probe
+    rounds. Timeouts: `early_timeout_s` is Timer C (§16.6 item 11), `confirmed_timeout_s`
+    reaps a confirmed dialog with no request, `terminated_linger_s` keeps an ended one (64*T1).
+    Replicas need the same config: the state names members by index, in this order.
+    """
 
     service: Address
     members: tuple[MemberSpec, ...]

@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(slots=True)
 class Counters:
+    """Counts since start (or since `Gateway.import_state`); they only grow.
+
+    `calls_per_member` is indexed like the config's members; `rejected` maps a status the ALG
+    answered with itself (300 and up) to how often.
+    """
+
     requests: int = 0
     responses: int = 0
     calls: int = 0
@@ -35,4 +41,5 @@ class Counters:
         self.rejected[status] = self.rejected.get(status, 0) + 1
 
     def as_dict(self) -> dict[str, object]:
+        """A deep copy as plain data (field name to int, list or dict): `Counters(**it)` rebuilds it."""
         return asdict(self)

@@ -17,7 +17,49 @@ Expiry uses one heap with lazy deletion, one live entry per call at its earliest
 a deadline may move later without touching the heap (the stale entry re-queues itself when
 it surfaces), so memory stays O(calls). The table keeps an order-independent digest of its
 contents (XOR of a keyed hash of every call), updated on each change, so replicas compare
-states after every event in O(1).
+states after every event in O(1). Every `expires_at` is absolute, in seconds on the event
+clock; "lingering" below means it expires by now + `terminated_linger_s` (64*T1), routing
+retransmissions and ACKs until then.
+
+Transitions, as `Gateway` drives them (state on event → new state; anything unlisted changes
+nothing). An in-dialog request matches a dialog by its tags in either direction, else it gets
+481 (§12.2.2); a CANCEL changes nothing itself (§9, §16.10): the 487 that follows does.
+
+Call, one per Call-ID
+  none on INVITE/SUBSCRIBE/REFER with no To tag → open: member by the policy, + Attempt
+  open on INVITE/SUBSCRIBE/REFER with no To tag → open, same member, + Attempt (none for a
+      retransmission of a pending one)
+  open on expiry leaving no attempt and no dialog → removed (the Call-ID is new again)
+Attempt, keyed by our branch (Timer C: §16.6 item 11, §16.7 item 2)
+  pending on 100 → pending
+  pending on 101-199 → pending, Timer C restarted; an INVITE's with a To tag: + EARLY dialog
+  pending on 2xx → ended; with a To tag: + CONFIRMED dialog; its other EARLY dialogs leave
+      the path and linger, waiting for a 2xx of their own (§13.2.2.4)
+  pending on 300-699 → ended; with a To tag: + TERMINATED dialog, lingering for the ACK
+      (§17.1.1.3); its EARLY dialogs → TERMINATED, lingering
+  pending on Timer C (`early_timeout_s`) → ended
+Dialog, keyed by (caller tag, callee tag) (§12; subscriptions: RFC 6665 §4.4.1)
+  none on an attempt's 1xx, 2xx or 300-699, as above → EARLY, CONFIRMED or TERMINATED
+  none on 2xx with a new To tag and a caller's From tag, its attempt ended (late fork)
+      → CONFIRMED (§13.2.2.4)
+  none on NOTIFY before its SUBSCRIBE's or REFER's 2xx → CONFIRMED (RFC 6665 §4.1.2.4)
+  EARLY on 1xx → EARLY, expiry never earlier
+  EARLY on 2xx → CONFIRMED
+  EARLY on 300-699 → TERMINATED, lingering
+  EARLY on BYE → TERMINATED, lingering (§15)
+  EARLY on other in-dialog request → EARLY, back on path
+  CONFIRMED on 1xx or 300-699 → CONFIRMED, unchanged
+  CONFIRMED on 2xx (a retransmission, a re-INVITE's) → CONFIRMED, expiry never earlier
+  CONFIRMED on a call's BYE, or a subscription's NOTIFY with Subscription-State: terminated
+      → TERMINATED, lingering (§15; RFC 6665 §4.4.1)
+  CONFIRMED on other in-dialog request → CONFIRMED, on path, expires now + `confirmed_timeout_s`
+  TERMINATED on anything → TERMINATED (never reopened, still routed)
+  any on expiry → removed
+An EARLY dialog expires `early_timeout_s` after its last 1xx; a CONFIRMED one
+`confirmed_timeout_s` after its 2xx or its last request, or lingers off path when its 2xx lost
+our Record-Route (its requests then bypass the ALG). Each call that loses a CONFIRMED dialog
+to expiry counts in `dialogs_reaped_confirmed`, else one losing an attempt or an EARLY dialog
+in `dialogs_reaped_early`.
 """
 
 from __future__ import annotations
@@ -31,7 +73,10 @@ from sipshadow.core.actions import Address
 
 
 class DialogState(IntEnum):
-    """RFC 3261 §12: early until a 2xx, confirmed until BYE, then terminated (kept to linger)."""
+    """RFC 3261 §12: early until a 2xx, confirmed until BYE, then terminated (kept to linger).
+
+    The values are what `Dialog.as_row` carries; the transitions are in the module docstring.
+    """
 
     EARLY = 0
     CONFIRMED = 1
@@ -56,6 +101,7 @@ class Attempt:
         self.expires_at = expires_at
 
     def as_row(self) -> tuple[Any, ...]:
+        """(branch, method, from_tag, cseq, source host, source port, expires_at)."""
         return (self.branch, self.method, self.from_tag, self.cseq, self.source[0], self.source[1], self.expires_at)
 
 
@@ -96,6 +142,7 @@ class Dialog:
         return self.state is not DialogState.TERMINATED and self.on_path
 
     def as_row(self) -> tuple[Any, ...]:
+        """(caller_tag, callee_tag, state value, caller host, caller port, branch, usage, expires_at, on_path)."""
         return (
             self.caller_tag, self.callee_tag, self.state.value, self.caller[0], self.caller[1], self.branch,
             self.usage, self.expires_at, self.on_path,
@@ -126,6 +173,7 @@ class Call:
 
     @property
     def live(self) -> bool:
+        """Holds its member: an attempt pending, or a live dialog."""
         return bool(self.attempts) or any(dialog.live for dialog in self.dialogs.values())
 
     def deadline(self) -> float:
@@ -147,6 +195,8 @@ class Call:
         return self.dialogs.get((to_tag, from_tag)), False
 
     def as_row(self) -> tuple[Any, ...]:
+        """(call_id, member index, caller host, caller port, counted, heap_at, [Attempt rows],
+        [Dialog rows], hash): one element of `DialogTable.export_state()`."""
         return (
             self.call_id, self.member, self.caller[0], self.caller[1], self.counted, self.heap_at,
             [attempt.as_row() for attempt in self.attempts.values()],
@@ -174,7 +224,9 @@ class DialogTable:
     """Calls by Call-ID, active calls per member, and their expiry timers.
 
     Every change goes through a method here, which keeps the digest, the active counts and
-    the heap true; callers never assign to a call's parts themselves.
+    the heap true; callers never assign to a call's parts themselves. `active_per_member[i]`
+    is the number of INVITE-opened calls live on member `i`. Nothing here raises but
+    `import_state`.
     """
 
     def __init__(self, member_count: int) -> None:
@@ -206,6 +258,7 @@ class DialogTable:
         return len(self.calls)
 
     def get(self, call_id: str) -> Call | None:
+        """The call of `call_id`, or None (read only: change it through the methods below)."""
         return self.calls.get(call_id)
 
     # -- changes --------------------------------------------------------------------------
@@ -308,6 +361,7 @@ class DialogTable:
     # -- expiry ---------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        """The earliest queued expiry (possibly stale, so early, never late), or None if none."""
         return self._expiry[0][0] if self._expiry else None
 
     def expire(self, now: float) -> list[tuple[Call, list[Attempt | Dialog]]]:
@@ -350,7 +404,7 @@ class DialogTable:
     # -- state transfer -------------------------------------------------------------------
 
     def export_state(self) -> list[tuple[Any, ...]]:
-        """Every call as a plain tuple, in table order (a snapshot for a joining shadow)."""
+        """Every call as its `Call.as_row()` tuple, in table order (a snapshot for a joining shadow)."""
         self.settle()
         return [call.as_row() for call in self.calls.values()]
 
@@ -359,7 +413,9 @@ class DialogTable:
 
         Each row carries its call's hash, so a large table is not hashed again here (that
         would stall the joining shadow): the rows must add up to the sender's `digest`, and
-        the first replayed entry's state digest checks the rest.
+        the first replayed entry's state digest checks the rest. Raises ValueError when they
+        do not (the table is then half replaced), and TypeError, ValueError or IndexError on a
+        malformed row.
         """
         self.calls = {}
         self._dirty.clear()

@@ -54,7 +54,12 @@ Outputs = list[SendDatagram]
 
 
 class Gateway:
-    """A dialog-aware, transaction-stateless SIP load balancer (RFC 3261 §16)."""
+    """A dialog-aware, transaction-stateless SIP load balancer (RFC 3261 §16, §16.11).
+
+    Two gateways built with the same config, fed the same events and the same draws, hold the
+    same state (`state_digest`). `table`, `health` and `counters` are there to be read; only
+    `handle` and `import_state` change them.
+    """
 
     def __init__(self, config: GatewayConfig, entropy: Entropy) -> None:
         self.config = config
@@ -73,12 +78,30 @@ class Gateway:
     # -- the one entry point --------------------------------------------------------------
 
     def handle(self, event: Event) -> Outputs:
+        """Take one event; return the datagrams to send, a list of `SendDatagram` in send order.
+
+        A datagram gives at most one: the request forwarded (our Via on top, Record-Route on a
+        dialog-creating one, §16.6), the response forwarded along its Via stack (§16.7), or
+        the ALG's own answer (200 to an OPTIONS for it; 400, 505, 416, 420, 481, 483). A timer
+        reaps what expired by `event.now` and, when a probe round is due, gives one OPTIONS per
+        member in configured order. Bad input never raises: a malformed request is counted and,
+        if a usable Via is left, answered 400 (505 for another SIP version; an ACK never is,
+        §17.2.1); a malformed or stray response, or a CRLF keep-alive, is counted and dropped.
+        Only the entropy's error (`ReplayMismatch` on a shadow) passes through; anything else
+        escaping is a bug. The deadlines it sets are `event.now` plus a config timeout: read
+        `next_deadline()` again after each call.
+        """
         if type(event) is DatagramReceived:
             return self._on_datagram(event)
         return self._on_timer(event.now)
 
     def next_deadline(self) -> float | None:
-        """When the core next needs a `TimerExpired` (dialog expiry or a probe round)."""
+        """When the core next needs a `TimerExpired` (dialog expiry or a probe round), or None.
+
+        An absolute time in seconds on the event clock; None when nothing is pending. It may
+        be past (the first probe round is due at 0.0) or early (expiry is a lazy heap, so a
+        timer at a stale deadline only re-queues), never late.
+        """
         dialogs = self.table.next_deadline()
         probes = self.health.next_round_at
         if dialogs is None or (probes is not None and probes < dialogs):
@@ -88,7 +111,13 @@ class Gateway:
     # -- replication: digest and state transfer -------------------------------------------
 
     def state_digest(self) -> int:
-        """A 64-bit digest of the whole replicated state; equal on replicas that agree."""
+        """A 64-bit digest (unsigned int) of the replicated state; equal on replicas that agree.
+
+        It covers the dialog table's digest, the policy cursor, member health (the next probe
+        round included) and the calls, requests and responses counters. The primary logs it
+        with every entry; the shadow compares after applying it. Cost: O(calls changed since
+        the last digest). Never raises.
+        """
         counters = self.counters
         summary = (
             f"{self.table.digest}\x1f{self.policy.cursor}\x1f{self.health.summary()}"
@@ -97,7 +126,15 @@ class Gateway:
         return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
 
     def export_state(self) -> dict[str, Any]:
-        """The whole replicated state as plain data (lists, tuples, numbers, strings)."""
+        """The whole replicated state as a fresh copy in plain data, for a joining shadow:
+
+            {"dialogs": [Call.as_row(), ...], "dialogs_digest": int, "cursor": int,
+             "health": {"next_round_at": float | None,
+                        "members": [(up, misses, outstanding, sequence), ...]},
+             "counters": Counters.as_dict()}
+
+        Times in it are absolute seconds on the primary's event clock.
+        """
         return {
             "dialogs": self.table.export_state(),
             "dialogs_digest": self.table.digest,
@@ -107,7 +144,14 @@ class Gateway:
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
-        """Replace the state with an `export_state()` (a shadow joining; not an event)."""
+        """Replace the state with an `export_state()` (a shadow joining; not an event).
+
+        The config must be the exporter's (members in the same order: the state names them by
+        index). Tuples may arrive as lists and `rejected`'s keys as strings. Raises ValueError
+        when the rows do not add up to `dialogs_digest` or the member count differs, and
+        KeyError, TypeError or IndexError on any other misfit; the state is then half replaced
+        and the gateway must be discarded.
+        """
         self.table.import_state(state["dialogs"], state.get("dialogs_digest"))
         self.policy.cursor = state["cursor"]
         self.health.import_state(state["health"])
@@ -140,7 +184,8 @@ class Gateway:
             return self._reject(message, event.source, rejection.status, rejection.reason, rejection.extra)
 
     def _unparseable(self, data: bytes, source: Address, error: SipParseError) -> Outputs:
-        salvaged = salvage_reply(data, error.status, error.reason)
+        """Answer what we can of a message that does not parse; an ACK never (§17.2.1)."""
+        salvaged = None if data[:4].upper() == b"ACK " else salvage_reply(data, error.status, error.reason)
         if salvaged is None:
             if data[:4].upper() == b"SIP/":
                 self.counters.malformed_responses += 1

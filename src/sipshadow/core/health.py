@@ -13,7 +13,9 @@ from typing import Any
 
 
 class MemberHealth:
-    """Probe bookkeeping for one member."""
+    """Probe bookkeeping for one member: `misses` counts rounds in a row with no sign of life
+    (`up` goes False at `misses_allowed`), `outstanding` says this round's probe awaits its
+    answer, and `sequence` numbers the rounds (it is in the probe's branch and CSeq)."""
 
     __slots__ = ("misses", "outstanding", "sequence", "up")
 
@@ -25,7 +27,11 @@ class MemberHealth:
 
 
 class HealthMonitor:
-    """Decides, at each probe round, who is up; the gateway builds and sends the probes."""
+    """Decides, at each probe round, who is up; the gateway builds and sends the probes.
+
+    `interval_s` is seconds between rounds on the event clock (0 switches probing off);
+    `next_round_at` is the next round's absolute time, or None when probing is off.
+    """
 
     def __init__(self, member_count: int, interval_s: float, misses_allowed: int) -> None:
         self.members = [MemberHealth() for _ in range(member_count)]
@@ -54,19 +60,25 @@ class HealthMonitor:
         return self._summary
 
     def export_state(self) -> dict[str, Any]:
+        """{"next_round_at": float | None, "members": [(up, misses, outstanding, sequence), ...]}."""
         return {
             "next_round_at": self.next_round_at,
             "members": [(m.up, m.misses, m.outstanding, m.sequence) for m in self.members],
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
+        """Take an `export_state()`; raises ValueError if it has another number of members."""
         self.next_round_at = state["next_round_at"]
         for member, (up, misses, outstanding, sequence) in zip(self.members, state["members"], strict=True):
             member.up, member.misses, member.outstanding, member.sequence = up, misses, outstanding, sequence
         self._changed()
 
     def start_round(self, now: float) -> list[int]:
-        """Account for last round's unanswered probes; return the members to probe now."""
+        """Account for last round's unanswered probes; return the members to probe now.
+
+        When a round is due (`now` at or past `next_round_at`): every member index, in order,
+        down ones included; otherwise an empty list.
+        """
         if self.next_round_at is None or now < self.next_round_at:
             return []
         self._changed()

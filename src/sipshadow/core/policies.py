@@ -16,14 +16,31 @@ from sipshadow.core.entropy import Entropy
 
 
 class Policy(Protocol):
+    """Picks the member for the first dialog-creating request of a Call-ID the table does not hold.
+
+    Out-of-dialog requests of an unknown Call-ID (MESSAGE, REGISTER…) go by `stable_hash` instead.
+    """
+
     #: The policy's own replicated state (the round-robin cursor; 0 for stateless policies).
     cursor: int
 
-    def choose(self, candidates: Sequence[int], call_id: str, active: Sequence[int]) -> int: ...
+    def choose(self, candidates: Sequence[int], call_id: str, active: Sequence[int]) -> int:
+        """Return one of `candidates`, the member that takes the new Call-ID `call_id`.
+
+        `candidates`: member indexes in configured order, never empty (the healthy members,
+        or all of them when none is). `active`: active calls per member index, every member
+        (`DialogTable.active_per_member`). A choice may move `cursor` and may draw from the
+        `Entropy` the policy was built with (weighted-random draws exactly once per choice;
+        the others never draw), and depends on nothing else, so a shadow replaying the same
+        draws chooses the same. Never raises; a draw may raise `ReplayMismatch` through it.
+        """
 
 
 class RoundRobin:
-    """Members in turn, skipping the unhealthy: spread within one call per member."""
+    """Members in turn, skipping the unhealthy: spread within one call per member.
+
+    `cursor` is the member index tried next.
+    """
 
     def __init__(self, member_count: int) -> None:
         self.member_count = member_count
@@ -49,7 +66,7 @@ class LeastActiveCalls:
 
 
 class WeightedRandom:
-    """A draw proportional to the members' weights (the draw is logged for the shadow)."""
+    """A draw proportional to the candidates' weights: one draw per choice, logged for the shadow."""
 
     cursor = 0
 
@@ -68,7 +85,10 @@ class WeightedRandom:
 
 
 def stable_hash(text: str) -> int:
-    """A salt-free hash (Python's `hash()` differs per process, so replicas would disagree)."""
+    """A salt-free hash (Python's `hash()` differs per process, so replicas would disagree).
+
+    CRC-32 of the Latin-1 text (other characters become `?`): an int in [0, 2**32).
+    """
     return zlib.crc32(text.encode("latin-1", "replace"))
 
 
@@ -82,6 +102,7 @@ class CallIdHash:
 
 
 def make_policy(name: str, members: Sequence[MemberSpec], entropy: Entropy) -> Policy:
+    """The policy called `name` (one of `POLICIES`); raises `ValueError` for any other name."""
     if name == "round-robin":
         return RoundRobin(len(members))
     if name == "least-active-calls":

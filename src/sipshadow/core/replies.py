@@ -17,13 +17,19 @@ _SERVER = "Server: sipshadow"
 
 
 def derived_tag(*parts: str) -> str:
-    """A stable token from the request's identity (same input, same tag, on every replica)."""
+    """A stable token from the request's identity (same input, same tag, on every replica):
+    "ss" and 12 hex digits."""
     text = "\x1f".join(parts).encode("latin-1", "replace")
     return "ss" + hashlib.blake2b(text, digest_size=6).hexdigest()
 
 
 def build_reply(request: SipMessage, status: int, reason: str, extra: tuple[str, ...] = ()) -> bytes:
-    """A response to `request` carrying its Via, From, To (tagged), Call-ID and CSeq."""
+    """A response to `request` carrying its Via, From, To, Call-ID and CSeq, then `extra`
+    (whole header lines), Server and Content-Length: 0; the whole datagram as bytes.
+
+    Above 100 an untagged To gets a `derived_tag` (§8.2.6.2). Never raises for a request that
+    passed `parse_message`.
+    """
     lines = [f"SIP/2.0 {status} {reason}"]
     for key, name, value, raw in request.headers:
         if key not in _COPIED:

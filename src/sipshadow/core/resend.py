@@ -27,7 +27,8 @@ _RESPONSE = b"SIP/2.0 "
 
 def resend_plan(unreleased: list[SendDatagram], seen: Iterable[bytes]) -> list[SendDatagram]:
     """The outputs to re-send, in order: `unreleased` less what `seen` (datagrams received
-    since, responses among them) proves delivered, less stale provisionals."""
+    since, responses among them) proves delivered, less stale provisionals. Never raises:
+    what does not parse is simply kept."""
     branches = [None if output.data.startswith(_RESPONSE) else _top_branch(output.data) for output in unreleased]
     needles = [branch.encode("latin-1", "replace") for branch in branches if branch]
     delivered: set[str | None] = set()

@@ -1,8 +1,9 @@
 """Request validation (RFC 3261 §8.2, §16.3): the whole request is checked before any state changes.
 
-A request that fails a syntax check raises `SipParseError` (400, or 505 for another SIP
-version); one the ALG cannot serve raises `Rejection` with the final response it deserves
-(416 for a Request-URI scheme it cannot route, 420 for a Proxy-Require extension).
+A request that fails a syntax check raises `SipParseError` (400 here; the parser already
+gave 505 for another SIP version); one the ALG cannot serve raises `Rejection` with the final
+response it deserves (416 here for a Request-URI scheme it cannot route; the gateway raises
+420 for the Proxy-Require extensions `unsupported_extensions` finds).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ _SINGLE_VALUED = {"call-id": "Call-ID", "cseq": "CSeq", "from": "From", "to": "T
 
 
 class Rejection(Exception):
-    """A request the ALG answers itself with `status` (and `extra` header lines)."""
+    """A request the ALG answers itself with `status` and `reason` (and `extra`, whole header
+    lines such as `Unsupported: foo`), counted in `Counters.rejected` (an ACK is never answered)."""
 
     def __init__(self, status: int, reason: str, extra: tuple[str, ...] = ()) -> None:
         super().__init__(f"{status} {reason}")
@@ -29,10 +31,11 @@ class Rejection(Exception):
 
 
 def check_request(request: SipMessage) -> tuple[Via, int]:
-    """The syntax and sanity checks of §16.3 items 1-2; returns the top Via and Max-Forwards.
+    """The checks of §16.3 items 1-3; returns the top Via and Max-Forwards (70 if absent).
 
-    Raises `SipParseError` (its status is the answer, 400 or 505) or `Rejection` (416). Also
-    frames the body (§18.3) and parses every Route, so that nothing later can fail half way.
+    Raises `SipParseError` (status 400) or `Rejection` (416); deciding 483 for Max-Forwards 0
+    is the gateway's. Also frames the body (§18.3) and parses every Route, so that nothing
+    later can fail half way.
     """
     via = request.top_via
     if via is None:
@@ -65,7 +68,10 @@ def check_request(request: SipMessage) -> tuple[Via, int]:
 
 
 def unsupported_extensions(request: SipMessage) -> list[str]:
-    """The Proxy-Require option tags we do not support: all of them (§16.3 item 5, §20.29)."""
+    """The Proxy-Require option tags we do not support: all of them, in order (§16.3 item 5, §20.29).
+
+    Raises `SipParseError` on a malformed Proxy-Require list.
+    """
     options: list[str] = []
     for entry in request.headers:
         if entry[0] == "proxy-require":

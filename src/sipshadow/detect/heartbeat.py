@@ -1,4 +1,4 @@
-"""UDP heartbeats both ways, HMAC'd; the peer is dead after `misses` intervals of silence.
+"""UDP heartbeats both ways, HMAC'd; the peer is dead after a window of silence.
 
 Each beat also carries the sender's role, epoch and released sequence number, so the shadow
 learns how far the primary has sent outputs even when no log traffic flows, and a node that
@@ -8,6 +8,12 @@ Beats leave from a small thread, not from the event loop: a loop busy for tens o
 state-transfer snapshot, a burst of traffic) must not look like a dead node and start a
 takeover against a live primary. The thread beats only while the loop has turned within
 `LOOP_STALL_LIMIT_S`, so a wedged node still falls silent and is taken over.
+
+The window is `misses` intervals, widened when the peer itself has been late (`SilenceWindow`).
+Lateness is measured on the sender's clock: each beat carries the time it left, so beats that
+waited in our socket buffer while our own loop was stalled are not taken for the peer's jitter
+(that stall once held the window at 318 ms for 10 s, issue 10). The widening is capped, so no
+single late beat can stretch a takeover beyond `max_window_s`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import msgspec
@@ -27,12 +34,14 @@ from sipshadow.link import FrameCodec, FrameDecoder, Refused
 
 
 class Heartbeat(msgspec.Struct, array_like=True, tag=5):
-    """One UDP datagram on the heartbeat link: who I am, my role, how far I have released."""
+    """One UDP datagram on the heartbeat link: who I am, my role, how far I have released, and
+    when it left (`sent_at`: the sender's `time.monotonic()`, s; 0.0 when not stamped)."""
 
     node_id: str
     epoch: int
     role: str
     released: int
+    sent_at: float = 0.0
 
 
 #: Heartbeats are frame kind 5 of the pair's format; a datagram holds one, well under 4 KiB.
@@ -43,6 +52,11 @@ def encode(message: Heartbeat, key: bytes) -> bytes:
     return CODEC.encode(message, key)
 
 
+def stamped(message: Heartbeat, key: bytes) -> bytes:
+    """The frame of `message` as it leaves now: stamped with this host's monotonic clock."""
+    return encode(msgspec.structs.replace(message, sent_at=time.monotonic()), key)
+
+
 log = logging.getLogger("sipshadow.detect")
 
 
@@ -50,10 +64,76 @@ log = logging.getLogger("sipshadow.detect")
 LOOP_STALL_LIMIT_S = 2.0
 #: How long a late beat keeps the detection window wide.
 JITTER_MEMORY_S = 10.0
+#: The window widens to twice the peer's worst recent gap: room for a gap a little worse than any seen.
+JITTER_MARGIN = 2.0
+#: Default cap of the widened window, as a multiple of `interval * misses`.
+MAX_WIDENING = 1.5
+
+
+class SilenceWindow:
+    """How long the peer may stay silent before it is declared dead: pure arithmetic, no I/O.
+
+    `misses` intervals, or `JITTER_MARGIN` times the longest gap between the peer's beats in the
+    last `memory_s` if that is longer, but never more than `max_s`. A loaded peer sends late;
+    widening with the lateness actually seen (an accrual detector in its simplest form) keeps it
+    from being declared dead, while a quiet pair keeps the tight window and the cap bounds the
+    detection time whatever happened.
+
+    Gaps are measured between the *send* times the peer stamps on its beats (its own monotonic
+    clock, s), not between our reads: when our loop stalls, the beats queue in the socket buffer
+    and are read together, and the stall would pass for the peer's jitter. A stamp no later than
+    the latest one (a reordered or replayed datagram) is ignored; `lost()` clears the reference,
+    so a peer that comes back, perhaps on another clock, measures no gap across its absence.
+    `now` is our own clock (s); it only ages what is remembered.
+    """
+
+    def __init__(
+        self, interval_s: float, misses: int, max_s: float | None = None, memory_s: float = JITTER_MEMORY_S
+    ) -> None:
+        self.base_s = interval_s * misses
+        self.max_s = max(self.base_s, max_s if max_s is not None else MAX_WIDENING * self.base_s)
+        self.memory_s = memory_s
+        self._last_sent: float | None = None
+        # (our time, gap) of the gaps that can still be the worst: gaps decreasing, times rising,
+        # so the first one not older than `memory_s` is the worst of that span (a sliding maximum).
+        self._gaps: deque[tuple[float, float]] = deque()
+
+    def beat(self, sent_at: float, now: float) -> float | None:
+        """Note a beat the peer sent at `sent_at` (its clock); return the gap it measured, if any."""
+        previous = self._last_sent
+        if previous is not None and sent_at <= previous:
+            return None
+        self._last_sent = sent_at
+        if previous is None:
+            return None
+        gap = sent_at - previous
+        while self._gaps and self._gaps[-1][1] <= gap:
+            self._gaps.pop()
+        self._gaps.append((now, gap))
+        return gap
+
+    def lost(self) -> None:
+        """The peer was declared dead: the silence up to its next beat is no jitter."""
+        self._last_sent = None
+
+    def worst_gap_s(self, now: float) -> float:
+        """The longest gap between the peer's beats in the last `memory_s` (s; 0.0 when none)."""
+        while self._gaps and now - self._gaps[0][0] > self.memory_s:
+            self._gaps.popleft()
+        return self._gaps[0][1] if self._gaps else 0.0
+
+    def window_s(self, now: float) -> float:
+        """The silence (s) after which the peer is dead, as of `now`."""
+        return min(self.max_s, max(self.base_s, JITTER_MARGIN * self.worst_gap_s(now)))
 
 
 class HeartbeatDetector(asyncio.DatagramProtocol):
-    """Sends a beat every interval and watches the peer's; calls `on_peer_dead` once per loss."""
+    """Sends a beat every interval and watches the peer's; calls `on_peer_dead` once per loss.
+
+    `max_window_s` caps how far the peer's lateness may widen the window (default
+    `MAX_WIDENING` times `interval_s * misses`); it bounds the detection time. `on_stall`, if
+    given, hears how long (s) our own loop stood still each time it missed a turn.
+    """
 
     def __init__(
         self,
@@ -65,6 +145,8 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         beat: Callable[[], Heartbeat],
         on_peer_beat: Callable[[Heartbeat], None],
         on_peer_dead: Callable[[], None],
+        max_window_s: float | None = None,
+        on_stall: Callable[[float], None] | None = None,
     ) -> None:
         self.key = key
         self.peer = peer
@@ -73,17 +155,17 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.beat = beat
         self.on_peer_beat = on_peer_beat
         self.on_peer_dead = on_peer_dead
+        self.on_stall = on_stall
         self.last_peer_beat: Heartbeat | None = None
         self.last_seen: float | None = None
         self.peer_alive = False
         self.refused = 0
         self.stalls = 0
-        self._worst_gap = 0.0
-        self._worst_gap_at = 0.0
+        self.window = SilenceWindow(interval_s, misses, max_window_s)
         self._decoder = FrameDecoder(CODEC, key)
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
-        self._frame = b""
+        self._message: Heartbeat | None = None
         self._loop_turned_at = time.monotonic()
         self._stop = threading.Event()
         self._sender: threading.Thread | None = None
@@ -91,7 +173,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
     async def start(self, listen: Address) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=listen)
-        self._frame = encode(self.beat(), self.key)
+        self._message = self.beat()
         self._task = asyncio.create_task(self._run())
         sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((listen[0], 0))
@@ -99,12 +181,13 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self._sender.start()
 
     def _beat_forever(self, sock: socket.socket) -> None:
-        """The sender thread: the latest beat, every interval, while the loop is alive."""
+        """The sender thread: the latest beat, stamped as it leaves, every interval, while the loop is alive."""
         with sock:
             while not self._stop.wait(self.interval_s):
-                if time.monotonic() - self._loop_turned_at < LOOP_STALL_LIMIT_S:
+                message = self._message
+                if message is not None and time.monotonic() - self._loop_turned_at < LOOP_STALL_LIMIT_S:
                     with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
-                        sock.sendto(self._frame, self.peer)
+                        sock.sendto(stamped(message, self.key), self.peer)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         message = self._decoder.open_datagram(data)
@@ -113,53 +196,55 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             log.warning("refused a heartbeat from %s: %s", addr, getattr(message, "reason", "not a heartbeat"))
             return
         now = asyncio.get_running_loop().time()
-        if self.last_seen is not None:
-            self._note_gap(now - self.last_seen, now)
+        if message.sent_at > 0:
+            self._measure(message.sent_at, now)
         self.last_seen = now
         self.last_peer_beat = message
         self.peer_alive = True
         self.on_peer_beat(message)
 
-    def _note_gap(self, gap: float, now: float) -> None:
-        """Remember the longest gap between the peer's beats over the last `JITTER_MEMORY_S`."""
-        if gap >= self._worst_gap or now - self._worst_gap_at > JITTER_MEMORY_S:
-            self._worst_gap, self._worst_gap_at = gap, now
+    def _measure(self, sent_at: float, now: float) -> None:
+        """Feed the window; log each new worst gap that widens it (and say when the cap holds it)."""
+        gap = self.window.beat(sent_at, now)
+        if gap is not None and gap == self.window.worst_gap_s(now) and JITTER_MARGIN * gap > self.window.base_s:
+            window = self.window.window_s(now)
+            capped = " (capped)" if JITTER_MARGIN * gap > window else ""
+            log.info("peer %s:%d beat %.0f ms after the last: detection window %.0f ms%s", *self.peer,
+                     gap * 1000, window * 1000, capped)  # fmt: skip
 
     @property
     def window_s(self) -> float:
-        """Silence that means death: `misses` intervals, or twice the worst recent gap if longer.
-
-        A loaded host delivers beats late; widening the window with the jitter actually seen
-        (an accrual detector in its simplest form) keeps a slow peer from being declared dead,
-        while a quiet pair keeps the tight window.
-        """
-        return max(self.interval_s * self.misses, 2 * self._worst_gap)
+        """Silence that means death now (s): see `SilenceWindow`."""
+        return self.window.window_s(asyncio.get_running_loop().time())
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP port unreachable while the peer is down: silence says the same
 
     def send_now(self) -> None:
         if self._transport is not None:
-            self._transport.sendto(encode(self.beat(), self.key), self.peer)
+            self._transport.sendto(stamped(self.beat(), self.key), self.peer)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_tick = loop.time()
         while True:
             self._loop_turned_at = time.monotonic()
-            self._frame = encode(self.beat(), self.key)
+            self._message = self.beat()
             await asyncio.sleep(self.interval_s)
             now = loop.time()
             if now - last_tick > 2 * self.interval_s:
                 # Our own loop was stalled (CPU starvation): the peer's beats may be waiting in the
                 # socket buffer. Judge silence only after a turn in which we were listening.
                 self.stalls += 1
+                if self.on_stall is not None:
+                    self.on_stall(now - last_tick)
                 last_tick = now
                 continue
             last_tick = now
             silent_for = now - self.last_seen if self.last_seen is not None else 0.0
-            if self.peer_alive and silent_for > self.window_s:
+            if self.peer_alive and silent_for > self.window.window_s(now):
                 self.peer_alive = False
+                self.window.lost()
                 log.warning("peer %s:%d silent for %.0f ms: declared dead", *self.peer, silent_for * 1000)
                 self.on_peer_dead()
 

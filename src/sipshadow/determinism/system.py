@@ -6,7 +6,8 @@ import random
 
 
 class SystemEntropy:
-    """Uniform draws from a private PRNG seeded by the OS."""
+    """Uniform draws in [0.0, 1.0) from a private PRNG, seeded by the OS unless `seed` is given
+    (tests). Never raises."""
 
     def __init__(self, seed: int | None = None) -> None:
         self._random = random.Random(seed)

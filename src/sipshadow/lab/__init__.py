@@ -1,1 +1,1 @@
-"""The lab: SIPp and Kamailio drivers, the loopback run and (later) the failover experiment."""
+"""The lab: SIPp, Kamailio and ALG drivers on one child-process shell, the test bed, the experiment."""

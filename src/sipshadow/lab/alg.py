@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
-
 from sipshadow.core.actions import Address
+from sipshadow.lab.process import ChildExited, ChildProcess
 
 
 def options_ping(target: Address, timeout_s: float = 0.2) -> bool:
@@ -41,7 +37,7 @@ def options_ping(target: Address, timeout_s: float = 0.2) -> bool:
 
 
 class AlgProcess:
-    """A `sipshadow serve` child on loopback, ready when it answers OPTIONS; stopped by SIGTERM."""
+    """A `sipshadow serve` child, on loopback or in a test-bed namespace; stopped by SIGTERM."""
 
     def __init__(
         self,
@@ -68,10 +64,10 @@ class AlgProcess:
         self.netns = netns  # run inside this test-bed namespace
         self.status_file = workdir / "alg-status.json"
         self.log_file = workdir / "alg.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
+        self.child = ChildProcess()
 
     def command(self) -> list[str]:
+        """The `sipshadow serve` argv (without the namespace prefix); writes the config file it names."""
         config = self.workdir / "alg.toml"
         config.write_text(self.config_text or "[status]\ninterval_s = 0.2\n")
         command = [
@@ -90,28 +86,25 @@ class AlgProcess:
         ]
         for member in self.members:
             command += ["--member", f"{member[0]}:{member[1]}"]
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return prefix + command + self.extra_args
+        return command + self.extra_args
 
     def start(self, ready_timeout_s: float = 10.0) -> AlgProcess:
+        """Start the node and wait until it is ready in the sense of `ready`."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sipshadow exited with {self.process.returncode}: {self.log_file.read_text()}")
-            if self._is_ready():
-                return self
-        self.stop()
-        raise RuntimeError(f"sipshadow did not answer OPTIONS on {self.listen} within {ready_timeout_s} s")
+        self.child.start(self.command(), namespace=self.netns, log=self.log_file)
+        try:
+            self.child.wait_ready(self._is_ready, ready_timeout_s, poll_s=0.0 if self.ready == "options" else 0.02)
+        except ChildExited as exited:
+            raise RuntimeError(f"sipshadow exited with {exited.returncode}: {self.log_file.read_text()}") from None
+        except TimeoutError:
+            self.stop()
+            what = "answer OPTIONS" if self.ready == "options" else f"become {self.ready}"
+            raise RuntimeError(f"sipshadow did not {what} on {self.listen} within {ready_timeout_s} s") from None
+        return self
 
     def _is_ready(self) -> bool:
         if self.ready == "options":
-            return options_ping(self.listen)
-        time.sleep(0.02)
+            return options_ping(self.listen)  # waits up to 0.2 s for the answer
         if self.ready == "none":
             return True
         try:
@@ -124,38 +117,34 @@ class AlgProcess:
             return bool(ha["role"] == "primary")
         return bool(ha.get("shadow", {}).get("synced"))
 
-    def kill(self) -> None:
-        """SIGKILL: the fail-stop failure of the paper's experiment."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.returncode = self.process.wait()
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The running child, for tests that poll it directly."""
+        return self.child.popen
 
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the node has used so far."""
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
+    @property
+    def returncode(self) -> int | None:
+        """The node's exit code once it has ended."""
+        return self.child.poll()
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        return self.child.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the fail-stop failure of the paper's experiment."""
+        self.child.kill()
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the node has used so far."""
+        return self.child.cpu_seconds()
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.status_file.read_text())
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            self.returncode = process.returncode if process else None
-            return self.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            self.returncode = process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            self.returncode = process.wait()
-        return self.returncode
+        return self.child.stop(timeout_s)
 
     def __enter__(self) -> AlgProcess:
         return self.start()

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sipshadow.lab.bed.testbed import down_all
 from sipshadow.lab.netns_lab import NetnsLab
 from sipshadow.lab.sipp import SippResult, read_stat_rows
-from sipshadow.net.testbed import down_all
 from sipshadow.runtime.config import HA_MODES
 
 MODES = HA_MODES
@@ -206,28 +206,21 @@ def failure_free_cost(
     config: ExperimentConfig, rates: tuple[int, ...] = (500, 1000, 2000, 3000), seconds: float = 4.0
 ) -> dict[str, Any]:
     """No HA vs active replication without a failure: zero-failure rate and response time."""
-    import json
     import statistics
-    import subprocess
-    import sys
 
-    from sipshadow.lab.netns_lab import SIP_PORT
+    from sipshadow.lab.pinger import PingerProcess
 
     cost: dict[str, Any] = {}
     for mode in ("none", "active"):
         best, rtts = 0, []
         for rate in rates:
             with NetnsLab(config.out / "runs" / f"cost-{mode}-{rate}cps", mode=mode, members=config.members) as lab:
-                pinger = subprocess.Popen(
-                    lab.testbed.exec_argv("client", [sys.executable, "-m", "sipshadow.lab.pinger", lab.topology.vip,
-                                                     str(SIP_PORT), "--interval-ms", "10"]),
-                    stdout=subprocess.PIPE, text=True,
-                )  # fmt: skip
+                pinger = PingerProcess(lab.service, lab.testbed.ns_name("client"), lab.workdir / "pinger.jsonl",
+                                       interval_ms=10).start()  # fmt: skip
                 sipp = (
                     lab.client_uac(round(rate * seconds), rate, recv_timeout=2.0, timeout=seconds + 30).start().wait()
                 )
-                pinger.terminate()
-                samples = [json.loads(line) for line in pinger.communicate(timeout=10)[0].splitlines()]
+                samples = pinger.stop()
             if rate == rates[0]:
                 rtts = [(s["answered"] - s["sent"]) * 1000 for s in samples]
             if sipp.failed_calls or sipp.successful_calls < round(rate * seconds):

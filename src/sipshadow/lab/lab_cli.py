@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from sipshadow.lab.bed import faults
+from sipshadow.lab.bed.testbed import Testbed, Topology, down_all
 from sipshadow.lab.netns_lab import FAULTS, NetnsLab
-from sipshadow.net import faults
-from sipshadow.net.testbed import Testbed, Topology, down_all
 
 STATE = Path("runs/lab/state.json")
 

@@ -1,6 +1,6 @@
 """The paper's test bed, on network namespaces: client, primary, shadow, members, a switch.
 
-Brings up the `net.testbed` namespaces and the port-mirror tap, runs SIPp callees in the
+Brings up the `lab.bed.testbed` namespaces and the port-mirror tap, runs SIPp callees in the
 member namespaces and the two sipshadow nodes (tap input, nftables silent mode, VIP takeover
 by gratuitous ARP) in theirs, and offers the faults: kill, crash (links down), partition.
 Everything is torn down on `down()`, also after a failure (use it as a context manager).
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.bed import faults, mirror
+from sipshadow.lab.bed.testbed import SERVICE_IF, Testbed, Topology
 from sipshadow.lab.kamailio import KamailioProcess
 from sipshadow.lab.sipp import SippUac, SippUas
-from sipshadow.net import faults, mirror
-from sipshadow.net.testbed import SERVICE_IF, Testbed, Topology
 
 SIP_PORT = 5060
 REPLICATION_PORT = 7000

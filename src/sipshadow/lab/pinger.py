@@ -1,8 +1,9 @@
 """An OPTIONS pinger: round trips to the ALG, and the moment answers stop and resume.
 
 Runs as a thread (benchmarks on loopback) or as `python -m sipshadow.lab.pinger HOST PORT`
-inside a test-bed namespace, printing one JSON line per answer: the wall-clock send and
-answer times, so a benchmark in another process can line them up with a fault it injected.
+inside a test-bed namespace (`PingerProcess`), printing one JSON line per answer at SIGTERM:
+the wall-clock send and answer times, so a benchmark in another process can line them up with
+a fault it injected.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sipshadow.core.actions import Address
+from sipshadow.lab.process import ChildProcess
 
 
 class Pinger(threading.Thread):
@@ -75,6 +78,28 @@ class Pinger(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+class PingerProcess:
+    """This module as a child in a test-bed namespace; `stop()` returns its answers, wall clock."""
+
+    def __init__(self, target: Address, namespace: str, log: Path, *, interval_ms: float = 1.0) -> None:
+        self.argv = [sys.executable, "-m", "sipshadow.lab.pinger", target[0], str(target[1]),
+                     "--interval-ms", f"{interval_ms:g}"]  # fmt: skip
+        self.namespace = namespace
+        self.log = log
+        self.child = ChildProcess()
+
+    def start(self) -> PingerProcess:
+        """Start pinging now; the log starts empty so `stop()` reads only this run's answers."""
+        self.child.start(self.argv, namespace=self.namespace, log=self.log, append=False)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> list[dict[str, float]]:
+        """SIGTERM: the pinger prints one `{"sent", "answered"}` line per answer, then exits."""
+        self.child.stop(timeout_s)
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def main() -> None:

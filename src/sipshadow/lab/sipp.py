@@ -44,7 +44,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,10 +51,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from sipshadow.lab.process import ChildExited, ChildProcess
+
 __all__ = [
     "EXIT_BIND_ERROR",
-    "EXIT_FATAL_ERROR",
-    "EXIT_TEST_FAILED",
     "EXIT_TEST_OK",
     "LOOPBACK",
     "SippError",
@@ -72,10 +71,8 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 TESTBED_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 
-#: SIPp exit codes (include/defines.h); negative C codes seen as 255 / 254.
+#: SIPp exit codes (include/defines.h) this module acts on; a negative C code is seen as 254.
 EXIT_TEST_OK = 0
-EXIT_TEST_FAILED = 1
-EXIT_FATAL_ERROR = 255
 EXIT_BIND_ERROR = 254
 
 #: Column names of the SIPp 3.6.1 stat CSV that this module reads.
@@ -83,13 +80,6 @@ COL_TOTAL_CREATED = "TotalCallCreated"
 COL_CURRENT = "CurrentCall"
 COL_SUCCESSFUL = "SuccessfulCall(C)"
 COL_FAILED = "FailedCall(C)"
-COL_INCOMING = "IncomingCall(C)"
-COL_OUTGOING = "OutgoingCall(C)"
-COL_RETRANSMISSIONS = "Retransmissions(C)"
-COL_AUTO_ANSWERED = "AutoAnswered(C)"
-COL_OUT_OF_CALL = "OutOfCallMsgs(C)"
-COL_DEAD_CALL = "DeadCallMsgs(C)"
-COL_ELAPSED = "ElapsedTime(C)"
 
 #: Failure-cause counters (cumulative); "FailedCall(C)" is their total.
 FAILURE_CAUSE_COLUMNS: tuple[str, ...] = (
@@ -225,11 +215,6 @@ class SippResult:
     command: tuple[str, ...] = field(default=())
 
     @property
-    def exit_code(self) -> int | None:
-        """Alias of returncode, matching SIPp's documentation wording."""
-        return self.returncode
-
-    @property
     def ok(self) -> bool:
         """True when SIPp exited 0, nothing failed and at least one call succeeded."""
         return (
@@ -331,7 +316,7 @@ def _seconds_arg(seconds: float) -> str:
 
 
 class _SippProcess:
-    """Shared process handling: argv, files in run_dir, start/stop, stats.
+    """What UAS and UAC share: argv, files in run_dir, the child process, its stats.
 
     SIPp runs with cwd=run_dir so any file it names by itself lands there.
     """
@@ -347,7 +332,6 @@ class _SippProcess:
         timeout: float,
         extra_args: Sequence[str],
         stat_interval_s: int,
-        trace_messages: bool,
         netns: str | None = None,
     ) -> None:
         if not allowed_address(host, netns):
@@ -362,15 +346,12 @@ class _SippProcess:
         self.timeout = timeout
         self.extra_args = tuple(extra_args)
         self.stat_interval_s = stat_interval_s
-        self.trace_messages = trace_messages
         self.stat_file = self.run_dir / f"{name}_stat.csv"
         self.error_file = self.run_dir / f"{name}_errors.log"
         self.screen_file = self.run_dir / f"{name}_screen.log"
-        self.message_file = self.run_dir / f"{name}_messages.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.command: tuple[str, ...] = ()
-        self._started_at = 0.0
-        self._result: SippResult | None = None
+        self.child = ChildProcess()
+        self.result: SippResult | None = None
+        self._last: SippResult | None = None
 
     # -- argv -------------------------------------------------------------
 
@@ -386,8 +367,6 @@ class _SippProcess:
         ]  # fmt: skip
         if self.local_port is not None:
             args += ["-p", str(self.local_port)]
-        if self.trace_messages:
-            args += ["-trace_msg", "-message_file", str(self.message_file)]
         return args
 
     def _argv(self) -> list[str]:
@@ -396,8 +375,21 @@ class _SippProcess:
     def start(self) -> Self:
         raise NotImplementedError
 
-    def stop(self) -> SippResult:
-        raise NotImplementedError
+    def stop(self, grace_s: float = 0.0) -> SippResult:
+        """Stop SIPp and return its final stats.
+
+        grace_s > 0 first asks for a graceful quit (SIGUSR1) so calls still in
+        a timewait finish and count as successful; SIPp never quits
+        gracefully while it holds an -aa OPTIONS "call", hence the SIGTERM
+        fallback (which still writes the final stat row).
+        """
+        if self.result is not None:
+            return self.result
+        if self.child.popen is None:
+            raise SippError(f"{type(self).__name__}.stop() before start()")
+        self._halt(grace_s)
+        self.result = self._collect()
+        return self.result
 
     def __enter__(self) -> Self:
         return self.start()
@@ -413,27 +405,14 @@ class _SippProcess:
     # -- lifecycle --------------------------------------------------------
 
     def _spawn(self) -> None:
-        """Start SIPp with stdout/stderr captured to the screen file."""
+        """Start SIPp, its stdout/stderr appended to the screen file after the command line."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.stat_file, self.error_file):
             stale.unlink(missing_ok=True)
-        argv = [sipp_binary(), *self._argv()]
-        if self.netns is not None:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        self.command = tuple(argv)
-        self._result = None
-        with self.screen_file.open("ab") as screen:
-            screen.write(("$ " + " ".join(argv) + "\n").encode())
-            screen.flush()
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.run_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=screen,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C of pytest does not hit SIPp first
-            )
-        self._started_at = time.monotonic()
+        self._last = None
+        self.child.start(
+            [sipp_binary(), *self._argv()], namespace=self.netns, log=self.screen_file, cwd=self.run_dir, echo=True
+        )
 
     def _wait_ready(self, ready_timeout: float) -> None:
         """Block until SIPp listens: first stat row written and port bound.
@@ -442,25 +421,26 @@ class _SippProcess:
         a (final) row just before exiting, so the socket itself is checked
         in /proc when the port is known.
         """
-        assert self.proc is not None
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is None and read_stat_rows(self.stat_file):
-                port = self.local_port
-                bound = True if port is None else _udp_bound_by(self.proc.pid, self.host, port)
-                if bound is None:  # no /proc: give a failing bind time to exit
-                    time.sleep(0.2)
-                    bound = self.proc.poll() is None
-                if bound:
-                    return
-            if self.proc.poll() is not None:
-                raise SippError(
-                    f"{self.name}: sipp exited with {self.proc.returncode} before "
-                    f"becoming ready; see {self.screen_file}: {self._screen_tail()}"
-                )
-            time.sleep(0.02)
-        self._signal_stop(grace_s=0.0)
-        raise SippError(f"{self.name}: sipp not ready after {ready_timeout}s; see {self.screen_file}")
+        try:
+            self.child.wait_ready(self._listening, ready_timeout)
+        except ChildExited as exited:
+            raise SippError(
+                f"{self.name}: sipp exited with {exited.returncode} before "
+                f"becoming ready; see {self.screen_file}: {self._screen_tail()}"
+            ) from None
+        except TimeoutError:
+            self._halt(grace_s=0.0)
+            raise SippError(f"{self.name}: sipp not ready after {ready_timeout}s; see {self.screen_file}") from None
+
+    def _listening(self) -> bool:
+        if not read_stat_rows(self.stat_file):
+            return False
+        port = self.local_port
+        bound = True if port is None else _udp_bound_by(self.child.pid, self.host, port)
+        if bound is None:  # no /proc: give a failing bind time to exit
+            time.sleep(0.2)
+            bound = self.child.running()
+        return bound
 
     def _screen_tail(self, limit: int = 600) -> str:
         """Last bytes of SIPp's stdout/stderr, for error messages."""
@@ -470,40 +450,21 @@ class _SippProcess:
             return ""
         return data[-limit:].decode(errors="replace").strip()
 
-    @property
-    def pid(self) -> int | None:
-        """Process id while started (lets a test signal the process itself)."""
-        return self.proc.pid if self.proc is not None else None
-
     def running(self) -> bool:
         """True while the SIPp process is alive."""
-        return self.proc is not None and self.proc.poll() is None
+        return self.child.running()
 
-    def _signal_stop(self, grace_s: float) -> None:
-        """SIGUSR1 (graceful) for grace_s, then SIGTERM, then SIGKILL."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        steps: list[tuple[signal.Signals, float]] = []
-        if grace_s > 0:
-            steps.append((signal.SIGUSR1, grace_s))
-        steps += [(signal.SIGTERM, _TERM_WAIT_S), (signal.SIGKILL, _TERM_WAIT_S)]
-        for sig, wait_s in steps:
-            try:
-                proc.send_signal(sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+    def _halt(self, grace_s: float) -> None:
+        """SIGUSR1 (graceful quit) for grace_s, then SIGTERM, then SIGKILL."""
+        if grace_s > 0 and self.child.signal(signal.SIGUSR1):
+            self.child.wait(grace_s)
+        self.child.stop(_TERM_WAIT_S)
 
     def _collect(self, timed_out: bool = False) -> SippResult:
         """Build the result from the last stat row (final row after exit)."""
         rows = read_stat_rows(self.stat_file)
         last = rows[-1] if rows else {}
-        returncode = self.proc.poll() if self.proc is not None else None
+        returncode = self.child.poll()
         result = SippResult(
             returncode=returncode,
             successful_calls=_int_field(last, COL_SUCCESSFUL),
@@ -516,20 +477,15 @@ class _SippProcess:
             error_file=self.error_file,
             screen_file=self.screen_file,
             timed_out=timed_out,
-            command=self.command,
+            command=self.child.argv,
         )
         if returncode is not None:
-            self._result = result
+            self._last = result
         return result
-
-    def stats(self) -> dict[str, str]:
-        """Latest stat row while running (periodic, every stat_interval_s)."""
-        rows = read_stat_rows(self.stat_file)
-        return dict(rows[-1]) if rows else {}
 
     def snapshot(self) -> SippResult:
         """Current counters as a SippResult without stopping anything."""
-        return self._result if self._result is not None else self._collect()
+        return self._last if self._last is not None else self._collect()
 
 
 class SippUas(_SippProcess):
@@ -553,10 +509,8 @@ class SippUas(_SippProcess):
         timeout: float = 120.0,
         auto_answer: bool = True,
         extra_args: Sequence[str] = (),
-        stop_grace_s: float = 0.0,
         ready_timeout: float = 5.0,
         stat_interval_s: int = 1,
-        trace_messages: bool = False,
     ) -> None:
         super().__init__(
             name=name,
@@ -567,14 +521,11 @@ class SippUas(_SippProcess):
             timeout=timeout,
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
-            trace_messages=trace_messages,
             netns=netns,
         )
         self._auto_port = port is None
         self.auto_answer = auto_answer
-        self.stop_grace_s = stop_grace_s
         self.ready_timeout = ready_timeout
-        self.result: SippResult | None = None
 
     @property
     def port(self) -> int:
@@ -607,33 +558,14 @@ class SippUas(_SippProcess):
                 self._wait_ready(self.ready_timeout)
                 return self
             except SippError:
-                assert self.proc is not None
-                bind_failed = self.proc.poll() == EXIT_BIND_ERROR
+                bind_failed = self.child.poll() == EXIT_BIND_ERROR
                 if not (bind_failed and attempt + 1 < attempts):
                     raise
         raise SippError("unreachable")  # pragma: no cover
 
-    def stop(self, grace_s: float | None = None) -> SippResult:
-        """Stop SIPp and return its final stats.
-
-        grace_s > 0 first asks for a graceful quit (SIGUSR1) so calls still in
-        a timewait finish and count as successful; SIPp never quits
-        gracefully while it holds an -aa OPTIONS "call", hence the SIGTERM
-        fallback (which still writes the final stat row).
-        """
-        if self.result is not None:
-            return self.result
-        if self.proc is None:
-            raise SippError("SippUas.stop() before start()")
-        self._signal_stop(self.stop_grace_s if grace_s is None else grace_s)
-        self.result = self._collect()
-        return self.result
-
     def kill(self) -> None:
         """SIGKILL without final stats: simulates a member crashing mid-test."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=_TERM_WAIT_S)
+        self.child.kill(_TERM_WAIT_S)
 
 
 class SippUac(_SippProcess):
@@ -659,7 +591,6 @@ class SippUac(_SippProcess):
         host: str = LOOPBACK,
         netns: str | None = None,
         stat_interval_s: int = 1,
-        trace_messages: bool = False,
     ) -> None:
         super().__init__(
             name=name,
@@ -670,7 +601,6 @@ class SippUac(_SippProcess):
             timeout=timeout,
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
-            trace_messages=trace_messages,
             netns=netns,
         )
         if calls <= 0:
@@ -681,7 +611,6 @@ class SippUac(_SippProcess):
         self.calls = calls
         self.rate = rate
         self.recv_timeout = recv_timeout
-        self.result: SippResult | None = None
 
     def _argv(self) -> list[str]:
         return [
@@ -695,7 +624,7 @@ class SippUac(_SippProcess):
 
     def start(self) -> Self:
         """Launch the UAC in the background; returns immediately."""
-        if self.proc is not None:
+        if self.child.popen is not None:
             raise SippError("SippUac already started")
         self._spawn()
         return self
@@ -708,28 +637,15 @@ class SippUac(_SippProcess):
         """
         if self.result is not None:
             return self.result
-        if self.proc is None:
+        if self.child.popen is None:
             raise SippError("SippUac.wait() before start()")
         if timeout is None:
-            elapsed = time.monotonic() - self._started_at
+            elapsed = time.monotonic() - self.child.started_at
             timeout = max(1.0, self.timeout + self.recv_timeout + 5.0 - elapsed)
-        try:
-            self.proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            self._signal_stop(grace_s=0.0)
-            timed_out = True
+        timed_out = self.child.wait(timeout) is None
+        if timed_out:
+            self._halt(grace_s=0.0)
         self.result = self._collect(timed_out=timed_out)
-        return self.result
-
-    def stop(self, grace_s: float = 0.0) -> SippResult:
-        """Stop early (SIGUSR1 for grace_s, then SIGTERM/SIGKILL); final stats."""
-        if self.result is not None:
-            return self.result
-        if self.proc is None:
-            raise SippError("SippUac.stop() before start()")
-        self._signal_stop(grace_s)
-        self.result = self._collect()
         return self.result
 
 
@@ -745,7 +661,6 @@ def run_uac(
     recv_timeout: float = 5.0,
     local_port: int | None = None,
     name: str = "uac",
-    trace_messages: bool = False,
 ) -> SippResult:
     """Run a UAC to completion (``-m calls -r rate``) and return its stats."""
     uac = SippUac(
@@ -759,7 +674,6 @@ def run_uac(
         recv_timeout=recv_timeout,
         local_port=local_port,
         name=name,
-        trace_messages=trace_messages,
     )
     uac.start()
     try:

@@ -2,10 +2,14 @@
 
     magic "SS" | version u8 | kind u8 | body length u32 | body (msgpack) | HMAC-SHA256 (32 bytes)
 
+The header (`HEADER`) is 8 bytes in network byte order; the length counts body bytes only.
 The HMAC covers header and body under the pair's shared key. A frame whose HMAC fails, or
-whose version this node does not speak, is refused (counted, logged, never applied) and the
-stream goes on, since the length still frames it. A bad magic or a length over the codec's
-limit means the stream itself is lost (`StreamLost`): the caller drops the connection.
+whose version this node does not speak, or whose body does not decode to the kind its header
+names, is refused: a `Refused` value comes back in its place (the caller counts and logs it,
+never applies it) and the stream goes on, since the length still frames it. A bad magic or a
+length over the codec's limit means the stream itself is lost: `StreamLost` is raised and the
+caller drops the connection. On a datagram link each frame stands alone, so there is no
+stream to lose: every fault is `Refused`.
 
 Each link owns its message union and kind numbers (`FrameCodec`); this module knows none of
 them, so the failure detector and the replication log share the format, not each other.
@@ -28,12 +32,14 @@ MAC_BYTES = 32
 
 
 class StreamLost(Exception):
-    """The byte stream cannot be framed any more; drop the connection."""
+    """The byte stream cannot be framed any more (bad magic, or a length over the limit): drop
+    the connection; the decoder is of no further use."""
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A frame that was framed correctly but must not be applied."""
+    """A frame that must not be applied, returned in its place; `reason` says why (bad HMAC,
+    unsupported version, undecodable body, kind mismatch, or a malformed datagram)."""
 
     reason: str
 
@@ -49,13 +55,20 @@ class FrameCodec:
         self._decoder = msgspec.msgpack.Decoder(union)
 
     def encode(self, message: Any, key: bytes, version: int = VERSION) -> bytes:
-        """One frame: header, msgpack body, HMAC over both."""
+        """One frame as bytes: header, msgpack body, HMAC over both under `key`.
+
+        `version` is for tests that forge another one. Raises KeyError for a message type not
+        in `kinds`.
+        """
         body = self._encoder.encode(message)
         header = HEADER.pack(MAGIC, version, self.kinds[type(message)], len(body))
         return header + body + hmac.digest(key, header + body, "sha256")
 
     def open(self, frame: bytes, version: int, kind: int, key: bytes) -> Any:
-        """The message in a whole frame, or `Refused` (bad HMAC first, then version, body, kind)."""
+        """The message in a whole frame, or `Refused` (bad HMAC first, then version, body, kind).
+
+        `frame` is header, body and MAC; `version` and `kind` come from its header. Never raises.
+        """
         signed, mac = frame[:-MAC_BYTES], frame[-MAC_BYTES:]
         if not hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac):
             return Refused("bad HMAC")
@@ -85,7 +98,8 @@ class FrameDecoder:
         return len(self._buffer)
 
     def open_datagram(self, data: bytes) -> Any:
-        """One whole frame in one datagram (the heartbeat link)."""
+        """One whole frame in one datagram (the heartbeat link): the message or `Refused`,
+        never raises (a short datagram, a bad magic or a length that disagrees is `Refused`)."""
         if len(data) < HEADER.size + MAC_BYTES:
             return Refused("truncated frame")
         magic, version, kind, length = HEADER.unpack_from(data)
@@ -94,6 +108,9 @@ class FrameDecoder:
         return self.codec.open(data, version, kind, self.key)
 
     def feed(self, data: bytes) -> Iterator[Any]:
+        """Add stream bytes; yield each whole frame's message or `Refused`, in order. A partial
+        frame waits for the next feed. A generator: nothing happens until it is iterated, so
+        always consume it. Raises `StreamLost` (see the module docstring)."""
         self._buffer += data
         while len(self._buffer) >= HEADER.size:
             magic, version, kind, length = HEADER.unpack_from(self._buffer)

@@ -1,1 +1,1 @@
-"""Linux side of sipshadow: tap rules, nftables silent mode, VIP + gratuitous ARP, netns test bed."""
+"""What production runs on Linux: nftables silent mode, the shadow's tap accept chain, VIP + gratuitous ARP."""

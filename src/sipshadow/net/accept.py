@@ -4,12 +4,14 @@ The copies still carry the primary's MAC, so the kernel sees them as `otherhost`
 them; an nftables `netdev` ingress chain on the service interface re-marks those addressed to
 the VIP as `host`. With the VIP on `lo` (/32, arp_ignore=1, arp_announce=2) the shadow never
 claims the VIP by ARP. This is what production runs on the shadow, whatever copies the frames
-(a switch's SPAN session, or the test bed's `net.mirror`).
+(a switch's SPAN session, or the test bed's `lab.bed.mirror`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+
+from sipshadow.net import nft
 
 ACCEPT_TABLE = "sipshadow_tap"
 ACCEPT_CHAIN = "tap_in"  # "accept" is an nft keyword
@@ -20,9 +22,8 @@ def accept_ruleset(ifname: str, vip: str) -> str:
     """The shadow's ingress chain: copies addressed to the VIP but to another MAC become `host` packets."""
     ipaddress.IPv4Address(vip)
     return (
-        f"add table netdev {ACCEPT_TABLE}\n"
-        f"delete table netdev {ACCEPT_TABLE}\n"
-        f"table netdev {ACCEPT_TABLE} {{\n"
+        nft.drop_table("netdev", ACCEPT_TABLE)
+        + f"table netdev {ACCEPT_TABLE} {{\n"
         f"  chain {ACCEPT_CHAIN} {{\n"
         f'    type filter hook ingress device "{ifname}" priority -500; policy accept;\n'
         f"    ip daddr {vip} meta pkttype other counter meta pkttype set host\n"
@@ -33,4 +34,4 @@ def accept_ruleset(ifname: str, vip: str) -> str:
 
 def accept_teardown_commands() -> str:
     """Remove the accept chain's table whether or not it exists."""
-    return f"add table netdev {ACCEPT_TABLE}\ndelete table netdev {ACCEPT_TABLE}\n"
+    return nft.drop_table("netdev", ACCEPT_TABLE)

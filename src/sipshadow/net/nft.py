@@ -1,11 +1,13 @@
 """A tiny ctypes wrapper over libnftables, so a takeover changes rules in-process instead of forking `nft`.
 
-The rules apply to the network namespace of the calling process (libnftables talks netlink from it).
+The rules apply to the network namespace of the calling process (libnftables talks netlink from it);
+`apply(commands, netns)` forks `nft -f -` inside another namespace, for set-up from outside it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import subprocess
 import threading
 from types import TracebackType
 
@@ -105,3 +107,32 @@ def shared() -> Nft:
 def run(commands: str) -> str:
     """Run nft commands in this process's network namespace; raise NftError with nft's error text."""
     return shared().run(commands)
+
+
+def drop_table(family: str, table: str) -> str:
+    """Commands that remove a table whether or not it exists (nft 1.0.6 has no `destroy`)."""
+    return f"add table {family} {table}\ndelete table {family} {table}\n"
+
+
+def _in_netns(netns: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def apply(commands: str, netns: str | None) -> None:
+    """Run commands as one transaction: in this process (libnftables), or by `nft -f -` inside netns."""
+    if netns is None:
+        run(commands)
+        return
+    proc = subprocess.run(
+        _in_netns(netns, ["nft", "-f", "-"]), input=commands, capture_output=True, text=True, check=False, timeout=20
+    )
+    if proc.returncode != 0:
+        raise NftError(commands, proc.returncode, proc.stderr)
+
+
+def list_tables(netns: str | None) -> str:
+    """`nft list tables`, here or inside netns."""
+    if netns is None:
+        return run("list tables")
+    argv = _in_netns(netns, ["nft", "list", "tables"])
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=20).stdout

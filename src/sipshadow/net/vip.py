@@ -194,14 +194,6 @@ class Announcement:
 TAP_GRACE_S = 0.5
 
 
-def unsilence_commands() -> str:
-    """One nft transaction: drop the silent-mode table (it may be absent).
-
-    The tap accept table stays until the announcement is done (`drop_tap_accept`).
-    """
-    return silent.teardown_commands()
-
-
 def drop_tap_accept() -> None:
     """End of the takeover: the copies addressed to the old primary's MAC are no longer taken."""
     nft.shared().run(accept.accept_teardown_commands())
@@ -256,7 +248,7 @@ class Takeover:
             raise RuntimeError("this takeover already ran")
         self._done = True
         t0 = time.perf_counter()
-        self._nft.run(unsilence_commands())
+        self._nft.run(silent.teardown_commands())  # the tap accept table stays: `drop_tap_accept`
         t1 = time.perf_counter()
         try:
             self._rtnl.change(

@@ -18,6 +18,16 @@ TIMER = 1
 
 
 class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """One event the primary's core took, enough to replay it exactly.
+
+    `seq`: 1, 2, 3... with no gap, in the order the core took the events; `kind`: `DATAGRAM` or
+    `TIMER`; `now`: the event's time (seconds, the primary's loop clock); `host`, `port`: a
+    datagram's source; `payload`: its bytes (forward mode) or None, with `payload_digest`, the
+    16-byte BLAKE2b of the bytes (tap mode: the shadow has the bytes from the tap); `draws`: the
+    entropy draws the core made, in order (floats in [0, 1)); `state`: `Gateway.state_digest()`
+    right after, the shadow's check that it reached the same state.
+    """
+
     seq: int
     kind: int
     now: float
@@ -30,6 +40,7 @@ class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
 
 
 def payload_digest(data: bytes) -> bytes:
+    """The 16-byte BLAKE2b digest that pairs a tapped datagram with its log entry."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -44,7 +55,9 @@ def entry_for(seq: int, event: Event, draws: tuple[float, ...], state: int, *, w
 
 
 def event_for(entry: LogEntry, payload: bytes | None = None) -> Event:
-    """The event to replay; in tap mode the caller supplies the payload it matched by digest."""
+    """The event to replay; in tap mode the caller supplies the payload it matched by digest.
+
+    Raises ValueError for a datagram entry with no payload in it and none supplied."""
     if entry.kind == TIMER:
         return TimerExpired(entry.now)
     data = entry.payload if entry.payload is not None else payload

@@ -37,7 +37,6 @@ class Replica:
         self.gateway = Gateway(config, self.entropy)
         self.applied_seq = 0
         self.released_seq = 0
-        self.divergences = 0
         self._outputs: deque[tuple[int, float, list[SendDatagram]]] = deque(maxlen=keep_outputs)
         self._last_now = 0.0
         #: Responses received since the oldest output still kept: proof of what was delivered.
@@ -62,7 +61,6 @@ class Replica:
             outputs = self.gateway.handle(event)
             self.entropy.finish()
         except ReplayMismatch as error:
-            self.divergences += 1
             raise Divergence(f"entry {entry.seq}: {error}") from error
         except Exception:  # the primary's core failed the same way on this event (a bug, logged there)
             outputs = []
@@ -72,7 +70,6 @@ class Replica:
             self._outputs.append((entry.seq, entry.now, outputs))
         digest = self.gateway.state_digest()
         if digest != entry.state:
-            self.divergences += 1
             raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
         return outputs
 

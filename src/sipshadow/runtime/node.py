@@ -11,17 +11,20 @@ import asyncio
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 
 from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
 from sipshadow.core.actions import Address, SendDatagram
-from sipshadow.replication.primary import PrimaryReplicator
+from sipshadow.runtime.primary_link import PrimaryLink
 from sipshadow.runtime.sender import DatagramSender
 from sipshadow.runtime.status import snapshot
 
 log = logging.getLogger("sipshadow.node")
 
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+#: Datagrams a fenced node keeps for later (about a second at thousands of calls/s).
+FENCE_QUEUE_LIMIT = 10_000
 
 
 def bind_udp(address: Address) -> socket.socket:
@@ -75,7 +78,9 @@ class Node:
         self.internal_errors = 0
         self.sent_datagrams = 0
         #: On a primary, every event goes through the replicator, which decides when to send.
-        self.replicator: PrimaryReplicator | None = None
+        self.replicator: PrimaryLink | None = None
+        #: While fenced (`fence`), arriving datagrams wait here, with their arrival times.
+        self._fenced: deque[DatagramReceived] | None = None
         self._loop = asyncio.get_running_loop()
         #: The only way out to the SIP side: names resolved off the loop, failures counted.
         self.sender = DatagramSender(self._loop)
@@ -103,7 +108,12 @@ class Node:
         return self._endpoint.errors if self._endpoint is not None else 0
 
     def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        self._take(DatagramReceived(data, source[:2], self._loop.time()))
+        event = DatagramReceived(data, source[:2], self._loop.time())
+        if self._fenced is not None:
+            if len(self._fenced) < FENCE_QUEUE_LIMIT:
+                self._fenced.append(event)
+            return
+        self._take(event)
         armed = self._timer_at
         wanted = self.gateway.next_deadline()
         if wanted is not None and (armed is None or wanted < armed):
@@ -111,6 +121,8 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
+        if self._fenced is not None:
+            return  # `unfence` re-arms
         self._take(TimerExpired(self._loop.time()))
         self._rearm()
         self._say_if_all_down()
@@ -137,6 +149,18 @@ class Node:
         else:
             self.send(outputs)
 
+    def fence(self) -> None:
+        """Take no input: datagrams wait (up to `FENCE_QUEUE_LIMIT`), timers do not fire."""
+        if self._fenced is None:
+            self._fenced = deque()
+
+    def unfence(self) -> None:
+        """Take what waited, in arrival order, then serve on."""
+        waiting, self._fenced = self._fenced, None
+        for event in waiting or ():
+            self._take(event)
+        self._rearm()
+
     def send(self, outputs: list[SendDatagram]) -> None:
         """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
         if self._transport is None:
@@ -155,8 +179,7 @@ class Node:
         extra: dict[str, object] = {"internal_errors": self.internal_errors, "send_errors": self.send_errors}
         extra.update(self.sender.counters)
         if self.replicator is not None:
-            extra["replication"] = {"seq": self.replicator.seq, "released": self.replicator.released,
-                                    "shadow_attached": self.replicator.attached, **self.replicator.stats}  # fmt: skip
+            extra["replication"] = self.replicator.status()
         return snapshot(self.gateway, started_at=self._started_at, now=time.monotonic(), extra=extra)
 
     def close(self) -> None:

@@ -51,7 +51,11 @@ _URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def split_header_values(value: str) -> list[str]:
-    """Split a comma-separated header value (§7.3.1), respecting quotes and <...>."""
+    """Split a comma-separated header value (§7.3.1), respecting quotes and <...>.
+
+    Returns the values stripped; raises `SipParseError` on an empty element of a list or an
+    unbalanced quote or <...>.
+    """
     if "," not in value:
         return [value.strip()]
     if '"' not in value and "<" not in value:
@@ -88,7 +92,8 @@ def split_header_values(value: str) -> list[str]:
 
 
 def parse_params(text: str) -> dict[str, str | None]:
-    """Parse `;name=value;flag` parameters; names are case-insensitive (§7.3.1)."""
+    """Parse `;name=value;flag` parameters into {lower-cased name: value, or None for a flag}
+    (§7.3.1); values keep their case and quotes. Raises `SipParseError` on a bad name."""
     params: dict[str, str | None] = {}
     for item in text.split(";") if '"' not in text else _split_unquoted(text, ";"):
         item = item.strip()
@@ -130,7 +135,10 @@ def format_params(params: dict[str, str | None]) -> str:
 
 
 def parse_hostport(text: str) -> tuple[str, int | None]:
-    """`host[:port]` with IPv6 references in brackets (§25.1)."""
+    """`host[:port]` (§25.1) as (lower-cased host, IPv6 kept in brackets; port or None).
+
+    Raises `SipParseError` on a malformed host or a port outside 1-65535.
+    """
     match = _HOSTPORT_RE.match(text.strip())
     if match is None:
         raise SipParseError("Malformed host")
@@ -149,7 +157,11 @@ def _port(text: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Uri:
-    """A SIP or SIPS URI's routing parts (§19.1.1): enough to ask "is this addressed to me?"."""
+    """A SIP or SIPS URI's routing parts (§19.1.1): enough to ask "is this addressed to me?".
+
+    `scheme` and `host` are lower-cased, `port` is None when absent. For any other scheme
+    (tel, …) only `scheme` is set.
+    """
 
     scheme: str
     user: str | None
@@ -161,7 +173,10 @@ class Uri:
 
     @staticmethod
     def parse(text: str) -> Uri:
-        """Parse a URI's routing parts; memoized, since a call's URIs repeat in its messages."""
+        """Parse a URI's routing parts; memoized, since a call's URIs repeat in its messages.
+
+        Raises `SipParseError` on a missing scheme or a malformed SIP URI.
+        """
         return _parse_uri(text) if len(text) <= _MEMO_MAX_CHARS else Uri._parse(text)
 
     @classmethod
@@ -189,7 +204,11 @@ class Uri:
 
 @dataclass(frozen=True, slots=True)
 class Via:
-    """One Via value (§20.42, §18.2.1, RFC 3581 rport)."""
+    """One Via value (§20.42, §18.2.1, RFC 3581 rport).
+
+    `transport` upper-cased, `host` lower-cased (IPv6 in brackets), `port` None when absent,
+    `params` as `parse_params` gives them (`received`, `rport`, `branch`, `maddr`…).
+    """
 
     transport: str
     host: str
@@ -198,7 +217,8 @@ class Via:
 
     @staticmethod
     def parse(text: str) -> Via:
-        """Parse one Via value; memoized, since a call's Vias come back in every response."""
+        """Parse one Via value (not a list); memoized, since a call's Vias come back in every
+        response. Raises `SipParseError` unless it is `SIP/2.0/transport host[:port]` + params."""
         return _parse_via(text) if len(text) <= _MEMO_MAX_CHARS else Via._parse(text)
 
     @classmethod
@@ -223,8 +243,9 @@ class Via:
         """Where a response to this hop goes over UDP (§18.2.2, RFC 3581 §4).
 
         maddr wins (with the sent-by port), then received (with rport's value if given, else
-        the sent-by port), then sent-by itself. The host may be a name (RFC 3263 §5): resolving
-        it is the sender's job, never the core's.
+        the sent-by port), then sent-by itself. Returns (host without brackets, port); the
+        host may be a name (RFC 3263 §5): resolving it is the sender's job, never the core's.
+        Raises `SipParseError` on a malformed rport value.
         """
         maddr = self.params.get("maddr")
         if maddr:
@@ -242,14 +263,20 @@ class Via:
 
 @dataclass(frozen=True, slots=True)
 class NameAddr:
-    """A From/To/Contact/Route value: optional display name, URI, header parameters (§20.10)."""
+    """A From/To/Contact/Route value: optional display name, URI, header parameters (§20.10).
+
+    `uri` is the URI text as written (unparsed), `params` the parameters after it.
+    """
 
     uri: str
     params: dict[str, str | None]
 
     @staticmethod
     def parse(text: str) -> NameAddr:
-        """Parse a name-addr; memoized, since From and To repeat in every message of a call."""
+        """Parse a name-addr; memoized, since From and To repeat in every message of a call.
+
+        Raises `SipParseError` on a malformed one.
+        """
         return _parse_name_addr(text) if len(text) <= _MEMO_MAX_CHARS else NameAddr._parse(text)
 
     @classmethod
@@ -286,7 +313,7 @@ def tag_of(text: str) -> str | None:
     Every dialog has its own tag, so the whole value rarely repeats and its memo would miss;
     the value less its tag repeats across calls (`service <sip:service@host>`). So the common
     spelling (`<...>;tag=TOKEN`) is split there and the rest parsed through the memo; anything
-    else takes the full parse.
+    else takes the full parse. Returns None when there is no tag; raises `SipParseError`.
     """
     close = text.rfind(">")
     params = text[close + 1 :]
@@ -312,7 +339,10 @@ def _closing_quote(text: str) -> int:
 
 
 def parse_cseq(text: str) -> tuple[int, str]:
-    """CSeq: a 32-bit sequence number and a method (§20.16, §8.1.1.5)."""
+    """CSeq as (sequence number, method) (§20.16); the number must be below 2**31 (§8.1.1.5).
+
+    Raises `SipParseError` otherwise or on a malformed value.
+    """
     match = _CSEQ_RE.match(text)
     if match is None:
         raise SipParseError("Malformed CSeq")

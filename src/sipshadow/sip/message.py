@@ -77,7 +77,12 @@ Header = tuple[str, str, str, str | None]
 
 
 class SipMessage:
-    """A request (`method` set) or a response (`status` set), rewritable in place."""
+    """A request (`method` set) or a response (`status` set), rewritable in place.
+
+    `headers` is a list of `Header` entries in wire order; `body` is bytes. The typed
+    accessors (`cseq`, `from_tag`, `to_tag`, `top_via`) parse on first use, give None when the
+    header is absent and raise `SipParseError` when it is malformed; `call_id` never raises.
+    """
 
     __slots__ = (
         "_call_id",
@@ -129,10 +134,12 @@ class SipMessage:
         return None
 
     def count(self, key: str) -> int:
+        """How many `key` header lines (not values) the message has."""
         return sum(1 for entry in self.headers if entry[0] == key)
 
     def values(self, key: str) -> list[str]:
-        """Every value of `key`, list headers split at their commas (§7.3.1)."""
+        """Every value of `key`, list headers split at their commas (§7.3.1); raises
+        `SipParseError` on a malformed list."""
         found: list[str] = []
         for entry in self.headers:
             if entry[0] == key:
@@ -143,7 +150,8 @@ class SipMessage:
         return found
 
     def first_value(self, key: str) -> str | None:
-        """The first comma-separated value of a list header such as Via or Route."""
+        """The first comma-separated value of a list header such as Via or Route, or None;
+        raises `SipParseError` on a malformed list."""
         raw = self.first(key)
         if raw is None:
             return None
@@ -151,6 +159,7 @@ class SipMessage:
 
     @property
     def call_id(self) -> str | None:
+        """The Call-ID, or None when absent or empty."""
         if self._call_id is _UNSET:
             value = self.first("call-id")
             self._call_id = value.strip() if value else None
@@ -158,6 +167,7 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str] | None:
+        """(sequence number, method), per `parse_cseq`."""
         if self._cseq is _UNSET:
             value = self.first("cseq")
             self._cseq = parse_cseq(value) if value is not None else None
@@ -165,6 +175,7 @@ class SipMessage:
 
     @property
     def from_tag(self) -> str | None:
+        """The From tag (§19.3); None when From or its tag is absent."""
         if self._from_tag is _UNSET:
             value = self.first("from")
             self._from_tag = tag_of(value) if value is not None else None
@@ -172,6 +183,7 @@ class SipMessage:
 
     @property
     def to_tag(self) -> str | None:
+        """The To tag; None when To is absent or untagged (a request outside a dialog, §8.1.1.2)."""
         if self._to_tag is _UNSET:
             value = self.first("to")
             self._to_tag = tag_of(value) if value is not None else None
@@ -179,6 +191,7 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via | None:
+        """The first Via value (§8.1.1.7, §18.2.1), or None when there is no Via."""
         if self._top_via is _UNSET:
             value = self.first_value("via")
             self._top_via = Via.parse(value) if value is not None else None
@@ -210,7 +223,8 @@ class SipMessage:
         self._forget(key)
 
     def pop_front(self, key: str) -> str | None:
-        """Remove and return the first value of a list header (the top Via, the top Route)."""
+        """Remove and return the first value of a list header (the top Via, the top Route), or
+        None if absent; raises `SipParseError` on a malformed list."""
         index = self._index(key)
         if index < 0:
             return None
@@ -229,7 +243,8 @@ class SipMessage:
         return value.strip()
 
     def pop_back(self, key: str) -> str | None:
-        """Remove and return the last value of a list header (§16.4: a strict router's target)."""
+        """Remove and return the last value of a list header (§16.4: a strict router's target),
+        or None if absent; raises `SipParseError` on a malformed list."""
         index = -1
         for position, entry in enumerate(self.headers):
             if entry[0] == key:
@@ -272,11 +287,15 @@ class SipMessage:
     # -- writing --------------------------------------------------------------------------
 
     def start_line(self) -> str:
+        """The request or status line, without its CRLF."""
         if self.method is not None:
             return f"{self.method} {self.uri} {SIP_VERSION}"
         return f"{SIP_VERSION} {self.status} {self.reason}"
 
     def to_bytes(self) -> bytes:
+        """The wire form: start line, headers (lines never rewritten go out as received), a
+        blank line, the body. Content-Length is not recomputed (`frame_datagram` trims the
+        body to it). Text set by callers must be Latin-1, else UnicodeEncodeError."""
         lines = [self.start_line()]
         for _key, name, value, raw in self.headers:
             lines.append(raw if raw is not None else f"{name}: {value}")
@@ -323,7 +342,13 @@ def _header_key(name: str) -> str:
 
 
 def parse_message(data: bytes) -> SipMessage:
-    """Parse one UDP datagram into a `SipMessage` (§7); raises `SipParseError` if it is not one."""
+    """Parse one UDP datagram into a `SipMessage` (§7); raises `SipParseError` if it is not one.
+
+    The error's status is 505 for a request of another SIP version, else 400. Leading CRLFs
+    are skipped (§7.5) and a head with bare-LF line ends is accepted. Only the start line and
+    the header lines' shape and names are checked here; values are parsed on use, and the body
+    is everything after the blank line until `frame_datagram` applies Content-Length.
+    """
     data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line (no copy if none)
     end = data.find(b"\r\n\r\n")
     if end >= 0:

@@ -1,23 +1,21 @@
-"""The tap: the shadow gets a copy of every frame sent to the primary, and its kernel accepts the copies.
+"""The test bed's tap: the shadow gets a copy of every frame sent to the primary, and its kernel accepts them.
 
-Switch side (the test bed's SPAN port): at the INGRESS of every client- and member-facing bridge
-port, a `tc u32` filter matching destination MAC == the primary's MAC mirrors the frame to the
-bridge port toward the shadow. Mirroring at ingress keeps working when the primary's link is dead.
-The primary's MAC is pinned with a static fdb entry so the bridge never floods frames for it
-(flooding would hand the shadow a second copy).
+Switch side (the test bed's SPAN port, what a real switch's mirror session does): at the INGRESS
+of every client- and member-facing bridge port, a `tc u32` filter matching destination MAC == the
+primary's MAC mirrors the frame to the bridge port toward the shadow. Mirroring at ingress keeps
+working when the primary's link is dead. The primary's MAC is pinned with a static fdb entry so
+the bridge never floods frames for it (flooding would hand the shadow a second copy).
 
-Shadow side: the VIP on `lo` (/32) with arp_ignore=1 / arp_announce=2 so it never claims the VIP
-by ARP, and an nftables `netdev` ingress chain on the service interface re-marking the copies
-(still addressed to the primary's MAC, so `otherhost`) as `host` so IP accepts them.
+Shadow side: production's `net.accept` (the VIP on `lo` with arp_ignore=1 / arp_announce=2, and
+the `netdev` ingress chain re-marking the copies as `host`), put in place from outside the
+shadow's namespace. A shadow node in tap mode installs the same itself when it silences.
 """
 
 from __future__ import annotations
 
-from sipshadow.net import silent
-from sipshadow.net.accept import ACCEPT_TABLE, ARP_SYSCTLS, accept_ruleset, accept_teardown_commands
-from sipshadow.net.testbed import SWITCH, Testbed, run_checked
-
-__all__ = ["ACCEPT_TABLE", "accept_ruleset", "accept_teardown_commands", "install", "install_accept", "tapped_hosts"]
+from sipshadow.lab.bed.testbed import SWITCH, Testbed, run_checked
+from sipshadow.net import nft
+from sipshadow.net.accept import ARP_SYSCTLS, accept_ruleset
 
 TC_PRIO = 1
 
@@ -58,7 +56,7 @@ def install_accept(tb: Testbed, host: str = "shadow") -> None:
     keys = [f"net.ipv4.conf.{scope}.{setting}" for scope in ("all", ifname) for setting in ARP_SYSCTLS]
     tb.run(host, ["sysctl", "-q", "-w", *keys])
     tb.ip(host, "addr", "replace", f"{vip}/32", "dev", "lo")
-    silent.apply(accept_ruleset(ifname, vip), tb.ns_name(host))
+    nft.apply(accept_ruleset(ifname, vip), tb.ns_name(host))
 
 
 def install(tb: Testbed) -> None:

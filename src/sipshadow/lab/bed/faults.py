@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sipshadow.net.testbed import PAIR, SWITCH, Testbed, run_all, sigkill
+from sipshadow.lab.bed.testbed import PAIR, SWITCH, Testbed, run_all
+from sipshadow.lab.process import sigkill
 
 
 def kill(tb: Testbed, host: str = "primary", pids: Iterable[int] | None = None) -> list[int]:

@@ -14,7 +14,6 @@ import ipaddress
 import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 import tomllib
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from sipshadow.lab.process import in_namespace, sigkill
 
 NETNS_DIR = Path("/run/netns")
 ALLOWED_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
@@ -248,18 +249,6 @@ def kill_namespace_processes(keys: dict[NsKey, str], *, timeout: float = 5.0) ->
         time.sleep(0.01)
 
 
-def sigkill(pids: Iterable[int]) -> list[int]:
-    """SIGKILL each pid; return those that were still there to be signalled."""
-    signalled: list[int] = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            signalled.append(pid)
-        except ProcessLookupError:
-            pass
-    return signalled
-
-
 def down_all(prefix: str) -> list[str]:
     """Remove every namespace of prefix, killing the processes inside first; return the names removed.
 
@@ -335,7 +324,7 @@ class Testbed:
     # running things in a host ----------------------------------------------------------------
     def exec_argv(self, host: str, argv: Sequence[str]) -> list[str]:
         """An argv that starts argv inside the host's namespace."""
-        return ["ip", "netns", "exec", self.ns_name(host), *argv]
+        return in_namespace(argv, self.ns_name(host))
 
     def run(self, host: str, argv: Sequence[str], *, input: str | None = None) -> str:
         """Run argv inside the host's namespace; return stdout or raise CommandError."""

@@ -1,0 +1,23 @@
+"""What a replication state machine asks its shell to do, after it took an input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sipshadow.core import SendDatagram
+from sipshadow.replication.wire import Message
+
+
+@dataclass(slots=True)
+class Effects:
+    """The shell's orders, to be carried out in field order.
+
+    `send`: datagrams the primary may now let out to the SIP side (released), in send order.
+    `write`: messages for the peer on the replication link, in order.
+    `drop`: if not empty, why the replication link must be closed now (the shadow then
+    reconnects and repairs itself by state transfer).
+    """
+
+    send: list[SendDatagram] = field(default_factory=list)
+    write: list[Message] = field(default_factory=list)
+    drop: str = ""

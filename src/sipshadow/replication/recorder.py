@@ -1,0 +1,178 @@
+"""The primary's side of replication as a pure state machine: log, batch, output commit.
+
+Every event the core took becomes a log entry (`log.entry_for`) with the next sequence number.
+Output commit (DESIGN.md, "Replication"): the datagrams an event produced are released only
+once the shadow has acknowledged that event's entry, so the shadow never knows less than the
+world has seen. A shadow that leaves an output unacknowledged for `commit_timeout_s` is
+declared dead: everything held is released and the primary runs solo. While no shadow is
+attached nothing is logged or held. Time comes in with the events (`now`, seconds on the
+loop's monotonic clock); the asyncio shell (`runtime.primary_link`) only moves bytes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from sipshadow.core import DatagramReceived, Event, Gateway, SendDatagram
+from sipshadow.determinism import RecordingEntropy
+from sipshadow.replication.effects import Effects
+from sipshadow.replication.log import LogEntry, entry_for
+from sipshadow.replication.wire import Ack, Entries, Hello, Message, PayloadRequest, Payloads, Snapshot, SnapshotRows
+
+#: Dialog rows per snapshot frame: small frames never stall the loop or the heartbeat thread.
+SNAPSHOT_ROWS_PER_FRAME = 2000
+
+STATS = ("entries_sent", "frames_sent", "acks", "snapshots_sent", "shadow_losses", "commit_timeouts",
+         "payloads_sent")  # fmt: skip
+
+
+class Recorder:
+    """Logs the primary core's events for one shadow and decides when outputs may leave.
+
+    `record` is the hot path (one call per event); `take_entries` is called once per loop turn
+    and returns the batch to write; `receive` takes the shadow's messages; `next_deadline` /
+    `on_deadline` run the commit timeout. None of them raises on a peer's input.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        recorder: RecordingEntropy,
+        *,
+        epoch: int,
+        start_seq: int = 0,
+        output_commit: bool = True,
+        commit_timeout_s: float = 0.2,
+        with_payload: bool = True,
+    ) -> None:
+        self.gateway = gateway
+        self.recorder = recorder
+        self.epoch = epoch
+        self.seq = start_seq
+        self.released = start_seq
+        self.acked = start_seq
+        self.output_commit = output_commit
+        self.commit_timeout_s = commit_timeout_s
+        self.with_payload = with_payload
+        self.attached = False
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self._batch: list[LogEntry] = []
+        #: (seq, logged at, outputs) held for the shadow's acknowledgement, oldest first.
+        self._pending: deque[tuple[int, float, list[SendDatagram]]] = deque()
+        #: Tap mode: the datagrams of unacknowledged entries, in case the shadow missed them.
+        self._payloads: deque[tuple[int, bytes]] = deque()
+
+    # -- the event path -------------------------------------------------------------------
+
+    def record(self, event: Event, outputs: list[SendDatagram]) -> list[SendDatagram]:
+        """The core handled `event` and produced `outputs`: what may be sent now (the rest is
+        held for the shadow's acknowledgement, output commit)."""
+        self.seq += 1
+        draws = self.recorder.take()
+        if not self.attached:
+            self.released = self.seq
+            return outputs
+        state = self.gateway.state_digest()
+        self._batch.append(entry_for(self.seq, event, draws, state, with_payload=self.with_payload))
+        if not self.with_payload and type(event) is DatagramReceived:
+            self._payloads.append((self.seq, event.data))
+        if not self.output_commit:
+            self.released = self.seq
+            return outputs
+        if outputs:
+            self._pending.append((self.seq, event.now, outputs))
+        return []
+
+    def take_entries(self) -> Entries | None:
+        """The entries logged since the last call, as one frame, or None if there are none."""
+        if not self._batch:
+            return None
+        batch, self._batch = self._batch, []
+        self.stats["entries_sent"] += len(batch)
+        self.stats["frames_sent"] += 1
+        return Entries(batch, self.released)
+
+    # -- the shadow's messages ------------------------------------------------------------
+
+    def receive(self, message: Message) -> Effects:
+        """A message from the attached shadow (a Hello attaches one: see `attach`)."""
+        if isinstance(message, Hello):
+            return self.attach()
+        if not self.attached:
+            return Effects()
+        if isinstance(message, Ack):
+            return Effects(send=self._acknowledged(message.seq))
+        if isinstance(message, PayloadRequest):
+            wanted = set(message.seqs)
+            items = [(seq, data) for seq, data in self._payloads if seq in wanted]
+            self.stats["payloads_sent"] += len(items)
+            return Effects(write=[Payloads(items)])
+        return Effects()
+
+    def _acknowledged(self, seq: int) -> list[SendDatagram]:
+        """The shadow applied every entry up to `seq`; an ack beyond what was logged counts
+        only up to the last entry (a forged or confused peer cannot release the future)."""
+        self.stats["acks"] += 1
+        seq = min(seq, self.seq)
+        self.acked = max(self.acked, seq)
+        released: list[SendDatagram] = []
+        pending = self._pending
+        while pending and pending[0][0] <= seq:
+            released += pending.popleft()[2]
+        self.released = max(self.released, seq)
+        payloads = self._payloads
+        while payloads and payloads[0][0] <= seq:
+            payloads.popleft()
+        return released
+
+    def attach(self) -> Effects:
+        """A shadow said hello: release what was held for any earlier shadow and send it the
+        state after entry `seq` (a Snapshot, then its dialog rows in parts); entries follow."""
+        send = self._release_all()
+        self._batch.clear()
+        self._payloads.clear()
+        state = self.gateway.export_state()
+        rows = state.pop("dialogs")
+        parts = [
+            rows[index : index + SNAPSHOT_ROWS_PER_FRAME] for index in range(0, len(rows), SNAPSHOT_ROWS_PER_FRAME)
+        ]
+        write: list[Message] = [Snapshot(self.seq, self.epoch, state, len(parts))]
+        write += [SnapshotRows(part) for part in parts]
+        self.attached = True
+        self.acked = self.seq
+        self.stats["snapshots_sent"] += 1
+        return Effects(send=send, write=write)
+
+    def detach(self) -> list[SendDatagram]:
+        """The shadow is gone (its link closed, or declared dead): run solo, release all held."""
+        if not self.attached:
+            return []
+        self.attached = False
+        self._batch.clear()
+        self._payloads.clear()
+        self.stats["shadow_losses"] += 1
+        return self._release_all()
+
+    def _release_all(self) -> list[SendDatagram]:
+        released = [output for _, _, outputs in self._pending for output in outputs]
+        self._pending.clear()
+        self.released = self.seq
+        return released
+
+    # -- the commit deadline --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When the oldest held output times out (seconds, loop clock), if any is held."""
+        return self._pending[0][1] + self.commit_timeout_s if self._pending else None
+
+    def on_deadline(self, now: float) -> Effects:
+        """At or after `next_deadline`: a shadow that still has not acknowledged is dead."""
+        if not self._pending or now < self._pending[0][1] + self.commit_timeout_s:
+            return Effects()
+        waited_ms = (now - self._pending[0][1]) * 1000
+        self.stats["commit_timeouts"] += 1
+        return Effects(send=self.detach(), drop=f"shadow did not acknowledge for {waited_ms:.0f} ms")
+
+    def release_all(self) -> list[SendDatagram]:
+        """Everything held, to be sent now (the node is stopping)."""
+        return self._release_all()

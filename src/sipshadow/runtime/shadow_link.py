@@ -1,0 +1,110 @@
+"""The shadow's replication shell: keeps a TCP connection to the primary and runs a `Follower`.
+
+It decides nothing: it reconnects after a loss (every connection starts with a snapshot),
+feeds the follower the decoded frames and the tapped datagrams with the loop's `now`, writes
+what the follower returns, drops the link when told to, and arms the follower's one timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from sipshadow.core.actions import Address
+from sipshadow.replication.effects import Effects
+from sipshadow.replication.follower import Follower
+from sipshadow.replication.wire import FrameDecoder, StreamLost, encode
+from sipshadow.runtime.primary_link import set_nodelay
+
+log = logging.getLogger("sipshadow.replication")
+
+
+class ShadowLink(asyncio.Protocol):
+    """Keeps `follower` in step with the primary at `peer`."""
+
+    def __init__(
+        self, follower: Follower, peer: Address, *, key: bytes, epoch: Callable[[], int], retry_s: float = 0.05
+    ) -> None:
+        self.follower = follower
+        self.peer = peer
+        self.key = key
+        self.epoch = epoch
+        self.retry_s = retry_s
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(key)
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_connected())
+
+    async def _keep_connected(self) -> None:
+        while True:
+            try:
+                await self._loop.create_connection(lambda: self, *self.peer)
+            except OSError:
+                await asyncio.sleep(self.retry_s)
+                continue
+            await self._lost.wait()
+            await asyncio.sleep(self.retry_s)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._lost.clear()
+        self._decoder = FrameDecoder(self.key)
+        set_nodelay(transport)
+        self.execute(self.follower.connected(self.epoch()))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for message in self._decoder.feed(data):
+                self.execute(self.follower.receive(message, self._loop.time()))
+        except StreamLost as error:
+            log.warning("replication stream from the primary lost: %s", error)
+            self.drop()
+
+    def tapped(self, data: bytes, source: Address) -> None:
+        """A copy of a datagram sent to the primary, from the switch's mirror."""
+        self.execute(self.follower.tapped(data, source, self._loop.time()))
+
+    def execute(self, effects: Effects) -> None:
+        """Carry out the follower's orders, then re-arm its timer."""
+        if effects.write and self._transport is not None:
+            self._transport.write(b"".join(encode(message, self.key) for message in effects.write))
+        if effects.drop:
+            log.error("shadow %s", effects.drop)
+            self.drop()
+        deadline = self.follower.next_deadline()
+        if deadline is not None and self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.execute(self.follower.on_deadline(self._loop.time()))
+
+    def drop(self) -> None:
+        """Close the connection; the retry loop reconnects and the snapshot repairs the state."""
+        self.follower.disconnected()
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._decoder.pending_bytes:
+            self.follower.stats["refused_frames"] += 1
+            log.warning("primary connection closed inside a frame: truncated frame refused")
+        self._transport = None
+        self.follower.disconnected()
+        self._lost.set()
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.drop()
