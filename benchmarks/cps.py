@@ -57,7 +57,7 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
             )  # fmt: skip
             uac.start()
             time.sleep(ramp_s + min(5.0, hold_s / 4))
-            held = alg.status()["dialogs"]
+            held = alg.status().dialogs or 0
             peak = process.memory_info().rss
             result = uac.wait()
             time.sleep(linger + 2.0)  # dialogs linger after their BYE, then the timer reaps them
@@ -68,7 +68,7 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
                 "rss_held_mb": round(peak / 2**20, 1),
                 "bytes_per_dialog": round((peak - baseline) / max(held, 1)),
                 "rss_after_calls_end_mb": round(after / 2**20, 1),
-                "dialogs_after_end": alg.status()["dialogs"],
+                "dialogs_after_end": alg.status().dialogs,
                 "calls_failed": result.failed_calls,
             })  # fmt: skip
             log(f"memory round {round_index + 1}: {samples[-1]}")

@@ -50,8 +50,8 @@ class PairFront:
     def replication_intact(self) -> bool:
         """The shadow stayed attached for the whole run (no commit timeout, no loss)."""
         time.sleep(0.3)  # one more status write
-        stats = self.pair.status("a")["replication"]
-        return bool(stats["shadow_attached"] and not stats["commit_timeouts"] and not stats["shadow_losses"])
+        stats = self.pair.status("a").replication
+        return stats is not None and stats.shadow_attached and not stats.commit_timeouts and not stats.shadow_losses
 
 
 def pair_front(output_commit: bool) -> Any:

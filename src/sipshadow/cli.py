@@ -174,13 +174,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from sipshadow.runtime.status import NotAStatusDocument, read_status
+
     try:
-        document = json.loads(args.file.read_text())
-    except (OSError, ValueError) as error:
+        document = read_status(args.file)
+    except NotAStatusDocument as error:
+        print(f"sipshadow: cannot read status file {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
         print(f"sipshadow: cannot read status file {args.file}: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(document, indent=2))
+        print(json.dumps(msgspec.to_builtins(document), indent=2))
         return 0
     from sipshadow.runtime.stats_view import render
 

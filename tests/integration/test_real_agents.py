@@ -24,13 +24,16 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sipshadow.core.counters import Counters
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import SippUas, free_udp_port
+from sipshadow.runtime.status import StatusDocument
 from tests.conftest import FAST_PROBES
 from tests.integration.sip_peers import HOST, UdpPeer, build_response
 
@@ -66,7 +69,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
         time.sleep(interval_s)
 
 
-def status_now(alg: AlgProcess) -> dict[str, Any]:
+def status_now(alg: AlgProcess) -> StatusDocument:
     """A status document written after this call began (the file is rewritten every 0.1 s)."""
 
     def written() -> int:
@@ -84,15 +87,15 @@ def status_now(alg: AlgProcess) -> dict[str, Any]:
     return alg.status()
 
 
-def assert_no_errors(status: dict[str, Any]) -> None:
-    counters = status["counters"]
+def assert_no_errors(status: StatusDocument) -> None:
+    counters = asdict(status.counters)
     moved = {name: counters[name] for name in ERROR_COUNTERS if counters[name]}
-    moved |= {name: status[name] for name in ERROR_TOTALS if status[name]}
+    moved |= {name: getattr(status, name) for name in ERROR_TOTALS if getattr(status, name)}
     assert not moved, f"error counters moved: {moved}"
 
 
-def active_calls(status: dict[str, Any]) -> int:
-    return sum(member["active_calls"] for member in status["members"])
+def active_calls(status: StatusDocument) -> int:
+    return sum(member.active_calls for member in status.members)
 
 
 def sipsak(*args: str, timeout_s: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -121,7 +124,7 @@ def test_sipsak_options_reaches_a_member_and_its_200_comes_back(alg: AlgProcess,
     }
     assert any(contact in result.stdout for contact in member_contacts), outcome(result)  # a member answered
     status = status_now(alg)
-    assert status["counters"]["rejected"] == {}, status["counters"]
+    assert status.counters.rejected == {}, status.counters
     assert_no_errors(status)
 
 
@@ -136,7 +139,7 @@ def test_sipsak_traceroute_sees_the_alg_answer_483_then_the_member_answer_200(al
     hop_200 = next((i for i, line in enumerate(lines) if "SIP/2.0 200" in line), None)
     assert hop_483 is not None and hop_200 is not None and hop_483 < hop_200, outcome(result)
     status = status_now(alg)
-    assert status["counters"]["rejected"] == {"483": 1}, status["counters"]  # Max-Forwards 0 stops at the ALG
+    assert status.counters.rejected == {483: 1}, status.counters  # Max-Forwards 0 stops at the ALG
     assert_no_errors(status)
 
 
@@ -144,18 +147,18 @@ def test_sipsak_traceroute_sees_the_alg_answer_483_then_the_member_answer_200(al
 @pytest.mark.sipp
 def test_sipsak_flood_is_forwarded_request_by_request_and_every_answer_relayed(alg: AlgProcess) -> None:
     port = alg.listen[1]
-    before = status_now(alg)["counters"]
+    before = status_now(alg).counters
     flood = 50
     result = sipsak("-F", "-e", str(flood), "-s", f"sip:someone@{HOST}", "-p", f"{HOST}:{port}")
     assert result.returncode == 0 and "flood end reached" in result.stdout, outcome(result)
 
-    def counted() -> dict[str, Any] | None:
-        counters = status_now(alg)["counters"]
-        grew = counters["requests"] - before["requests"] >= flood
-        return counters if grew and counters["responses"] - before["responses"] >= flood else None
+    def counted() -> Counters | None:
+        counters = status_now(alg).counters
+        grew = counters.requests - before.requests >= flood
+        return counters if grew and counters.responses - before.responses >= flood else None
 
     counters = wait_for(counted, 5.0, f"{flood} OPTIONS forwarded and {flood} answers relayed")
-    assert counters["rejected"] == {}, counters
+    assert counters.rejected == {}, counters
     assert_no_errors(status_now(alg))
 
 
@@ -194,7 +197,7 @@ def test_sipsak_message_from_a_file_reaches_the_member_whole_and_gets_its_200(tm
                 f"exit {client.returncode}\n{stdout}\n{stderr}"
             )
             status = status_now(alg)
-            assert status["counters"]["calls"] == 0 and status["dialogs"] == 0, status  # a MESSAGE opens no dialog
+            assert status.counters.calls == 0 and status.dialogs == 0, status  # a MESSAGE opens no dialog
             assert_no_errors(status)
 
 
@@ -215,7 +218,7 @@ def test_sipsak_options_to_the_alg_itself_is_answered_by_the_alg(tmp_path: Path)
         assert "Allow: INVITE" in result.stdout, outcome(result)  # the ALG's own answer
         member.expect_nothing(0.3, note="an OPTIONS for the ALG itself is not forwarded")
         status = status_now(alg)
-        assert status["counters"]["rejected"] == {}, status["counters"]
+        assert status.counters.rejected == {}, status.counters
         assert_no_errors(status)
 
 
@@ -392,12 +395,12 @@ def hang_up_from_the_callee_and_check_the_end(alg: AlgProcess, alice: Baresip, b
         calls = f"alice: {alice.calls()}\nbob: {bob.calls()}"
         raise AssertionError(f"{error}\n{calls}\nalice's log:\n{alice.log_tail()}") from None
 
-    def ended() -> dict[str, Any] | None:
+    def ended() -> StatusDocument | None:
         status = status_now(alg)
         return status if active_calls(status) == 0 else None
 
     status = wait_for(ended, 3.0, "active_calls back to 0 in the ALG's status")
-    assert status["counters"]["calls"] == 1 and status["counters"]["rejected"] == {}, status["counters"]
+    assert status.counters.calls == 1 and status.counters.rejected == {}, status.counters
     assert_no_errors(status)
 
 

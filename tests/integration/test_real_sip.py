@@ -22,6 +22,7 @@ import pytest
 
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.runtime.status import StatusDocument
 from tests.conftest import FAST_PROBES
 from tests.integration.sip_peers import (
     HOST,
@@ -59,7 +60,7 @@ def route_of(alg: AlgProcess) -> str:
     return f"<sip:{HOST}:{alg.listen[1]};lr>"
 
 
-def read_status(alg: AlgProcess) -> dict[str, Any]:
+def read_status(alg: AlgProcess) -> StatusDocument:
     deadline = time.monotonic() + 2.0
     while True:
         try:
@@ -70,7 +71,7 @@ def read_status(alg: AlgProcess) -> dict[str, Any]:
             time.sleep(0.02)
 
 
-def fresh_status(alg: AlgProcess) -> dict[str, Any]:
+def fresh_status(alg: AlgProcess) -> StatusDocument:
     """A status document written after this call began: the file lags the ALG by up to one
     interval, so a read right after a message could show the state from before it."""
 
@@ -87,7 +88,7 @@ def fresh_status(alg: AlgProcess) -> dict[str, Any]:
     return read_status(alg)
 
 
-def status_value(alg: AlgProcess, read: Callable[[dict[str, Any]], T], expected: T, timeout: float = 1.0) -> T:
+def status_value(alg: AlgProcess, read: Callable[[StatusDocument], T], expected: T, timeout: float = 1.0) -> T:
     """Poll fresh status documents until `read` gives `expected`; the last value seen either way."""
     deadline = time.monotonic() + timeout
     value = read(fresh_status(alg))
@@ -97,12 +98,12 @@ def status_value(alg: AlgProcess, read: Callable[[dict[str, Any]], T], expected:
     return value
 
 
-def active_calls(index: int = 0) -> Callable[[dict[str, Any]], int]:
-    return lambda status: int(status["members"][index]["active_calls"])
+def active_calls(index: int = 0) -> Callable[[StatusDocument], int]:
+    return lambda status: int(status.members[index].active_calls)
 
 
-def member_up(index: int = 0) -> Callable[[dict[str, Any]], bool]:
-    return lambda status: bool(status["members"][index]["up"])
+def member_up(index: int = 0) -> Callable[[StatusDocument], bool]:
+    return lambda status: bool(status.members[index].up)
 
 
 # -- calls -------------------------------------------------------------------------------------
@@ -530,8 +531,8 @@ def test_member_health_counts_any_response_and_never_strands_a_call(
             caller.expect("SIP/2.0 486")
             time.sleep(0.05)
         status = fresh_status(alg)
-        health = [(m["up"], m["missed_probes"]) for m in status["members"]]
-        assert status["counters"]["member_down_events"] == 0, health
+        health = [(m.up, m.missed_probes) for m in status.members]
+        assert status.counters.member_down_events == 0, health
         reached = set()
         for _ in members:
             caller.send(
@@ -545,16 +546,16 @@ def test_member_health_counts_any_response_and_never_strands_a_call(
         with ExitStack() as stack:
             members = [stack.enter_context(UdpPeer(f"member-{n}")) for n in "ab"]
             alg = stack.enter_context(running_alg(tmp_path / "all-down", members, HEALTH_FAST))
-            ups = status_value(alg, lambda s: [m["up"] for m in s["members"]], [False, False], timeout=3.0)
+            ups = status_value(alg, lambda s: [m.up for m in s.members], [False, False], timeout=3.0)
             assert ups == [False, False], "silent members were not taken out"
-            before = fresh_status(alg)["counters"]
+            before = fresh_status(alg).counters
             caller.send(
                 initial_request("INVITE", caller, alg, call_id=f"{new_token()}@c", from_tag=new_token()), alg.listen
             )
             peer, _ = expect_any([*members, caller], "INVITE ")
             assert peer is not caller
-            calls = status_value(alg, lambda s: s["counters"]["calls"], before["calls"] + 1)
-            assert calls == before["calls"] + 1
+            calls = status_value(alg, lambda s: s.counters.calls, before.calls + 1)
+            assert calls == before.calls + 1
 
     with subtests.test("a probe answer from another address does not bring a member back"):
         drain(caller)
@@ -567,7 +568,7 @@ def test_member_health_counts_any_response_and_never_strands_a_call(
             spoofer.send(build_response(probe, 200, "OK", to_tag="spoof"), alg.listen)
             time.sleep(0.4)
             status = fresh_status(alg)
-            assert (status["members"][0]["up"], status["counters"]["member_up_events"]) == (False, 0)
+            assert (status.members[0].up, status.counters.member_up_events) == (False, 0)
             silent.answer_options = True  # the member itself answering does bring it back
             assert status_value(alg, member_up(), True, timeout=2.0) is True
 
@@ -607,8 +608,8 @@ def test_two_sipp_members_without_auto_answer_take_300_calls(tmp_path: Path) -> 
         assert (result.failed_calls, result.successful_calls) == (0, 300), result.summary()
         assert result.ok, result.summary()
         status = fresh_status(alg)  # (idle again, the members may look down by now: that is fine)
-        assert [member["calls"] for member in status["members"]] == [150, 150]
-        assert status["counters"]["rejected"] == {}
+        assert [member.calls for member in status.members] == [150, 150]
+        assert status.counters.rejected == {}
 
 
 # -- 10. state only for requests that pass ---------------------------------------------------
@@ -623,7 +624,7 @@ def test_only_requests_that_pass_every_check_change_dialog_state(
         bad_route = ["<sip:@>"]
 
         with subtests.test("a new INVITE with a malformed Route gets 400 and opens no dialog"):
-            calls_before = read_status(alg)["counters"]["calls"]
+            calls_before = read_status(alg).counters.calls
             caller.send(
                 initial_request(
                     "INVITE", caller, alg, call_id=f"{new_token()}@c", from_tag=new_token(), routes=bad_route
@@ -633,10 +634,10 @@ def test_only_requests_that_pass_every_check_change_dialog_state(
             expect_any([caller, member], "SIP/2.0 400")
             time.sleep(0.2)
             status = fresh_status(alg)
-            assert (status["members"][0]["active_calls"], status["counters"]["calls"]) == (0, calls_before)
+            assert (status.members[0].active_calls, status.counters.calls) == (0, calls_before)
 
         drain(caller, member)
-        baseline = fresh_status(alg)["members"][0]["active_calls"]  # 0 unless the step above failed
+        baseline = fresh_status(alg).members[0].active_calls  # 0 unless the step above failed
         call = place_call(alg, caller, member)
         assert status_value(alg, active_calls(), baseline + 1) == baseline + 1
         real_from = param(call.caller.local, "tag")
@@ -651,7 +652,7 @@ def test_only_requests_that_pass_every_check_change_dialog_state(
             caller.send(bye, alg.listen)
             expect_any([caller, member], "SIP/2.0 400")
             time.sleep(0.2)
-            assert fresh_status(alg)["members"][0]["active_calls"] == baseline + 1
+            assert fresh_status(alg).members[0].active_calls == baseline + 1
 
         for method, from_tag in (("BYE", real_from), ("INFO", "wrong-from"), ("INVITE", real_from)):
             with subtests.test(f"a {method} with the live Call-ID and tags of no dialog gets 481"):

@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,7 @@ import pytest
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.bed.testbed import NETNS_DIR, down_all, new_prefix, run_checked
 from sipshadow.lab.sipp import free_udp_port
+from sipshadow.runtime.status import StatusDocument
 
 from .rfc4475_cases import CASES, MEMBER, Answered, Case, Dropped, Forwarded, markdown_rows
 
@@ -336,13 +337,14 @@ class Bed:
         return observation, client_address
 
 
-def numbers(status: dict[str, Any]) -> dict[str, int]:
+def numbers(status: StatusDocument) -> dict[str, int]:
     """The status counters as one flat dict (`rejected.400`, `internal_errors`, ...)."""
-    counters = status["counters"]
+    assert status.counters is not None, status
+    counters = asdict(status.counters)
     flat = {key: value for key, value in counters.items() if isinstance(value, int)}
-    flat.update({f"rejected.{code}": count for code, count in counters["rejected"].items()})
-    flat["internal_errors"] = status.get("internal_errors", 0)
-    flat["send_errors"] = status.get("send_errors", 0)
+    flat.update({f"rejected.{code}": count for code, count in status.counters.rejected.items()})
+    flat["internal_errors"] = status.internal_errors or 0
+    flat["send_errors"] = status.send_errors or 0
     return flat
 
 

@@ -50,7 +50,7 @@ def test_active_replication_loses_no_call_when_the_primary_crashes(lab_factory) 
     takeover = lab.wait_for_takeover()
     result = uac.wait()
     assert result.successful_calls == CALLS and result.failed_calls == 0, result.summary()
-    assert takeover["dialogs"] >= FAIL_AT_S * RATE * 0.8, takeover
+    assert takeover.dialogs >= FAIL_AT_S * RATE * 0.8, takeover
 
 
 def test_network_level_ha_loses_the_calls_that_were_up(lab_factory) -> None:
@@ -111,6 +111,6 @@ def test_a_heartbeat_partition_leaves_one_owner_of_the_vip(lab_factory) -> None:
     assert lab.role_of("shadow") == "shadow" and lab.role_of("primary") == "primary"
     shadow_addresses = lab.run_in("shadow", "ip", "-4", "-o", "addr", "show", "dev", SERVICE_IF)
     assert lab.topology.vip not in shadow_addresses
-    assert lab.nodes["shadow"].status()["ha"]["held_by_arbiter"] >= 1
+    assert lab.nodes["shadow"].status().ha.held_by_arbiter >= 1
     result = lab.client_uac(50, RATE, recv_timeout=3.0, timeout=30).start().wait()
     assert result.successful_calls == 50, result.summary()

@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.bed.testbed import down_all, new_prefix, run_checked
+from sipshadow.runtime.status import StatusDocument
 
 AGENT = Path(__file__).with_name("agent.py")
 NODE, PEER = "198.18.0.2", "198.18.0.3"
@@ -107,7 +107,7 @@ def inject(pair: Pair, payload: str) -> None:
     assert json.loads(sent.stdout) == {"sent": 1}, sent.stderr
 
 
-def wait_for_status(alg: AlgProcess, timeout_s: float = 10.0) -> dict[str, Any]:
+def wait_for_status(alg: AlgProcess, timeout_s: float = 10.0) -> StatusDocument:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -150,4 +150,4 @@ def test_broadcast_and_multicast_next_hops_are_sent(pair: Pair, tmp_path: Path) 
     assert len(got) == len(hops), got
     assert by_call["multicast"]["ttl"] == 1, got  # §18.2.2: no Via ttl, so the socket's TTL of 1
     for name in ("send_errors", "send_failures", "family_mismatches", "unresolvable", "self_loops"):
-        assert status[name] == 0, status
+        assert getattr(status, name) == 0, status

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from sipshadow import cli
@@ -32,7 +33,7 @@ from sipshadow.determinism import SystemEntropy
 from sipshadow.lab.alg import AlgProcess, options_ping
 from sipshadow.lab.sipp import free_udp_port
 from sipshadow.runtime.config import ConfigFile, NodeConfig, build
-from sipshadow.runtime.status import snapshot, write_atomically
+from sipshadow.runtime.status import HaStatus, StatusDocument, snapshot, write_atomically
 
 # -- the parser, walked ---------------------------------------------------------------------
 
@@ -225,11 +226,11 @@ def test_lab_flag_reaches_the_function_that_does_the_work(monkeypatch: pytest.Mo
 # -- stats, --version ----------------------------------------------------------------------
 
 
-def status_document() -> dict[str, Any]:
+def status_document() -> StatusDocument:
     """What a serving node writes, from the same function its status file comes from."""
     config = build(ConfigFile(), listen="127.0.0.1:5999", members=["127.0.0.1:5070", "[::1]:5071"],
                    policy="call-id-hash")  # fmt: skip
-    return snapshot(Gateway(config.gateway, SystemEntropy()), started_at=0.0, now=42.0, extra={"internal_errors": 0})
+    return snapshot(Gateway(config.gateway, SystemEntropy()), started_at=0.0, now=42.0, internal_errors=0)
 
 
 def as_table(out: str) -> bool:
@@ -240,7 +241,7 @@ def as_table(out: str) -> bool:
 
 STATS = [
     ("file", (), as_table),
-    ("--json", ("--json",), lambda out: json.loads(out) == json.loads(json.dumps(status_document()))),
+    ("--json", ("--json",), lambda out: json.loads(out) == json.loads(msgspec.json.encode(status_document()))),
 ]
 
 
@@ -256,7 +257,10 @@ def test_stats_prints_the_status_file_as_asked(
 
 def test_stats_reads_a_shadow_nodes_status_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "status.json"
-    write_atomically(path, {"ha": {"role": "shadow", "epoch": 0, "mode": "active", "peer_alive": True}})
+    ha = HaStatus(role="shadow", epoch=0, mode="active", peer_alive=True, heartbeats_refused=0, detector_stalls=0,
+                  gated_outputs=0, takeovers=[], input="forward", arbiter_peer_alive=False, held_by_arbiter=0,
+                  step_downs=0, fences=0, aborted_takeovers=0)  # fmt: skip
+    write_atomically(path, StatusDocument(ha=ha))
     assert main(["stats", str(path)]) == 0
     assert "shadow" in capsys.readouterr().out
 
@@ -373,14 +377,15 @@ def test_a_bad_value_exits_2_with_a_line_naming_the_flag(capsys: pytest.CaptureF
 
 
 def wait_for(probe: Callable[[], object], timeout_s: float = 5.0) -> Any:
-    """The probe's first truthy value (OSError/ValueError/KeyError count as not yet)."""
+    """The probe's first truthy value (OSError/ValueError, and AttributeError on a section not
+    written yet, count as not yet)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             value = probe()
             if value:
                 return value
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, AttributeError):
             pass
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
@@ -397,9 +402,9 @@ def test_serve_listens_where_told_and_writes_the_status_file_it_was_given(tmp_pa
                     config_text="[status]\ninterval_s = 0.1\n") as alg:  # fmt: skip
         assert options_ping(listen)
         status = wait_for(alg.status)  # read from the path given as --status-file
-        assert "ha" not in status  # solo: no --role, none in the file
-        assert (status["service"], status["policy"]) == (f"{listen[0]}:{listen[1]}", "least-active-calls")
-        assert [m["address"] for m in status["members"]] == [f"{host}:{port}" for host, port in members]
+        assert status.ha is None and '"ha"' not in alg.status_file.read_text()  # solo: no --role, none in the file
+        assert (status.service, status.policy) == (f"{listen[0]}:{listen[1]}", "least-active-calls")
+        assert [m.address for m in status.members] == [f"{host}:{port}" for host, port in members]
         assert alg.stop() == 0
 
 
@@ -418,7 +423,7 @@ def test_role_and_peer_flags_pair_two_nodes_over_what_their_files_say(tmp_path: 
     )  # fmt: skip
     with primary:
         assert options_ping(service)
-        assert wait_for(lambda: primary.status()["ha"]["role"]) == "primary"
+        assert wait_for(lambda: primary.status().ha.role) == "primary"
         with shadow:  # ready: in sync with the primary it was pointed at by --peer
-            assert shadow.status()["ha"]["role"] == "shadow"
-            assert wait_for(lambda: primary.status()["replication"]["shadow_attached"])
+            assert shadow.status().ha.role == "shadow"
+            assert wait_for(lambda: primary.status().replication.shadow_attached)

@@ -58,3 +58,19 @@ def test_pure_packages_never_import_a_shell() -> None:
             "sipshadow.replication.follower", "sipshadow.ha.roles", "sipshadow.link")  # fmt: skip
     shells = ("sipshadow.runtime", "sipshadow.net", "sipshadow.detect", "sipshadow.lab", "sipshadow.cli")
     assert loaded_by(pure, shells) == "[]"
+
+
+def test_the_package_graph_follows_the_layers() -> None:
+    """`tools/import_graph.py`: every import points down DESIGN.md's list of packages."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    spec = importlib.util.spec_from_file_location("import_graph", root / "tools" / "import_graph.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    graph = tool.import_graph(root / "src" / "sipshadow")
+    assert tool.violations(graph) == []
+    assert graph["ha"] == set() and graph["replication"] == {"core", "determinism", "link"}
+    assert tool.violations({"core": {"runtime"}}) == ["core -> runtime"]

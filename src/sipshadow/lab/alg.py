@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from sipshadow.core.actions import Address
 from sipshadow.lab.process import ChildExited, ChildProcess
+from sipshadow.runtime.status import StatusDocument, read_status
 
 
 def options_ping(target: Address, timeout_s: float = 0.2) -> bool:
@@ -108,14 +107,16 @@ class AlgProcess:
         if self.ready == "none":
             return True
         try:
-            ha = self.status()["ha"]
-        except (OSError, ValueError, KeyError):
+            ha = self.status().ha
+        except (OSError, ValueError):
+            return False
+        if ha is None:
             return False
         if self.ready == "standby":
-            return bool(ha["role"] == "shadow" and ha["peer_alive"])
+            return ha.role == "shadow" and ha.peer_alive
         if self.ready == "primary":
-            return bool(ha["role"] == "primary")
-        return bool(ha.get("shadow", {}).get("synced"))
+            return ha.role == "primary"
+        return ha.shadow is not None and ha.shadow.synced
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -139,8 +140,9 @@ class AlgProcess:
         """User plus system CPU time the node has used so far."""
         return self.child.cpu_seconds()
 
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.status_file.read_text())
+    def status(self) -> StatusDocument:
+        """The node's last status file (OSError before the first; ValueError if not one)."""
+        return read_status(self.status_file)
 
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""

@@ -126,10 +126,12 @@ class Runner:
 
 def failover_ms(lab: NetnsLab, fault_wall: float) -> float | None:
     """From the fault to the shadow serving as primary, by the shadow's own clock (same host)."""
-    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
-        takeover = lab.nodes["shadow"].status()["ha"]["takeovers"][-1]
-        return round((takeover["serving_at"] - fault_wall) * 1000, 1)
-    return None
+    try:
+        ha = lab.nodes["shadow"].status().ha
+    except (OSError, ValueError):
+        return None
+    serving_at = ha.takeovers[-1].serving_at if ha is not None and ha.takeovers else None
+    return None if serving_at is None else round((serving_at - fault_wall) * 1000, 1)
 
 
 def fill(result: RunResult, sipp: SippResult, fault_wall: float) -> None:

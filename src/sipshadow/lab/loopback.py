@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+import msgspec
+
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 
@@ -40,9 +42,10 @@ def run_loopback(*, calls: int, rate: float, policy: str, out: Path) -> int:
         status = alg.status()
     print(f"SIPp UAC: {result.summary()}")
     print(f"wall time {elapsed:.1f} s; ALG per member:")
-    for member in status["members"]:
-        print(f"  {member['address']}: {member['calls']} calls, {member['active_calls']} active, up={member['up']}")
-    counters = {key: value for key, value in status["counters"].items() if value and key != "calls_per_member"}
+    for member in status.members:
+        print(f"  {member.address}: {member.calls} calls, {member.active_calls} active, up={member.up}")
+    every = msgspec.to_builtins(status.counters, str_keys=True) if status.counters is not None else {}
+    counters = {key: value for key, value in every.items() if value and key != "calls_per_member"}
     print("ALG counters:", json.dumps(counters))
     ok = result.ok and result.successful_calls == calls
     print("RESULT:", "PASS" if ok else "FAIL", f"({result.successful_calls}/{calls} calls successful)")

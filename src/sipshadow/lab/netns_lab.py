@@ -19,6 +19,7 @@ from sipshadow.lab.bed import faults, mirror
 from sipshadow.lab.bed.testbed import SERVICE_IF, Testbed, Topology
 from sipshadow.lab.kamailio import KamailioProcess
 from sipshadow.lab.sipp import SippUac, SippUas
+from sipshadow.runtime.status import TakeoverRecord
 
 SIP_PORT = 5060
 REPLICATION_PORT = 7000
@@ -146,17 +147,20 @@ class NetnsLab:
 
     def role_of(self, host: str) -> str:
         try:
-            return str(self.nodes[host].status()["ha"]["role"])
-        except (OSError, ValueError, KeyError):
+            ha = self.nodes[host].status().ha
+        except (OSError, ValueError):
             return "unknown"
+        return ha.role if ha is not None else "unknown"
 
-    def wait_for_takeover(self, timeout_s: float = 5.0) -> dict[str, Any]:
+    def wait_for_takeover(self, timeout_s: float = 5.0) -> TakeoverRecord:
         deadline = time.monotonic() + timeout_s
         while self.role_of("shadow") != "primary":
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the shadow did not take over within {timeout_s} s")
             time.sleep(0.01)
-        return dict(self.nodes["shadow"].status()["ha"]["takeovers"][-1])
+        ha = self.nodes["shadow"].status().ha
+        assert ha is not None  # it just said it was the primary
+        return ha.takeovers[-1]
 
     def run_in(self, host: str, *argv: str) -> str:
         return self.testbed.run(host, list(argv))

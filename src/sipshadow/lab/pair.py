@@ -6,11 +6,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sipshadow.core.actions import Address
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import free_udp_port
+from sipshadow.runtime.status import StatusDocument
 
 NODE_CONFIG = """\
 [health]
@@ -77,9 +77,10 @@ class LoopbackPair:
 
     def role_of(self, name: str) -> str:
         try:
-            return str(self.nodes[name].status()["ha"]["role"])
-        except (OSError, ValueError, KeyError):
+            ha = self.nodes[name].status().ha
+        except (OSError, ValueError):
             return "unknown"
+        return ha.role if ha is not None else "unknown"
 
     def primary(self) -> str:
         return next(name for name in self.nodes if self.nodes[name].process and self.role_of(name) == "primary")
@@ -102,7 +103,7 @@ class LoopbackPair:
         self.nodes[name] = self._process(name, "shadow").start()
         return self.nodes[name]
 
-    def status(self, name: str) -> dict[str, Any]:
+    def status(self, name: str) -> StatusDocument:
         return self.nodes[name].status()
 
     def stop(self) -> None:

@@ -17,30 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from sipshadow.core import Gateway, SendDatagram
+from sipshadow.core import Gateway
 from sipshadow.core.actions import Address
 from sipshadow.detect.heartbeat import Heartbeat, HeartbeatDetector
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.ha import roles
 from sipshadow.ha.roles import Role, RoleMachine
-from sipshadow.replication.follower import Follower
-from sipshadow.replication.recorder import Recorder
-from sipshadow.replication.tap import TapBuffer
+from sipshadow.replication.follower import Handover
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
+from sipshadow.runtime.following import Following
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
-from sipshadow.runtime.node import DatagramEndpoint, Node, open_endpoint
-from sipshadow.runtime.primary_link import PrimaryLink, ShadowConnection
-from sipshadow.runtime.shadow_link import ShadowLink
+from sipshadow.runtime.serving import Serving
+from sipshadow.runtime.status import StatusDocument, TakeoverRecord, ha_status
 
 log = logging.getLogger("sipshadow.ha")
-
-BIND_RETRY_S = 0.1  # a killed owner frees the port at once; a live one means no takeover
 
 
 class HaNode:
@@ -64,15 +58,12 @@ class HaNode:
         self.identity: ServiceIdentity = (
             LinuxIdentity(replication.vip_interface, config.listen[0]) if self.tap_mode else LoopbackIdentity()
         )
-        self.node: Node | None = None
-        self.server: asyncio.AbstractServer | None = None
-        self.follower: Follower | None = None
-        self.link: ShadowLink | None = None
+        self.serving: Serving | None = None
+        self.following: Following | None = None
         self.detector: HeartbeatDetector | None = None
         self.arbiter: HeartbeatDetector | None = None
-        self.takeovers: list[dict[str, Any]] = []
+        self.takeovers: list[TakeoverRecord] = []
         self.gated_before = 0  # outputs gated by earlier followers
-        self._tap_socket: tuple[asyncio.DatagramTransport, DatagramEndpoint] | None = None
         self._actions: asyncio.Queue[roles.Action] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -127,12 +118,13 @@ class HaNode:
         return detector
 
     def _beat(self) -> Heartbeat:
-        released = self.node.replicator.recorder.released if self.node and self.node.replicator else 0
+        released = self.serving.link.recorder.released if self.serving is not None else 0
         return Heartbeat(self.replication.node_id, self.machine.epoch, self.machine.role.value, released)
 
     def _on_peer_beat(self, beat: Heartbeat) -> None:
-        if beat.role == Role.PRIMARY.value and self.follower is not None:
-            self.follower.note_released(beat.released, asyncio.get_running_loop().time())
+        follower = self.following.follower if self.following is not None else None
+        if beat.role == Role.PRIMARY.value and follower is not None:
+            follower.note_released(beat.released, asyncio.get_running_loop().time())
         self.input(roles.PeerBeat(beat.node_id, beat.role, beat.epoch))
 
     def _later(self, seconds: float, event: roles.Input) -> None:
@@ -155,90 +147,43 @@ class HaNode:
             self._later(action.seconds, roles.ListenElapsed())
         elif isinstance(action, roles.ServePrimary):
             recorder = RecordingEntropy(SystemEntropy())
-            await self._serve(Gateway(self.config.gateway, recorder), recorder, 0)
+            self.serving = await self._serve(Gateway(self.config.gateway, recorder), recorder)
             self._settled.set()
         elif isinstance(action, roles.Follow):
-            await self._follow()
+            self.following = await Following.start(
+                self.config.gateway, self.replication, self.config.listen, tap_mode=self.tap_mode,
+                identity=self.identity, epoch=lambda: self.epoch,
+            )  # fmt: skip
             self._settled.set()
         elif isinstance(action, roles.TakeOver):
             await self._take_over(action.epoch)
         elif isinstance(action, roles.DropShadow):
-            if self.node is not None and self.node.replicator is not None:
-                self.node.replicator.shadow_gone()
+            if self.serving is not None:
+                self.serving.link.shadow_gone()
         elif isinstance(action, roles.StepDown):
             log.error("a primary serves in epoch %d: stepping down to rejoin as the shadow", action.epoch)
-            await self._stop_serving()
+            serving, self.serving = self.serving, None
+            if serving is not None:
+                await serving.stop()
         elif isinstance(action, roles.Fence):
             log.error("this node's loop stalled: fenced (no input) until the peer is heard")
-            if self.node is not None:
-                self.node.fence()
+            if self.serving is not None:
+                self.serving.node.fence()
         elif isinstance(action, roles.Unfence):
             log.warning("fence lifted: serving on")
-            if self.node is not None:
-                self.node.unfence()
+            if self.serving is not None:
+                self.serving.node.unfence()
         elif isinstance(action, roles.Hold):
             self._later(action.seconds, roles.HoldElapsed())
 
-    async def _follow(self) -> None:
-        """The shadow: silent on the service address, following the primary's log (active)."""
-        replication = self.replication
-        tap = None
-        if self.tap_mode:
-            self.identity.silence()
-            tap = TapBuffer(horizon_s=replication.tap_horizon_s)
-            self._tap_socket = await open_endpoint(self.config.listen, self._on_tap)
-        if replication.mode == "active":
-            self.follower = Follower(self.config.gateway, node_id=replication.node_id, tap=tap)
-            self.link = ShadowLink(self.follower, replication.peer, key=replication.key, epoch=lambda: self.epoch)
-            self.link.start()
-        log.info("serving as SHADOW (%s mode) of %s:%d", replication.mode, *replication.peer)
-
-    def _on_tap(self, data: bytes, source: tuple[str, int]) -> None:
-        """A copy of a datagram sent to the primary, from the switch's mirror."""
-        if self.link is not None:
-            self.link.tapped(data, source[:2])
-
-    async def _serve(
-        self,
-        gateway: Gateway,
-        recorder: RecordingEntropy,
-        start_seq: int,
-        resend: list[SendDatagram] | None = None,
-        backlog: list[tuple[bytes, Address]] | None = None,
-    ) -> None:
-        """Serve: the socket, then what a takeover owes the world, then the replication server."""
-        replication = self.replication
-        node = Node(gateway)
-        log_recorder = Recorder(
-            gateway, recorder, epoch=self.epoch, start_seq=start_seq, output_commit=replication.output_commit,
-            commit_timeout_s=replication.commit_timeout_s, with_payload=not self.tap_mode,
+    async def _serve(self, gateway: Gateway, recorder: RecordingEntropy, handover: Handover | None = None) -> Serving:
+        """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`)."""
+        return await Serving.start(
+            gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, tap_mode=self.tap_mode,
+            start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
+            backlog=handover.unlogged if handover else None,
+            tap_socket=self.following.take_tap_socket() if self.following else None,
         )  # fmt: skip
-        link = node.replicator = PrimaryLink(log_recorder, node.send, key=replication.key)
-        if self._tap_socket is not None:
-            node.adopt(*self._tap_socket)  # the socket that took the tap serves from now on
-            self._tap_socket = None
-        else:
-            await self._bind(node)
-        node.send(resend or [])
-        for data, source in backlog or []:  # the detection window's messages, in arrival order
-            node.on_datagram(data, source)
-        host, port = replication.listen
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: ShadowConnection(link), host, port, reuse_address=True)
-        self.node = node
-        log.info("serving as PRIMARY on %s:%d (epoch %d)", *self.config.listen, self.epoch)
-
-    async def _bind(self, node: Node) -> None:
-        """Bind the service address; right after a kill the old owner may hold it a moment."""
-        deadline = time.monotonic() + BIND_RETRY_S
-        while True:
-            try:
-                await node.start(self.config.listen)
-                return
-            except OSError as error:
-                if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.002)
 
     async def _take_over(self, epoch: int) -> None:
         """Become the primary: the service address, the core as it stands, the unsent outputs."""
@@ -246,75 +191,46 @@ class HaNode:
         verdict_wall = time.time()  # wall clock, so a lab can line it up with the fault it injected
         network = self.identity.claim()
         recorder = RecordingEntropy(SystemEntropy())
-        follower, self.follower = self.follower, None
-        if follower is not None:
-            handover = follower.hand_over(recorder)
-            self.gated_before += follower.stats["gated_outputs"]
-            gateway, start_seq = handover.gateway, handover.start_seq
-            resend, unlogged, stranded = handover.resend, handover.unlogged, handover.stranded
-        else:
-            gateway, start_seq, resend, unlogged, stranded = Gateway(self.config.gateway, recorder), 0, [], [], 0
-        if self.link is not None:
-            await self.link.close()
-            self.link = None
+        following, self.following = self.following, None
+        handover = await following.hand_over(recorder) if following is not None else None
+        if following is not None and following.follower is not None:
+            self.gated_before += following.follower.stats["gated_outputs"]
+        gateway = handover.gateway if handover is not None else Gateway(self.config.gateway, recorder)
         try:
-            await self._serve(gateway, recorder, start_seq, resend, unlogged)
+            self.serving = await self._serve(gateway, recorder, handover)
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
             log.error("takeover aborted (%s): rejoining as the shadow", error)
-            self.takeovers.append({"epoch": epoch, "aborted": str(error)})
+            if following is not None:
+                await following.close()
+            self.takeovers.append(TakeoverRecord(epoch=epoch, aborted=str(error)))
             self.input(roles.TakeoverFailed(str(error)))
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.takeovers.append({"epoch": epoch, "ms": round(elapsed_ms, 2), "resent": len(resend),
-                               "unlogged_processed": len(unlogged), "stranded_entries": stranded,
-                               "dialogs": len(gateway.table), "entry": start_seq,
-                               "network_ms": network, "verdict_at": verdict_wall,
-                               "serving_at": time.time()})  # fmt: skip
+        resent, unlogged = (len(handover.resend), len(handover.unlogged)) if handover else (0, 0)
+        self.takeovers.append(TakeoverRecord(epoch=epoch, ms=round(elapsed_ms, 2), resent=resent,
+                                             unlogged_processed=unlogged,
+                                             stranded_entries=handover.stranded if handover else 0,
+                                             dialogs=len(gateway.table), entry=handover.start_seq if handover else 0,
+                                             network_ms=network, verdict_at=verdict_wall,
+                                             serving_at=time.time()))  # fmt: skip
         log.warning(
             "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
-            "from entry %d", epoch, elapsed_ms, len(gateway.table), len(resend), len(unlogged), start_seq,
+            "from entry %d", epoch, elapsed_ms, len(gateway.table), resent, unlogged,
+            handover.start_seq if handover else 0,
         )  # fmt: skip
         self.input(roles.TakeoverDone())
 
-    async def _stop_serving(self) -> None:
-        """Step down: another node owns the calls now, so what this one still held is dropped."""
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        if self.node is not None:
-            if self.node.replicator is not None:
-                self.node.replicator.abandon()
-            self.node.close()
-            self.node = None
-        await asyncio.sleep(0)  # the closed socket lets go of the service address
-
     # -- status and stop ------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        machine = self.machine
-        follower = self.follower
-        ha: dict[str, Any] = {
-            "role": self.role, "epoch": self.epoch, "mode": self.replication.mode,
-            "peer_alive": machine.peer_alive,
-            "heartbeats_refused": self.detector.refused if self.detector else 0,
-            "detector_stalls": self.detector.stalls if self.detector else 0,
-            "gated_outputs": self.gated_before + (follower.stats["gated_outputs"] if follower else 0),
-            "takeovers": self.takeovers, "input": self.replication.input,
-            "arbiter_peer_alive": machine.arbiter_alive, **machine.counters,
-        }  # fmt: skip
-        tap = follower.tap if follower is not None else None
-        if tap is not None:
-            ha["tap"] = {"buffered": len(tap), "received": tap.received, "matched": tap.matched, "pruned": tap.pruned}
-        if follower is not None:
-            replica = follower.replica
-            ha["shadow"] = {"synced": follower.synced, "applied": replica.applied_seq,
-                            "released": replica.released_seq, "dialogs": len(replica.gateway.table),
-                            "pending_entries": follower.pending_entries, **follower.stats}  # fmt: skip
-        if self.node is not None:
-            document = self.node.status()
-            document["ha"] = ha
-            return document
-        return {"ha": ha}
+    def status(self) -> StatusDocument:
+        follower = self.following.follower if self.following is not None else None
+        document = self.serving.node.status() if self.serving is not None else StatusDocument()
+        detector = self.detector
+        document.ha = ha_status(
+            self.machine, self.replication, follower, list(self.takeovers), gated_before=self.gated_before,
+            heartbeats_refused=detector.refused if detector else 0, detector_stalls=detector.stalls if detector else 0,
+        )
+        return document
 
     async def close(self) -> None:
         for timer in self._timers:
@@ -323,17 +239,10 @@ class HaNode:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        if self.detector is not None:
-            self.detector.close()
-        if self.arbiter is not None:
-            self.arbiter.close()
-        if self._tap_socket is not None:
-            self._tap_socket[0].close()
-        if self.link is not None:
-            await self.link.close()
-        if self.server is not None:
-            self.server.close()
-        if self.node is not None:
-            if self.node.replicator is not None:
-                self.node.replicator.close()
-            self.node.close()
+        for detector in (self.detector, self.arbiter):
+            if detector is not None:
+                detector.close()
+        if self.following is not None:
+            await self.following.close()
+        if self.serving is not None:
+            self.serving.close()

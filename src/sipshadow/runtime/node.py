@@ -18,7 +18,7 @@ from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
 from sipshadow.core.actions import Address, SendDatagram
 from sipshadow.runtime.primary_link import PrimaryLink
 from sipshadow.runtime.sender import DatagramSender
-from sipshadow.runtime.status import snapshot
+from sipshadow.runtime.status import StatusDocument, snapshot
 
 log = logging.getLogger("sipshadow.node")
 
@@ -175,12 +175,11 @@ class Node:
         self._timer_at = deadline
         self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
 
-    def status(self) -> dict[str, object]:
-        extra: dict[str, object] = {"internal_errors": self.internal_errors, "send_errors": self.send_errors}
-        extra.update(self.sender.counters)
-        if self.replicator is not None:
-            extra["replication"] = self.replicator.status()
-        return snapshot(self.gateway, started_at=self._started_at, now=time.monotonic(), extra=extra)
+    def status(self) -> StatusDocument:
+        replication = self.replicator.status() if self.replicator is not None else None
+        return snapshot(self.gateway, started_at=self._started_at, now=time.monotonic(),
+                        internal_errors=self.internal_errors, send_errors=self.send_errors,
+                        sender=self.sender.counters, replication=replication)  # fmt: skip
 
     def close(self) -> None:
         if self._timer is not None:

@@ -12,12 +12,12 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 
 from sipshadow.core import Event, SendDatagram
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.recorder import Recorder
 from sipshadow.replication.wire import FrameDecoder, Hello, Message, Refused, StreamLost, encode
+from sipshadow.runtime.status import ReplicationStatus
 
 log = logging.getLogger("sipshadow.replication")
 
@@ -133,11 +133,12 @@ class PrimaryLink:
         else:
             self._release(self.recorder.detach())
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ReplicationStatus:
         recorder = self.recorder
-        return {"seq": recorder.seq, "released": recorder.released, "shadow_attached": recorder.attached,
-                **recorder.stats, "refused_frames": self.refused_frames, "release_errors": self.release_errors,
-                "last_snapshot_ms": self.last_snapshot_ms}  # fmt: skip
+        return ReplicationStatus(seq=recorder.seq, released=recorder.released, shadow_attached=recorder.attached,
+                                 **recorder.stats, refused_frames=self.refused_frames,
+                                 release_errors=self.release_errors,
+                                 last_snapshot_ms=self.last_snapshot_ms)  # fmt: skip
 
     def abandon(self) -> None:
         """Stop without sending what is held: a newer primary owns these calls now."""

@@ -11,16 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
 from sipshadow.runtime.config import NodeConfig
 from sipshadow.runtime.ha import HaNode
 from sipshadow.runtime.node import Node
-from sipshadow.runtime.status import write_atomically
+from sipshadow.runtime.status import StatusDocument, write_atomically
 
 log = logging.getLogger("sipshadow.serve")
 
-Status = Callable[[], dict[str, Any]]
+Status = Callable[[], StatusDocument]
 
 
 async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> int:
@@ -35,7 +37,7 @@ async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> in
     handled = (signal.SIGTERM, signal.SIGINT)
     for signum in handled:
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", json.dumps(status())))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", _as_json(status())))
     publisher = asyncio.create_task(_publish(status, config.status_file, config.status_interval_s))
     try:
         await stop.wait()
@@ -48,7 +50,7 @@ async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> in
         await close()
         final = status()
         _write(config.status_file, final)
-        log.info("stopped; final status %s", json.dumps(final))
+        log.info("stopped; final status %s", _as_json(final))
     return 0
 
 
@@ -73,7 +75,12 @@ async def _publish(status: Status, path: Path | None, interval_s: float) -> None
         await asyncio.sleep(interval_s)
 
 
-def _write(path: Path | None, document: dict[str, Any]) -> None:
+def _as_json(document: StatusDocument) -> str:
+    """One line for the log (`json.dumps` spacing, as the file's readers know it)."""
+    return json.dumps(msgspec.to_builtins(document))
+
+
+def _write(path: Path | None, document: StatusDocument) -> None:
     if path is None:
         return
     try:

@@ -2,46 +2,229 @@
 
 A file is what monitoring already knows how to scrape (node_exporter's textfile collector,
 a cron'd `jq`), and `sipshadow stats FILE` prints it as a table.
+
+The document is typed once, here: `StatusDocument` and the Structs it holds. Field names
+are the file's JSON keys. The producers (`snapshot`, `Node.status`, `PrimaryLink.status`,
+`HaNode.status`) build these Structs, `write_atomically` encodes one, and `read_status` is
+the one reader (stats view, lab, experiment, benchmarks, tests). Keys a reader does not know
+(an older or newer node's) are ignored. Times are in seconds unless the name says `_ms`;
+plain integers are counts since the node (or that part of it) started.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from sipshadow.core import Gateway
+from sipshadow.core.counters import Counters
+from sipshadow.ha.roles import RoleMachine
+from sipshadow.replication.follower import Follower
 from sipshadow.runtime.addresses import format_address
+from sipshadow.runtime.config import ReplicationConfig
 
 
-def snapshot(gateway: Gateway, *, started_at: float, now: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """Counters plus live state: dialogs held, active calls and health per member."""
-    counters = gateway.counters.as_dict()
+class MemberStatus(msgspec.Struct, kw_only=True):
+    """One cluster member, as the serving node sees it."""
+
+    address: str  #: HOST:PORT, as in the config
+    up: bool  #: gets new calls (health probes answered)
+    calls: int = 0  #: calls routed to it
+    active_calls: int = 0  #: calls it holds now
+    missed_probes: int = 0  #: probe rounds in a row with no answer at all
+
+
+class ReplicationStatus(msgspec.Struct, kw_only=True):
+    """The primary's side of replication (`PrimaryLink`): its log and what the shadow acked."""
+
+    seq: int = 0  #: last log entry recorded
+    released: int = 0  #: last entry whose outputs were sent (output commit)
+    shadow_attached: bool = False  #: a shadow is connected and in sync
+    entries_sent: int = 0
+    frames_sent: int = 0
+    acks: int = 0
+    snapshots_sent: int = 0
+    shadow_losses: int = 0  #: shadows detached (connection lost or commit timeout)
+    commit_timeouts: int = 0  #: outputs released without the shadow's ack
+    payloads_sent: int = 0  #: datagrams sent to a shadow that had no tapped copy
+    refused_frames: int = 0  #: frames from a shadow that failed authentication or decoding
+    release_errors: int = 0  #: released outputs the sender raised on
+    last_snapshot_ms: float = 0.0  #: time to build the last snapshot, ms
+
+
+class TapStatus(msgspec.Struct, kw_only=True):
+    """A tapping shadow's buffer of copied datagrams (`replication.input = "tap"`)."""
+
+    buffered: int = 0  #: datagrams held now, waiting for a log entry to claim them
+    received: int = 0
+    matched: int = 0  #: claimed by a log entry
+    pruned: int = 0  #: dropped past the tap horizon, unclaimed
+
+
+class FollowerStatus(msgspec.Struct, kw_only=True):
+    """A shadow's replica and its `Follower` (the counters are `replication.follower.STATS`)."""
+
+    synced: bool = False  #: holds a snapshot and follows the log
+    applied: int = 0  #: last log entry applied to the replica
+    released: int = 0  #: last entry the primary said it released
+    dialogs: int = 0  #: dialogs the replica holds
+    pending_entries: int = 0  #: entries received, waiting for their tapped datagram
+    snapshots: int = 0
+    entries_applied: int = 0
+    refused_frames: int = 0
+    divergences: int = 0  #: log entries that did not replay (the replica resyncs)
+    connects: int = 0
+    payload_requests: int = 0
+    payloads_received: int = 0
+    gated_outputs: int = 0  #: replica outputs counted, never sent
+
+
+class TakeoverRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One takeover this node attempted: either `aborted` (the address was still owned) or
+    the rest (it completed). Absent fields are None."""
+
+    epoch: int  #: the epoch it claimed
+    aborted: str | None = None  #: why it gave up (an OSError's text)
+    ms: float | None = None  #: verdict to serving, ms (this process's clock)
+    resent: int | None = None  #: outputs the old primary may not have sent, sent again
+    unlogged_processed: int | None = None  #: tapped datagrams no log entry claimed, processed
+    stranded_entries: int | None = None  #: entries received whose payload never came
+    dialogs: int | None = None  #: dialogs taken over
+    entry: int | None = None  #: last log entry applied before taking over
+    network_ms: dict[str, float] | None = None  #: service-address claim, step by step, ms
+    verdict_at: float | None = None  #: wall clock (time.time(), s) of the decision
+    serving_at: float | None = None  #: wall clock (s) when it served as primary
+
+
+class HaStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The HA shell (`HaNode`): role, epoch, failure detection and the role machine's counters."""
+
+    role: str  #: starting | shadow | taking-over | primary | fenced
+    epoch: int
+    mode: str  #: none | network | active
+    peer_alive: bool  #: heartbeats heard from the peer within the detection window
+    heartbeats_refused: int  #: heartbeats that failed authentication or decoding
+    detector_stalls: int  #: detector thread wake-ups late enough to widen the window
+    gated_outputs: int  #: replica outputs gated (counted, never sent), all followers so far
+    takeovers: list[TakeoverRecord]
+    input: str  #: forward | tap: how a shadow gets the service datagrams
+    arbiter_peer_alive: bool  #: the peer heard on the service network (the arbiter)
+    held_by_arbiter: int  #: takeovers held back because the arbiter still heard the peer
+    step_downs: int
+    fences: int
+    aborted_takeovers: int
+    tap: TapStatus | None = None  #: a tapping shadow only
+    shadow: FollowerStatus | None = None  #: a shadow only
+
+
+class StatusDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A node's status file. A serving node (solo or primary) fills the node fields; a
+    shadow, which serves nothing, writes only `ha`; a solo node has no `ha`. Absent: None."""
+
+    pid: int | None = None
+    uptime_s: float | None = None  #: s
+    service: str | None = None  #: HOST:PORT it advertises (Via, Record-Route)
+    policy: str | None = None  #: the load-balancing policy
+    dialogs: int | None = None  #: dialogs held (all states)
+    members: list[MemberStatus] = msgspec.field(default_factory=list)  #: in config order
+    counters: Counters | None = None  #: the core's counters (`core.counters.Counters`)
+    internal_errors: int | None = None  #: events the core raised on (dropped, logged)
+    send_errors: int | None = None  #: send errors the socket reported
+    # the sender's counters, `runtime.sender.COUNTERS`
+    send_failures: int | None = None
+    family_mismatches: int | None = None
+    unresolvable: int | None = None
+    resolution_overflow: int | None = None
+    self_loops: int | None = None
+    resolutions: int | None = None
+    replication: ReplicationStatus | None = None  #: a primary with a replication link
+    ha: HaStatus | None = None  #: a node of an HA pair
+
+
+class NotAStatusDocument(ValueError):
+    """A file that is not JSON, or JSON that is not a status document."""
+
+
+def snapshot(
+    gateway: Gateway,
+    *,
+    started_at: float,
+    now: float,
+    internal_errors: int | None = None,
+    send_errors: int | None = None,
+    sender: dict[str, int] | None = None,
+    replication: ReplicationStatus | None = None,
+) -> StatusDocument:
+    """Counters plus live state: dialogs held, active calls and health per member; the
+    serving shell adds its own error counts, its sender's counters and replication."""
     members = [
-        {
-            "address": format_address(address),
-            "up": health.up,
-            "calls": gateway.counters.calls_per_member[index],
-            "active_calls": gateway.table.active_per_member[index],
-            "missed_probes": health.misses,
-        }
+        MemberStatus(
+            address=format_address(address),
+            up=health.up,
+            calls=gateway.counters.calls_per_member[index],
+            active_calls=gateway.table.active_per_member[index],
+            missed_probes=health.misses,
+        )
         for index, (address, health) in enumerate(zip(gateway.members, gateway.health.members, strict=True))
     ]
-    return {
-        "pid": os.getpid(),
-        "uptime_s": round(now - started_at, 3),
-        "service": gateway.sent_by,
-        "policy": gateway.config.policy,
-        "dialogs": len(gateway.table),
-        "members": members,
-        "counters": counters,
-        **extra,
-    }
+    document = StatusDocument(
+        pid=os.getpid(),
+        uptime_s=round(now - started_at, 3),
+        service=gateway.sent_by,
+        policy=gateway.config.policy,
+        dialogs=len(gateway.table),
+        members=members,
+        counters=copy.deepcopy(gateway.counters),
+        internal_errors=internal_errors,
+        send_errors=send_errors,
+        replication=replication,
+    )
+    return msgspec.structs.replace(document, **sender) if sender else document
 
 
-def write_atomically(path: Path, document: dict[str, Any]) -> None:
+def ha_status(
+    machine: RoleMachine, replication: ReplicationConfig, follower: Follower | None,
+    takeovers: list[TakeoverRecord], *, gated_before: int, heartbeats_refused: int, detector_stalls: int,
+) -> HaStatus:  # fmt: skip
+    """The `ha` section: the role machine, the follower (a shadow's) and its tap, the takeovers."""
+    tap = follower.tap if follower is not None else None
+    shadow = None
+    if follower is not None:
+        replica = follower.replica
+        shadow = FollowerStatus(synced=follower.synced, applied=replica.applied_seq,
+                                released=replica.released_seq, dialogs=len(replica.gateway.table),
+                                pending_entries=follower.pending_entries, **follower.stats)  # fmt: skip
+    return HaStatus(
+        role=machine.role.value, epoch=machine.epoch, mode=replication.mode, peer_alive=machine.peer_alive,
+        heartbeats_refused=heartbeats_refused, detector_stalls=detector_stalls,
+        gated_outputs=gated_before + (follower.stats["gated_outputs"] if follower else 0),
+        takeovers=takeovers, input=replication.input, arbiter_peer_alive=machine.arbiter_alive,
+        **machine.counters,
+        tap=None if tap is None else TapStatus(buffered=len(tap), received=tap.received, matched=tap.matched,
+                                               pruned=tap.pruned),
+        shadow=shadow,
+    )  # fmt: skip
+
+
+def encode(document: StatusDocument) -> bytes:
+    """The file's bytes: indented JSON and a newline."""
+    return msgspec.json.format(msgspec.json.encode(document)) + b"\n"
+
+
+def write_atomically(path: Path, document: StatusDocument) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(msgspec.json.format(msgspec.json.encode(document)) + b"\n")
+    temporary.write_bytes(encode(document))
     os.replace(temporary, path)
+
+
+def read_status(path: Path) -> StatusDocument:
+    """The status document in `path`. Raises OSError when it cannot be read and
+    `NotAStatusDocument` (a ValueError) when it is not a status document."""
+    data = path.read_bytes()
+    try:
+        return msgspec.json.decode(data, type=StatusDocument)
+    except msgspec.DecodeError as error:
+        raise NotAStatusDocument(f"{path}: not a sipshadow status document ({error})") from None
