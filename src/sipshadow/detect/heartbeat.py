@@ -12,8 +12,9 @@ takeover against a live primary. The thread beats only while the loop has turned
 The window is `misses` intervals, widened when the peer itself has been late (`SilenceWindow`).
 Lateness is measured on the sender's clock: each beat carries the time it left, so beats that
 waited in our socket buffer while our own loop was stalled are not taken for the peer's jitter
-(that stall once held the window at 318 ms for 10 s, issue 10). The widening is capped, so no
-single late beat can stretch a takeover beyond `max_window_s`.
+(such a stall once held the window at 318 ms for 10 s: issue 10's slow takeovers). The window
+never exceeds `max_window_s`, so a verdict comes at most that long, plus a tick or two of the
+watch loop, after the peer's last beat, whatever happened before.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ JITTER_MEMORY_S = 10.0
 JITTER_MARGIN = 2.0
 #: Default cap of the widened window, as a multiple of `interval * misses`.
 MAX_WIDENING = 1.5
+#: For this many intervals after it is first heard, the peer gets the capped window: its lateness
+#: is not known yet, and a node that starts (or rejoins with a state transfer) is at its busiest.
+WARMUP_INTERVALS = 50
 
 
 class SilenceWindow:
@@ -77,7 +81,10 @@ class SilenceWindow:
     last `memory_s` if that is longer, but never more than `max_s`. A loaded peer sends late;
     widening with the lateness actually seen (an accrual detector in its simplest form) keeps it
     from being declared dead, while a quiet pair keeps the tight window and the cap bounds the
-    detection time whatever happened.
+    detection time whatever happened. Until the peer has been heard for `warmup_s` (since it
+    was first heard, or heard again after `lost()`) its lateness is unknown and the window is
+    `max_s`: a node starting or rejoining, with its state transfer, is at its slowest then.
+    A peer that never stamps its beats keeps that window (none of its gaps can be measured).
 
     Gaps are measured between the *send* times the peer stamps on its beats (its own monotonic
     clock, s), not between our reads: when our loop stalls, the beats queue in the socket buffer
@@ -93,7 +100,9 @@ class SilenceWindow:
         self.base_s = interval_s * misses
         self.max_s = max(self.base_s, max_s if max_s is not None else MAX_WIDENING * self.base_s)
         self.memory_s = memory_s
+        self.warmup_s = WARMUP_INTERVALS * interval_s
         self._last_sent: float | None = None
+        self._heard_since: float | None = None
         # (our time, gap) of the gaps that can still be the worst: gaps decreasing, times rising,
         # so the first one not older than `memory_s` is the worst of that span (a sliding maximum).
         self._gaps: deque[tuple[float, float]] = deque()
@@ -105,6 +114,7 @@ class SilenceWindow:
             return None
         self._last_sent = sent_at
         if previous is None:
+            self._heard_since = now
             return None
         gap = sent_at - previous
         while self._gaps and self._gaps[-1][1] <= gap:
@@ -114,7 +124,7 @@ class SilenceWindow:
 
     def lost(self) -> None:
         """The peer was declared dead: the silence up to its next beat is no jitter."""
-        self._last_sent = None
+        self._last_sent = self._heard_since = None
 
     def worst_gap_s(self, now: float) -> float:
         """The longest gap between the peer's beats in the last `memory_s` (s; 0.0 when none)."""
@@ -124,6 +134,8 @@ class SilenceWindow:
 
     def window_s(self, now: float) -> float:
         """The silence (s) after which the peer is dead, as of `now`."""
+        if self._heard_since is None or now - self._heard_since < self.warmup_s:
+            return self.max_s
         return min(self.max_s, max(self.base_s, JITTER_MARGIN * self.worst_gap_s(now)))
 
 

@@ -23,13 +23,13 @@ from collections.abc import Callable
 
 from sipshadow.core import Gateway
 from sipshadow.core.actions import Address
-from sipshadow.detect.heartbeat import Heartbeat, HeartbeatDetector
+from sipshadow.detect.heartbeat import MAX_WIDENING, Heartbeat, HeartbeatDetector
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.ha import roles
 from sipshadow.ha.roles import Role, RoleMachine
 from sipshadow.replication.follower import Handover
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
-from sipshadow.runtime.following import Following
+from sipshadow.runtime.following import Following, TapSocket
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
 from sipshadow.runtime.serving import Serving
 from sipshadow.runtime.status import StatusDocument, TakeoverRecord, ha_status
@@ -50,7 +50,7 @@ class HaNode:
             node_id=replication.node_id,
             configured_primary=replication.role == "primary",
             mode=replication.mode,
-            window_s=window_s,
+            window_s=window_s * MAX_WIDENING,  # the longest the peer's detector may wait for us
             listen_s=window_s + replication.heartbeat_interval_s,
             has_arbiter=replication.arbiter_listen is not None and replication.arbiter_peer is not None,
         )
@@ -176,13 +176,16 @@ class HaNode:
         elif isinstance(action, roles.Hold):
             self._later(action.seconds, roles.HoldElapsed())
 
-    async def _serve(self, gateway: Gateway, recorder: RecordingEntropy, handover: Handover | None = None) -> Serving:
-        """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`)."""
+    async def _serve(
+        self, gateway: Gateway, recorder: RecordingEntropy, handover: Handover | None = None,
+        tap_socket: TapSocket | None = None,
+    ) -> Serving:  # fmt: skip
+        """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`), on the
+        shadow's tap socket if it had one."""
         return await Serving.start(
             gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
-            backlog=handover.unlogged if handover else None,
-            tap_socket=self.following.take_tap_socket() if self.following else None,
+            backlog=handover.unlogged if handover else None, tap_socket=tap_socket,
         )  # fmt: skip
 
     async def _take_over(self, epoch: int) -> None:
@@ -197,7 +200,8 @@ class HaNode:
             self.gated_before += following.follower.stats["gated_outputs"]
         gateway = handover.gateway if handover is not None else Gateway(self.config.gateway, recorder)
         try:
-            self.serving = await self._serve(gateway, recorder, handover)
+            tap_socket = following.take_tap_socket() if following is not None else None
+            self.serving = await self._serve(gateway, recorder, handover, tap_socket)
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
             log.error("takeover aborted (%s): rejoining as the shadow", error)
             if following is not None:

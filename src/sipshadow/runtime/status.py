@@ -107,7 +107,7 @@ class HaStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     mode: str  #: none | network | active
     peer_alive: bool  #: heartbeats heard from the peer within the detection window
     heartbeats_refused: int  #: heartbeats that failed authentication or decoding
-    detector_stalls: int  #: detector thread wake-ups late enough to widen the window
+    detector_stalls: int  #: turns of the detector's own loop missed (this node stalled; judged no silence)
     gated_outputs: int  #: replica outputs gated (counted, never sent), all followers so far
     takeovers: list[TakeoverRecord]
     input: str  #: forward | tap: how a shadow gets the service datagrams
