@@ -231,8 +231,13 @@ class HaNode:
         document = self.serving.node.status() if self.serving is not None else StatusDocument()
         detector = self.detector
         document.ha = ha_status(
-            self.machine, self.replication, follower, list(self.takeovers), gated_before=self.gated_before,
-            heartbeats_refused=detector.refused if detector else 0, detector_stalls=detector.stalls if detector else 0,
+            self.machine,
+            self.replication,
+            follower,
+            list(self.takeovers),
+            gated_before=self.gated_before,
+            heartbeats_refused=detector.refused if detector else 0,
+            detector_stalls=detector.stalls if detector else 0,
         )
         return document
 
