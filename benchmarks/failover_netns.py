@@ -73,7 +73,7 @@ def one_trial(how: str, workdir: Path, hold_s: float) -> dict[str, Any]:
             time.sleep(0.2)
         pinger.terminate()
         answers = [json.loads(line) for line in pinger.communicate(timeout=10)[0].splitlines()]
-        shadow_role = lab.role_of("shadow")
+        shadow_role, primary_role = lab.role_of("shadow"), lab.role_of("primary")
         ha = json.loads(lab.nodes["shadow"].status_file.read_text())["ha"]  # the file's keys, whatever reads it
         shadow_log = lab.nodes["shadow"].log_file.read_text(errors="replace")
     takeovers = ha["takeovers"]
@@ -90,6 +90,9 @@ def one_trial(how: str, workdir: Path, hold_s: float) -> dict[str, Any]:
         "fault_injection_ms": round((fault_at - fault_started) * 1000, 2),
         "longest_silence_ms": round(max(gaps) * 1000, 2) if gaps else None,
         "shadow_role": shadow_role,
+        "primary_role": primary_role,
+        # Under a partition both nodes live: did they end with one primary? (A killed node's file is stale.)
+        "two_primaries_at_end": how == "partition" and shadow_role == primary_role == "primary",
         "false_takeovers": len(false_takeovers),
         "aborted_takeovers": len(takeovers) - len(done),
         "detector_stalls": ha.get("detector_stalls", 0),
@@ -126,6 +129,7 @@ def summarize(how: str, results: list[dict[str, Any]]) -> dict[str, Any]:
         "false_takeovers": sum(r["false_takeovers"] for r in results),
         "aborted_takeovers": sum(r.get("aborted_takeovers", 0) for r in results),
         "detector_stalls": sum(r.get("detector_stalls", 0) for r in results),
+        "two_primaries_at_end": sum(1 for r in results if r.get("two_primaries_at_end")),
     }
     if how == "partition":
         summary["takeovers"] = sum(1 for r in results if r.get("shadow_role") == "primary")

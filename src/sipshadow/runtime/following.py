@@ -55,13 +55,10 @@ class Following:
         log.info("serving as SHADOW (%s mode) of %s:%d", replication.mode, *replication.peer)
         return cls(follower, link, tap_socket)
 
-    async def hand_over(self, recorder: RecordingEntropy) -> Handover | None:
-        """Stop following; the replica's core and what the new primary owes (None: no replica)."""
-        handover = self.follower.hand_over(recorder) if self.follower is not None else None
-        if self.link is not None:
-            await self.link.close()
-            self.link = None
-        return handover
+    def hand_over(self, recorder: RecordingEntropy) -> Handover | None:
+        """Stop following; the replica's core and what the new primary owes (None: no replica).
+        The link to the dead primary is closed afterwards (`close`), off the takeover's path."""
+        return self.follower.hand_over(recorder) if self.follower is not None else None
 
     def take_tap_socket(self) -> TapSocket | None:
         """The socket bound to the service address, for the new primary to serve on."""

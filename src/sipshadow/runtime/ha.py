@@ -195,28 +195,29 @@ class HaNode:
         network = self.identity.claim()
         recorder = RecordingEntropy(SystemEntropy())
         following, self.following = self.following, None
-        handover = await following.hand_over(recorder) if following is not None else None
+        handover = following.hand_over(recorder) if following is not None else None
         if following is not None and following.follower is not None:
             self.gated_before += following.follower.stats["gated_outputs"]
         gateway = handover.gateway if handover is not None else Gateway(self.config.gateway, recorder)
         try:
             tap_socket = following.take_tap_socket() if following is not None else None
             self.serving = await self._serve(gateway, recorder, handover, tap_socket)
+            elapsed_ms, serving_at = (time.perf_counter() - started) * 1000, time.time()
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
             log.error("takeover aborted (%s): rejoining as the shadow", error)
-            if following is not None:
-                await following.close()
             self.takeovers.append(TakeoverRecord(epoch=epoch, aborted=str(error)))
             self.input(roles.TakeoverFailed(str(error)))
             return
-        elapsed_ms = (time.perf_counter() - started) * 1000
+        finally:
+            if following is not None:
+                await following.close()  # the link to the old primary, once serving
         resent, unlogged = (len(handover.resend), len(handover.unlogged)) if handover else (0, 0)
         self.takeovers.append(TakeoverRecord(epoch=epoch, ms=round(elapsed_ms, 2), resent=resent,
                                              unlogged_processed=unlogged,
                                              stranded_entries=handover.stranded if handover else 0,
                                              dialogs=len(gateway.table), entry=handover.start_seq if handover else 0,
                                              network_ms=network, verdict_at=verdict_wall,
-                                             serving_at=time.time()))  # fmt: skip
+                                             serving_at=serving_at))  # fmt: skip
         log.warning(
             "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
             "from entry %d", epoch, elapsed_ms, len(gateway.table), resent, unlogged,
