@@ -144,7 +144,9 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
 
     `max_window_s` caps how far the peer's lateness may widen the window (default
     `MAX_WIDENING` times `interval_s * misses`); it bounds the detection time. `on_stall`, if
-    given, hears how long (s) our own loop stood still each time it missed a turn.
+    given, hears how long (s) our own beats stopped whenever they stopped for more than two
+    intervals (the whole process stood still: a freeze, SIGSTOP, a starved host), so the peer
+    may have declared us dead meanwhile; a busy loop alone does not stop the beat thread.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.on_peer_beat = on_peer_beat
         self.on_peer_dead = on_peer_dead
         self.on_stall = on_stall
+        self._own_silence_s = 0.0  # written by the beat thread, read and reset by the loop
         self.last_peer_beat: Heartbeat | None = None
         self.last_seen: float | None = None
         self.peer_alive = False
@@ -194,10 +197,15 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
 
     def _beat_forever(self, sock: socket.socket) -> None:
         """The sender thread: the latest beat, stamped as it leaves, every interval, while the loop is alive."""
+        last_sent = time.monotonic()
         with sock:
             while not self._stop.wait(self.interval_s):
                 message = self._message
-                if message is not None and time.monotonic() - self._loop_turned_at < LOOP_STALL_LIMIT_S:
+                now = time.monotonic()
+                if message is not None and now - self._loop_turned_at < LOOP_STALL_LIMIT_S:
+                    if now - last_sent > 2 * self.interval_s:  # the whole process stood still (or the loop)
+                        self._own_silence_s = max(self._own_silence_s, now - last_sent)
+                    last_sent = now
                     with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
                         sock.sendto(stamped(message, self.key), self.peer)
 
@@ -244,12 +252,13 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             self._message = self.beat()
             await asyncio.sleep(self.interval_s)
             now = loop.time()
+            own_silence, self._own_silence_s = self._own_silence_s, 0.0
+            if own_silence and self.on_stall is not None:
+                self.on_stall(own_silence)
             if now - last_tick > 2 * self.interval_s:
                 # Our own loop was stalled (CPU starvation): the peer's beats may be waiting in the
                 # socket buffer. Judge silence only after a turn in which we were listening.
                 self.stalls += 1
-                if self.on_stall is not None:
-                    self.on_stall(now - last_tick)
                 last_tick = now
                 continue
             last_tick = now
