@@ -25,8 +25,12 @@ operations = st.one_of(
     st.tuples(st.just("open"), CALLS, BRANCHES, st.sampled_from(["INVITE", "SUBSCRIBE", "REFER"])),
     st.tuples(st.just("respond"), CALLS, BRANCHES, st.sampled_from([100, 180, 183, 200, 202, 404, 487]), TAGS),
     st.tuples(
-        st.just("request"), CALLS, st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "NOTIFY", "CANCEL", "UPDATE"]),
-        TAGS, st.booleans(), st.booleans(),
+        st.just("request"),
+        CALLS,
+        st.sampled_from(["ACK", "BYE", "INFO", "INVITE", "NOTIFY", "CANCEL", "UPDATE"]),
+        TAGS,
+        st.booleans(),
+        st.booleans(),
     ),
     st.tuples(st.just("time"), st.floats(0.0, 40.0)),
 )

@@ -321,7 +321,9 @@ class DialogTable:
         else:
             known.state = dialog.state
             known.expires_at = dialog.expires_at
-            known.on_path = known.on_path or dialog.on_path
+            # Confirming: the 2xx's Record-Route fixes the route set (§12.1.2), whatever the 1xx said.
+            confirming = dialog.state is DialogState.CONFIRMED
+            known.on_path = dialog.on_path if confirming else known.on_path or dialog.on_path
         self._changed(call)
 
     def touch(self, call: Call, dialog: Dialog, expires_at: float | None) -> None:

@@ -64,9 +64,11 @@ class Gateway:
     def __init__(self, config: GatewayConfig, entropy: Entropy) -> None:
         self.config = config
         host, port = config.service
-        self.sent_by = f"{host}:{port}"
+        self.sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # RFC 3261 §25.1 IPv6reference
         self.record_route = f"<sip:{self.sent_by};lr>"
-        self.own_addresses = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
+        own = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
+        #: As a destination (bare) and as written in a Via or URI (an IPv6 host in brackets).
+        self.own_addresses = own | {(f"[{h}]", p) for h, p in own if ":" in h}
         self.members: list[Address] = [member.address for member in config.members]
         self.member_index = {address: index for index, address in enumerate(self.members)}
         self._all_members = list(range(len(self.members)))

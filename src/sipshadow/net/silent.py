@@ -27,8 +27,7 @@ def ruleset(ifname: str, vip: str) -> str:
     """The silent-mode table (replaces any previous one in the same transaction)."""
     _check(ifname, vip)
     return (
-        nft.drop_table("netdev", TABLE)
-        + f"table netdev {TABLE} {{\n"
+        nft.drop_table("netdev", TABLE) + f"table netdev {TABLE} {{\n"
         f"  chain {CHAIN} {{\n"
         f'    type filter hook egress device "{ifname}" priority 0; policy accept;\n'
         f"    ip saddr {vip} counter drop\n"
