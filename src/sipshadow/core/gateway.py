@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sipshadow.core.actions import Address, SendDatagram
+from sipshadow.core.actions import Address, SendDatagram, format_address, uri_host
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
 from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable
@@ -64,11 +64,11 @@ class Gateway:
     def __init__(self, config: GatewayConfig, entropy: Entropy) -> None:
         self.config = config
         host, port = config.service
-        self.sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # RFC 3261 §25.1 IPv6reference
+        self.sent_by = format_address(config.service)
         self.record_route = f"<sip:{self.sent_by};lr>"
         own = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
         #: As a destination (bare) and as written in a Via or URI (an IPv6 host in brackets).
-        self.own_addresses = own | {(f"[{h}]", p) for h, p in own if ":" in h}
+        self.own_addresses = own | {(uri_host(h), p) for h, p in own}
         self.members: list[Address] = [member.address for member in config.members]
         self.member_index = {address: index for index, address in enumerate(self.members)}
         self._all_members = list(range(len(self.members)))
@@ -509,22 +509,22 @@ class Gateway:
         return probes
 
     def _probe(self, index: int) -> SendDatagram:
-        host, port = self.members[index]
+        member = self.members[index]
         sequence = self.health.members[index].sequence
-        target = f"[{host}]" if ":" in host else host
+        target = format_address(member)
         lines = (
-            f"OPTIONS sip:{target}:{port} SIP/2.0",
+            f"OPTIONS sip:{target} SIP/2.0",
             f"Via: SIP/2.0/UDP {self.sent_by};branch={PROBE_BRANCH}{index}.{sequence}",
             "Max-Forwards: 70",
             f"From: <sip:sipshadow@{self.sent_by}>;tag=ssprobe{index}",
-            f"To: <sip:{target}:{port}>",
+            f"To: <sip:{target}>",
             f"Call-ID: ssprobe-{index}-{sequence}@{self.sent_by}",
             f"CSeq: {sequence} OPTIONS",
             "Content-Length: 0",
             "",
             "",
         )
-        return SendDatagram("\r\n".join(lines).encode("latin-1"), (host, port))
+        return SendDatagram("\r\n".join(lines).encode("latin-1"), member)
 
     def _on_probe_answer(self, branch: str, source: Address) -> None:
         """A probe counts only from the member it was sent to, for the probe outstanding."""

@@ -21,14 +21,8 @@ ARP_SYSCTLS = ("arp_ignore=1", "arp_announce=2")
 def accept_ruleset(ifname: str, vip: str) -> str:
     """The shadow's ingress chain: copies addressed to the VIP but to another MAC become `host` packets."""
     ipaddress.IPv4Address(vip)
-    return (
-        nft.drop_table("netdev", ACCEPT_TABLE) + f"table netdev {ACCEPT_TABLE} {{\n"
-        f"  chain {ACCEPT_CHAIN} {{\n"
-        f'    type filter hook ingress device "{ifname}" priority -500; policy accept;\n'
-        f"    ip daddr {vip} meta pkttype other counter meta pkttype set host\n"
-        f"  }}\n"
-        f"}}\n"
-    )
+    rules = [f"ip daddr {vip} meta pkttype other counter meta pkttype set host"]
+    return nft.netdev_table(ACCEPT_TABLE, ACCEPT_CHAIN, "ingress", ifname, -500, rules)
 
 
 def accept_teardown_commands() -> str:

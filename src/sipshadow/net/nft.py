@@ -114,6 +114,16 @@ def drop_table(family: str, table: str) -> str:
     return f"add table {family} {table}\ndelete table {family} {table}\n"
 
 
+def netdev_table(table: str, chain: str, hook: str, ifname: str, priority: int, rules: list[str]) -> str:
+    """Commands that (re)create a one-chain `netdev` table on `ifname`'s `hook` (ingress, egress)."""
+    body = "".join(f"    {rule}\n" for rule in rules)
+    return (
+        drop_table("netdev", table) + f"table netdev {table} {{\n  chain {chain} {{\n"
+        f'    type filter hook {hook} device "{ifname}" priority {priority}; policy accept;\n'
+        f"{body}  }}\n}}\n"
+    )
+
+
 def _in_netns(netns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 

@@ -26,15 +26,8 @@ def _check(ifname: str, vip: str) -> None:
 def ruleset(ifname: str, vip: str) -> str:
     """The silent-mode table (replaces any previous one in the same transaction)."""
     _check(ifname, vip)
-    return (
-        nft.drop_table("netdev", TABLE) + f"table netdev {TABLE} {{\n"
-        f"  chain {CHAIN} {{\n"
-        f'    type filter hook egress device "{ifname}" priority 0; policy accept;\n'
-        f"    ip saddr {vip} counter drop\n"
-        f"    arp saddr ip {vip} counter drop\n"
-        f"  }}\n"
-        f"}}\n"
-    )
+    rules = [f"ip saddr {vip} counter drop", f"arp saddr ip {vip} counter drop"]
+    return nft.netdev_table(TABLE, CHAIN, "egress", ifname, 0, rules)
 
 
 def teardown_commands() -> str:

@@ -128,7 +128,7 @@ class Recorder:
     def attach(self) -> Effects:
         """A shadow said hello: release what was held for any earlier shadow and send it the
         state after entry `seq` (a Snapshot, then its dialog rows in parts); entries follow."""
-        send = self._release_all()
+        send = self.release_all()
         self._batch.clear()
         self._payloads.clear()
         state = self.gateway.export_state()
@@ -151,9 +151,10 @@ class Recorder:
         self._batch.clear()
         self._payloads.clear()
         self.stats["shadow_losses"] += 1
-        return self._release_all()
+        return self.release_all()
 
-    def _release_all(self) -> list[SendDatagram]:
+    def release_all(self) -> list[SendDatagram]:
+        """Everything held, to be sent now (a new shadow, no shadow, or the node stopping)."""
         released = [output for _, _, outputs in self._pending for output in outputs]
         self._pending.clear()
         self.released = self.seq
@@ -172,7 +173,3 @@ class Recorder:
         waited_ms = (now - self._pending[0][1]) * 1000
         self.stats["commit_timeouts"] += 1
         return Effects(send=self.detach(), drop=f"shadow did not acknowledge for {waited_ms:.0f} ms")
-
-    def release_all(self) -> list[SendDatagram]:
-        """Everything held, to be sent now (the node is stopping)."""
-        return self._release_all()

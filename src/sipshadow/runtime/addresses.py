@@ -43,8 +43,3 @@ def ip_literal(host: str) -> IpAddress | None:
 
 def is_ip_literal(host: str) -> bool:
     return ip_literal(host) is not None
-
-
-def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from sipshadow.core import GatewayConfig
 from sipshadow.core.actions import Address
@@ -36,10 +36,10 @@ class Following:
     @classmethod
     async def start(
         cls, gateway: GatewayConfig, replication: ReplicationConfig, listen: Address, *, tap_mode: bool,
-        identity: ServiceIdentity, epoch: Any,
+        identity: ServiceIdentity, epoch: Callable[[], int],
     ) -> Following:  # fmt: skip
         """Silence the service address (tap mode: receive the mirror's copies on it) and follow
-        the primary's log (mode active); `epoch` is a callable giving this node's epoch."""
+        the primary's log (mode active); `epoch` gives this node's epoch when it says hello."""
         tap = TapBuffer(horizon_s=replication.tap_horizon_s) if tap_mode else None
         follower = link = None
         if replication.mode == "active":

@@ -126,12 +126,9 @@ class PrimaryLink:
 
     def shadow_gone(self) -> None:
         """The shadow is dead (commit timeout, or silent on the heartbeat link): stop holding."""
-        connection = self.connection
-        if connection is not None:
-            connection.close()
-            self.detach(connection)
-        else:
-            self._release(self.recorder.detach())
+        if self.connection is not None:
+            self.connection.close()
+            self.detach(self.connection)
 
     def status(self) -> ReplicationStatus:
         recorder = self.recorder
@@ -142,18 +139,19 @@ class PrimaryLink:
 
     def abandon(self) -> None:
         """Stop without sending what is held: a newer primary owns these calls now."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self.connection is not None:
-            self.connection.close()
+        self._stop()
         self.recorder.release_all()
 
     def close(self) -> None:
+        """Stop, sending what is held (the node is shutting down)."""
+        self._stop()
+        self._release(self.recorder.release_all())
+
+    def _stop(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
         if self.connection is not None:
             self.connection.close()
-        self._release(self.recorder.release_all())
 
 
 class ShadowConnection(asyncio.Protocol):

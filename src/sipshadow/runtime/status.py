@@ -20,10 +20,10 @@ from pathlib import Path
 import msgspec
 
 from sipshadow.core import Gateway
+from sipshadow.core.actions import format_address
 from sipshadow.core.counters import Counters
 from sipshadow.ha.roles import RoleMachine
 from sipshadow.replication.follower import Follower
-from sipshadow.runtime.addresses import format_address
 from sipshadow.runtime.config import ReplicationConfig
 
 
