@@ -102,8 +102,8 @@ class AlgProcess:
         return self
 
     def _is_ready(self) -> bool:
-        if self.ready == "options":
-            return options_ping(self.listen)  # waits up to 0.2 s for the answer
+        if self.ready == "options":  # answering, and its first status file written (`status()` works)
+            return self.status_file.exists() and options_ping(self.listen)  # waits up to 0.2 s for the answer
         if self.ready == "none":
             return True
         try:
