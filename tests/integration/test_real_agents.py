@@ -51,7 +51,8 @@ BARESIP_MODULES = ("opus", "ausine", "aubridge", "account", "menu", "ctrl_tcp")
 needs_sipsak = pytest.mark.skipif(SIPSAK is None, reason="sipsak is not installed (Debian package sipsak)")
 
 #: Counters that must not move when real, well-behaved agents talk through the ALG.
-ERROR_COUNTERS = ("malformed_requests", "malformed_responses", "stray_responses", "unroutable_acks", "response_loops")
+ERROR_COUNTERS = ("malformed_requests", "malformed_responses", "stray_responses", "forged_responses", "unroutable_acks",
+                  "response_loops")  # fmt: skip
 ERROR_TOTALS = ("internal_errors", "send_errors", "send_failures")
 
 

@@ -1,9 +1,12 @@
 """Next hops the socket cannot take as they are: names, the other family, the node itself (real sockets).
 
 The live tests inject, into a real `sipshadow serve` (uvloop), a response whose top Via is the
-ALG's own (branch `z9hG4bKss…`) and whose next Via names the hop under test; the core pops its
-Via and sends to the next one. The shell tests drive `DatagramSender` on a real socket, under
-both event loops, with what the core would hand it.
+ALG's own and whose next Via names the hop under test; the core pops its Via and sends to the
+next one. The ALG relays only a response whose branch MAC names where it sent the request, so
+each response is made the real way: an OPTIONS goes through the ALG to the test's member
+socket, which answers it from there with the ALG's Via on top and the hop under test below.
+The shell tests drive `DatagramSender` on a real socket, under both event loops, with what the
+core would hand it.
 """
 
 from __future__ import annotations
@@ -32,20 +35,39 @@ SETTLE_S = 0.3  # long enough for a loopback resolution and a status-file refres
 _calls = itertools.count()
 
 
-def response(alg: tuple[str, int], next_via: str) -> tuple[bytes, str]:
-    """A 200 the ALG relays: its own Via on top, then `next_via`; returns it and its Call-ID."""
+def response(alg: tuple[str, int], member: socket.socket, next_via: str) -> tuple[bytes, str]:
+    """A 200 the ALG relays: its own Via on top, then `next_via`; returns it and its Call-ID.
+
+    An OPTIONS from a client socket goes through the ALG to `member` (the only member), which
+    keeps the ALG's Via (its branch MAC names `member`): send the 200 from `member`."""
     call_id = f"send-path-{next(_calls)}-{time.monotonic_ns()}@test"
+    common = f"From: <sip:alice@example.com>;tag=a1\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
+    with udp_socket() as client:
+        host, port = client.getsockname()
+        via = f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKclient{next(_calls)}\r\n"
+        head = f"OPTIONS sip:bob@example.com SIP/2.0\r\n{via}Max-Forwards: 70\r\n"
+        client.sendto(f"{head}To: <sip:bob@example.com>\r\n{common}Content-Length: 0\r\n\r\n".encode(), alg)
+    ours = forwarded_via(member, call_id)
     text = (
-        "SIP/2.0 200 OK\r\n"
-        f"Via: SIP/2.0/UDP {alg[0]}:{alg[1]};branch=z9hG4bKss0123456789abcdef\r\n"
+        f"SIP/2.0 200 OK\r\nVia: {ours}\r\n"
         f"Via: SIP/2.0/UDP {next_via};branch=z9hG4bKclient{next(_calls)}\r\n"
-        "From: <sip:alice@example.com>;tag=a1\r\n"
-        "To: <sip:bob@example.com>;tag=b1\r\n"
-        f"Call-ID: {call_id}\r\n"
-        "CSeq: 1 OPTIONS\r\n"
-        "Content-Length: 0\r\n\r\n"
+        f"To: <sip:bob@example.com>;tag=b1\r\n{common}Content-Length: 0\r\n\r\n"
     )
     return text.encode(), call_id
+
+
+def forwarded_via(member: socket.socket, call_id: str, timeout_s: float = 3.0) -> str:
+    """The top Via (the ALG's) of the request with `call_id` the ALG forwarded to `member`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert time.monotonic() < deadline, f"the ALG did not forward {call_id}"
+        try:
+            data = member.recv(65535)
+        except TimeoutError:
+            continue
+        if f"Call-ID: {call_id}\r\n".encode() in data:
+            top = next(line for line in data.decode("latin-1").split("\r\n") if line.lower().startswith("via:"))
+            return top.split(":", 1)[1].strip()
 
 
 def udp_socket(timeout_s: float = 1.0) -> socket.socket:
@@ -67,33 +89,38 @@ def counter_moves(alg: AlgProcess, name: str, expected: int) -> None:
 
 
 @pytest.fixture
-def member() -> Iterator[tuple[str, int]]:
-    """A member that never answers (the tests here only relay responses)."""
+def member() -> Iterator[socket.socket]:
+    """The only member: it answers nothing by itself; `response` answers from it."""
     with udp_socket() as sock:
-        yield sock.getsockname()
+        yield sock
+
+
+#: No probes: the member socket sees only the tests' requests, and no counter moves by itself.
+NO_PROBES = "[health]\nprobe_interval_ms = 0\n[status]\ninterval_s = 0.1\n"
 
 
 @pytest.fixture
-def live_alg(tmp_path: Path, member: tuple[str, int]) -> Iterator[AlgProcess]:
-    process = AlgProcess((LOOPBACK, free_udp_port()), [member], tmp_path, config_text="[status]\ninterval_s = 0.1\n")
+def live_alg(tmp_path: Path, member: socket.socket) -> Iterator[AlgProcess]:
+    process = AlgProcess((LOOPBACK, free_udp_port()), [member.getsockname()], tmp_path, config_text=NO_PROBES)
     with process:
         yield process
 
 
-def inject(target: tuple[str, int], datagram: bytes) -> None:
-    with udp_socket() as sock:
-        sock.sendto(datagram, target)
+def inject(target: tuple[str, int], member: socket.socket, next_via: str) -> str:
+    """Have the ALG at `target` relay a 200 to `next_via` (see `response`); its Call-ID."""
+    datagram, call_id = response(target, member, next_via)
+    member.sendto(datagram, target)
+    return call_id
 
 
 # -- the live node (uvloop, as `sipshadow serve` runs) --------------------------------------
 
 
-def test_a_next_hop_named_localhost_is_resolved_and_reached(live_alg: AlgProcess) -> None:
+def test_a_next_hop_named_localhost_is_resolved_and_reached(live_alg: AlgProcess, member: socket.socket) -> None:
     with udp_socket(timeout_s=3.0) as client:
         port = client.getsockname()[1]
         for _ in range(2):  # the second one comes from the cache
-            datagram, call_id = response(live_alg.listen, f"localhost:{port}")
-            inject(live_alg.listen, datagram)
+            call_id = inject(live_alg.listen, member, f"localhost:{port}")
             relayed = client.recv(65535)
             assert call_id.encode() in relayed and b"z9hG4bKss" not in relayed
     time.sleep(SETTLE_S)
@@ -110,44 +137,44 @@ def test_a_next_hop_named_localhost_is_resolved_and_reached(live_alg: AlgProcess
     ],
 )
 def test_a_next_hop_the_socket_cannot_reach_is_dropped_counted_and_the_node_lives_on(
-    live_alg: AlgProcess, next_via: str, counter: str
+    live_alg: AlgProcess, member: socket.socket, next_via: str, counter: str
 ) -> None:
     for expected in (1, 2):
-        inject(live_alg.listen, response(live_alg.listen, next_via)[0])
+        inject(live_alg.listen, member, next_via)
         counter_moves(live_alg, counter, expected)
     assert options_ping(live_alg.listen, timeout_s=1.0), "the node stopped answering"
     with udp_socket(timeout_s=3.0) as client:  # and it still relays to a good next hop
-        datagram, call_id = response(live_alg.listen, f"127.0.0.1:{client.getsockname()[1]}")
-        inject(live_alg.listen, datagram)
+        call_id = inject(live_alg.listen, member, f"127.0.0.1:{client.getsockname()[1]}")
         assert call_id.encode() in client.recv(65535)
     assert live_alg.process is not None and live_alg.process.poll() is None
     assert "Unhandled exception" not in live_alg.log_file.read_text()
 
 
-def test_a_next_hop_naming_the_node_itself_is_not_looped_back(live_alg: AlgProcess) -> None:
+def test_a_next_hop_naming_the_node_itself_is_not_looped_back(live_alg: AlgProcess, member: socket.socket) -> None:
     before = asdict(live_alg.status().counters)
-    inject(live_alg.listen, response(live_alg.listen, f"localhost:{live_alg.listen[1]}")[0])
+    inject(live_alg.listen, member, f"localhost:{live_alg.listen[1]}")
     wait_for(lambda: live_alg.status().counters.responses > before["responses"])  # the status file lags
     time.sleep(SETTLE_S)  # room for a looped copy to come back in
     status = live_alg.status()
     counters = asdict(status.counters)
     assert counters["responses"] == before["responses"] + 1, "the response came back in: it looped"
     assert counters["stray_responses"] == before["stray_responses"]
+    assert counters["forged_responses"] == before["forged_responses"]
     # Dropped by the shell (self loop), or already by the core, which may learn to refuse such a Via.
-    core_dropped = any(counters[name] != before[name] for name in counters if name != "responses")
+    core_dropped = any(counters[name] != before[name] for name in counters if name not in ("responses", "requests"))
     assert status.self_loops == 1 or core_dropped, status
     assert options_ping(live_alg.listen, timeout_s=1.0)
 
 
-def test_a_primary_keeps_its_shadow_through_bad_next_hops(tmp_path: Path, member: tuple[str, int]) -> None:
+def test_a_primary_keeps_its_shadow_through_bad_next_hops(tmp_path: Path, member: socket.socket) -> None:
     """Output commit releases these sends from the replication ack callback: the link must stay up."""
     service = (LOOPBACK, free_udp_port())
-    with LoopbackPair(service, [member], tmp_path, mode="active") as pair, udp_socket(timeout_s=3.0) as client:
+    pair = LoopbackPair(service, [member.getsockname()], tmp_path, mode="active", probe_interval_ms=0)
+    with pair, udp_socket(timeout_s=3.0) as client:
         primary = pair.nodes["a"]
         for next_via in ("[::1]:5099", "no-such-host.invalid:5099", f"localhost:{service[1]}"):
-            inject(service, response(service, next_via)[0])
-        datagram, call_id = response(service, f"localhost:{client.getsockname()[1]}")
-        inject(service, datagram)
+            inject(service, member, next_via)
+        call_id = inject(service, member, f"localhost:{client.getsockname()[1]}")
         assert call_id.encode() in client.recv(65535)
         wait_for(lambda: primary.status().unresolvable == 1)
         status = primary.status()

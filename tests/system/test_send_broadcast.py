@@ -1,10 +1,12 @@
 """Broadcast and multicast next hops leave the node's service socket (RFC 3261 §18.2.2; root only).
 
 Two namespaces made here and nowhere else: "node" (a real `sipshadow serve` on 198.18.0.2) and
-"peer" (198.18.0.3), joined by a veth pair on 198.18.0.0/24. From the peer, a response is
-injected whose next Via is the subnet broadcast, the limited broadcast or a multicast group;
-a receiver in the peer (joined to the group, reading each datagram's destination address with
-IP_PKTINFO) proves the relayed response went out to that address.
+"peer" (198.18.0.3), joined by a veth pair on 198.18.0.0/24. The peer is also the node's member:
+it sends an OPTIONS through the node and answers it, as the member, with a 200 whose next Via
+(under the node's own, whose branch MAC names the member) is the subnet broadcast, the limited
+broadcast or a multicast group; a receiver in the peer (joined to the group, reading each
+datagram's destination address with IP_PKTINFO) proves the relayed response went out to that
+address.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.bed.testbed import down_all, new_prefix, run_checked
 from sipshadow.runtime.status import StatusDocument
 
-AGENT = Path(__file__).with_name("agent.py")
 NODE, PEER = "198.18.0.2", "198.18.0.3"
-SIP_PORT, RECEIVER_PORT = 5060, 5080
+SIP_PORT, MEMBER_PORT, RECEIVER_PORT = 5060, 5070, 5080
 GROUP = "239.255.0.1"
 
 # Bind the port on every address, join GROUP on the peer's interface, print READY, then one JSON
@@ -62,6 +63,33 @@ while True:
 """
 
 
+# As the member (argv: node, SIP port, member address, member port, Call-ID, next Via): send an
+# OPTIONS through the node from another socket, take the copy the node forwards to the member's
+# port and answer it from there, the node's Via kept on top and the next Via under it.
+MEMBER = r"""
+import socket, sys
+node, node_port, peer, member_port, call_id, next_via = sys.argv[1:7]
+member = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+member.bind((peer, int(member_port)))
+member.settimeout(10)
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client.bind((peer, 0))
+common = f"From: <sip:alice@example.com>;tag=a1\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
+via = f"Via: SIP/2.0/UDP {peer}:{client.getsockname()[1]};branch=z9hG4bKpeer{call_id}\r\n"
+head = f"OPTIONS sip:bob@example.com SIP/2.0\r\n{via}Max-Forwards: 70\r\nTo: <sip:bob@example.com>\r\n"
+request = f"{head}{common}Content-Length: 0\r\n\r\n"
+client.sendto(request.encode(), (node, int(node_port)))
+data = ""
+while f"Call-ID: {call_id}\r\n" not in data:  # (the node's health probes come here too)
+    data = member.recv(65535).decode("latin-1")
+ours = next(line for line in data.split("\r\n") if line.lower().startswith("via:"))
+below = f"Via: SIP/2.0/UDP {next_via};branch=z9hG4bKpeer\r\n"
+answer = f"SIP/2.0 200 OK\r\n{ours}\r\n{below}To: <sip:bob@example.com>;tag=b1\r\n{common}Content-Length: 0\r\n\r\n"
+member.sendto(answer.encode(), (node, int(node_port)))
+print('{"sent": 1}', flush=True)
+"""
+
+
 @dataclass(frozen=True)
 class Pair:
     node_ns: str
@@ -90,19 +118,9 @@ def pair(netns_ok: None, request: pytest.FixtureRequest) -> Iterator[Pair]:
     yield made
 
 
-def response(next_via: str, call_id: str) -> str:
-    return (
-        "SIP/2.0 200 OK\r\n"
-        f"Via: SIP/2.0/UDP {NODE}:{SIP_PORT};branch=z9hG4bKss00112233\r\n"
-        f"Via: SIP/2.0/UDP {next_via};branch=z9hG4bKpeer\r\n"
-        "From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>;tag=b1\r\n"
-        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    )
-
-
-def inject(pair: Pair, payload: str) -> None:
-    """Send one datagram to the node from the peer (the system tests' agent)."""
-    argv = [sys.executable, str(AGENT), "send", "--dst", NODE, "--dport", str(SIP_PORT), "--payload", payload]
+def inject(pair: Pair, next_via: str, call_id: str) -> None:
+    """Have the node relay a 200 to `next_via`, answered by the peer as the member (`MEMBER`)."""
+    argv = [sys.executable, "-c", MEMBER, NODE, str(SIP_PORT), PEER, str(MEMBER_PORT), call_id, next_via]
     sent = subprocess.run(pair.exec_argv(pair.peer_ns, argv), capture_output=True, text=True, timeout=20, check=False)
     assert json.loads(sent.stdout) == {"sent": 1}, sent.stderr
 
@@ -119,7 +137,7 @@ def wait_for_status(alg: AlgProcess, timeout_s: float = 10.0) -> StatusDocument:
 
 def test_broadcast_and_multicast_next_hops_are_sent(pair: Pair, tmp_path: Path) -> None:
     alg = AlgProcess(
-        (NODE, SIP_PORT), [(PEER, 5070)], tmp_path, config_text="[status]\ninterval_s = 0.1\n",
+        (NODE, SIP_PORT), [(PEER, MEMBER_PORT)], tmp_path, config_text="[status]\ninterval_s = 0.1\n",
         ready="none", netns=pair.node_ns,
     )  # fmt: skip
     receiver = subprocess.Popen(
@@ -135,7 +153,7 @@ def test_broadcast_and_multicast_next_hops_are_sent(pair: Pair, tmp_path: Path) 
             wait_for_status(alg)
             hops = {"subnet-broadcast": "198.18.0.255", "limited-broadcast": "255.255.255.255", "multicast": GROUP}
             for call_id, host in hops.items():
-                inject(pair, response(f"{host}:{RECEIVER_PORT}", call_id))
+                inject(pair, f"{host}:{RECEIVER_PORT}", call_id)
             time.sleep(0.5)
             status = alg.status()
         out, err = receiver.communicate(timeout=10)

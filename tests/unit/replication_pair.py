@@ -1,8 +1,8 @@
 """A primary and a shadow wired in memory with a hand-stepped clock (h11's connection pair).
 
 Both sides are the real pure machines (`Recorder`, `Follower`) and every message crosses the
-real wire format (HMAC'd frames, encoded and decoded). Nothing reads a clock or a socket: the
-test moves time with `advance` and moves frames with `deliver`.
+real wire format (sealed in a session by `sipshadow.link` channels, after a real handshake).
+Nothing reads a clock or a socket: the test moves time with `advance` and frames with `deliver`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 from sipshadow.core import DatagramReceived, Event, Gateway, GatewayConfig, SendDatagram, TimerExpired
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
+from sipshadow.link import Peering, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.follower import Follower, Handover
 from sipshadow.replication.log import LogEntry
 from sipshadow.replication.recorder import Recorder
 from sipshadow.replication.tap import TapBuffer
-from sipshadow.replication.wire import FrameDecoder, Refused, encode
+from sipshadow.replication.wire import CODEC
 
 KEY = b"k" * 32
 
@@ -35,8 +36,7 @@ class Pair:
         self.dropped: list[str] = []
         self._to_shadow: list[bytes] = []
         self._to_primary: list[bytes] = []
-        self._primary_decoder = FrameDecoder(KEY)
-        self._shadow_decoder = FrameDecoder(KEY)
+        self._primary_channel, self._shadow_channel = channel_pair()
 
     # -- moving time and frames -----------------------------------------------------------
 
@@ -59,20 +59,19 @@ class Pair:
         while self._to_shadow or self._to_primary or self._flush():
             to_shadow, self._to_shadow = self._to_shadow, []
             for data in to_shadow:
-                for message in self._shadow_decoder.feed(data):
+                for message in self._shadow_channel.feed(data).messages:
                     self._on_shadow(self.follower.receive(message, self.now))
             to_primary, self._to_primary = self._to_primary, []
             for data in to_primary:
-                for message in self._primary_decoder.feed(data):
-                    if not isinstance(message, Refused):
-                        self._on_primary(self.recorder.receive(message))
+                for message in self._primary_channel.feed(data).messages:
+                    self._on_primary(self.recorder.receive(message))
 
     def to_shadow_only(self) -> None:
         """Carry the primary's frames to the shadow but lose the shadow's answers."""
         self._flush()
         to_shadow, self._to_shadow = self._to_shadow, []
         for data in to_shadow:
-            for message in self._shadow_decoder.feed(data):
+            for message in self._shadow_channel.feed(data).messages:
                 self.follower.receive(message, self.now)
 
     # -- the world ------------------------------------------------------------------------
@@ -104,19 +103,21 @@ class Pair:
     # -- inside ---------------------------------------------------------------------------
 
     def _flush(self) -> bool:
-        frame = self.recorder.take_entries()
-        if frame is not None:
-            self._to_shadow.append(encode(frame, KEY))
-        return frame is not None
+        frames = self.recorder.take_entries()
+        if frames:
+            self._to_shadow.append(self._primary_channel.seal(frames))
+        return bool(frames)
 
     def _on_primary(self, effects: Effects) -> None:
         self.sent += effects.send
-        self._to_shadow += [encode(message, KEY) for message in effects.write]
+        if effects.write:
+            self._to_shadow.append(self._primary_channel.seal(effects.write))
         if effects.drop:
             self.dropped.append(effects.drop)
 
     def _on_shadow(self, effects: Effects) -> None:
-        self._to_primary += [encode(message, KEY) for message in effects.write]
+        if effects.write:
+            self._to_primary.append(self._shadow_channel.seal(effects.write))
         if effects.drop:
             self.dropped.append(effects.drop)
 
@@ -130,5 +131,14 @@ def recorded_entries(config: GatewayConfig, events: list[Event], *, seed: int = 
     recorder.attach()
     for event in events:
         recorder.record(event, gateway.handle(event))
-    frame = recorder.take_entries()
-    return gateway, frame.entries if frame is not None else []
+    return gateway, [entry for frame in recorder.take_entries() for entry in frame.entries]
+
+
+def channel_pair() -> tuple[StreamChannel, StreamChannel]:
+    """(primary's, shadow's) ends of one connection, handshake done."""
+    primary = StreamChannel(CODEC, Peering(KEY, "primary", "shadow"), nonce=b"p" * 16, initiator=False)
+    shadow = StreamChannel(CODEC, Peering(KEY, "shadow", "primary"), nonce=b"s" * 16, initiator=True)
+    answer = primary.feed(shadow.offer()).write
+    assert shadow.feed(answer).ready
+    # the primary's end is established by the shadow's first sealed frame (its Hello)
+    return primary, shadow

@@ -17,10 +17,9 @@ from sipshadow.detect.heartbeat import (
     Heartbeat,
     HeartbeatDetector,
     SilenceWindow,
-    encode,
     stamped,
 )
-from sipshadow.link import FrameDecoder
+from sipshadow.link import DatagramChannel, Peering
 
 INTERVAL, MISSES = 0.010, 4  # the defaults of runtime/config.py: 10 ms, 4 misses
 BASE = INTERVAL * MISSES
@@ -146,23 +145,43 @@ def test_the_silence_of_a_peer_declared_dead_is_no_jitter() -> None:
     assert peer.warm().window_s == pytest.approx(BASE)
 
 
+def peer_channel(own: DatagramChannel) -> DatagramChannel:
+    """Node "p"'s channel, in session with `own` (node "s"'s) after one Offer and Answer."""
+    peer = DatagramChannel(CODEC, Peering(KEY, "p", "s"), nonce=b"p" * 16)
+    answer = own.receive(peer.offer()).write
+    assert peer.receive(answer).refused is None and peer.session is not None
+    return peer
+
+
 def test_a_beat_is_stamped_when_it_leaves_and_the_stamp_survives_the_frame() -> None:
     beat = Heartbeat("p", 1, "primary", 9)
     assert beat.sent_at == 0.0  # a beat built without a stamp (the node's view of itself)
-    opened = FrameDecoder(CODEC, KEY).open_datagram(stamped(beat, KEY))
+    own = DatagramChannel(CODEC, Peering(KEY, "s", "p"), nonce=b"s" * 16)
+    frame = peer_channel(own).seal(stamped(beat))
+    assert frame is not None
+    [opened] = own.receive(frame).messages
     assert isinstance(opened, Heartbeat) and opened.sent_at > 0
     assert (opened.node_id, opened.epoch, opened.role, opened.released) == ("p", 1, "primary", 9)
 
 
 def detector() -> HeartbeatDetector:
     return HeartbeatDetector(
-        key=KEY, peer=("127.0.0.1", 9), interval_s=INTERVAL, misses=MISSES,
+        peering=Peering(KEY, "s", "p"), peer=("127.0.0.1", 9), interval_s=INTERVAL, misses=MISSES,
         beat=lambda: Heartbeat("s", 0, "shadow", 0), on_peer_beat=lambda beat: None, on_peer_dead=lambda: None,
     )  # fmt: skip
 
 
-def frame(sent_at: float) -> bytes:
-    return encode(Heartbeat("p", 0, "primary", 0, sent_at), KEY)
+_peers: dict[int, DatagramChannel] = {}
+
+
+def frame_for(own: HeartbeatDetector, sent_at: float) -> bytes:
+    """A beat of node "p" sent at `sent_at`, sealed in session with `own`."""
+    peer = _peers.get(id(own))
+    if peer is None:
+        peer = _peers[id(own)] = peer_channel(own.channel)
+    sealed = peer.seal(Heartbeat("p", 0, "primary", 0, sent_at))
+    assert sealed is not None
+    return sealed
 
 
 def test_the_detector_measures_gaps_on_the_senders_stamps() -> None:
@@ -172,11 +191,11 @@ def test_the_detector_measures_gaps_on_the_senders_stamps() -> None:
     async def feed() -> tuple[float, float, float]:
         punctual, late, unstamped = detector(), detector(), detector()
         for index in range(15):
-            punctual.datagram_received(frame(100.0 + index * INTERVAL), ("127.0.0.1", 9))
+            punctual.datagram_received(frame_for(punctual, 100.0 + index * INTERVAL), ("127.0.0.1", 9))
         for sent_at in (100.0, 100.030):
-            late.datagram_received(frame(sent_at), ("127.0.0.1", 9))
+            late.datagram_received(frame_for(late, sent_at), ("127.0.0.1", 9))
         for _ in range(3):
-            unstamped.datagram_received(frame(0.0), ("127.0.0.1", 9))
+            unstamped.datagram_received(frame_for(unstamped, 0.0), ("127.0.0.1", 9))
             await asyncio.sleep(0.03)
         now = asyncio.get_running_loop().time()
         return tuple(d.window.worst_gap_s(now) for d in (punctual, late, unstamped))  # type: ignore[return-value]

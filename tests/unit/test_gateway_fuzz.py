@@ -60,3 +60,18 @@ def test_mutated_input_never_raises_and_leaves_an_established_call_routable(data
     bye = request("BYE", call_id="held", to_tag="callee-tag", cseq=9, branch="z9hG4bKbye")
     (forwarded,) = core.handle(DatagramReceived(bye, CALLER, 3.0))
     assert forwarded.destination == invite.destination
+
+
+def test_a_salvaged_header_goes_back_under_its_canonical_name() -> None:
+    """Hypothesis found it: "V\\x0b:" strips to the compact Via, and the 400 echoed the raw
+    name, which no parser accepts; the reply writes "Via:" instead."""
+    from sipshadow.core.replies import salvage_reply
+    from sipshadow.sip import parse_message
+
+    data = (b"INVITE sip:bob@192.0.2.1:5060 SIP/2.0\r\nV\x0b: SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKcaller1\r\n"
+            b"Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 5\r\n\r\nv=0\r\n")  # fmt: skip
+    salvaged = salvage_reply(data, 400, "Malformed header name")
+    assert salvaged is not None
+    reply, via = salvaged
+    assert b"\r\nVia: SIP/2.0/UDP 192.0.2.10:5070" in reply and via.host == "192.0.2.10"
+    assert parse_message(reply).status == 400

@@ -4,6 +4,8 @@ counters an operator reads (each counts one per event, no more)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
@@ -35,12 +37,12 @@ def test_a_member_that_answers_every_probe_stays_up_round_after_round() -> None:
     assert counters.probes_sent == 8
 
 
-def test_an_answer_to_the_current_probe_from_another_address_is_stray_and_proves_nothing() -> None:
+def test_an_answer_to_the_current_probe_from_another_address_is_forged_and_proves_nothing() -> None:
     gateway = make_gateway(probe_interval_s=1.0, probe_misses=1)
     probes = probe_round(gateway, 0.0)
     reply_to_probe(gateway, probes[MEMBERS[1]], MEMBERS[0], 0.5)  # member 0 answering for member 1
     reply_to_probe(gateway, probes[MEMBERS[1]], ("203.0.113.66", 5060), 0.5)
-    assert gateway.counters.stray_probe_answers == 2
+    assert (gateway.counters.forged_responses, gateway.counters.stray_probe_answers) == (2, 0)
     probe_round(gateway, 1.0)
     assert [member.up for member in gateway.health.members] == [False, False]
 
@@ -57,13 +59,17 @@ def test_a_second_answer_to_the_same_probe_is_stray() -> None:
 @pytest.mark.parametrize(
     "suffix", ["2.1", "9.1", "0.x", "x.1", "0", "0.", ".1", "0.1x", "\u0660.1", "0.\u0661", "", "0.1.1"]
 )
-def test_a_probe_branch_naming_no_member_or_no_sequence_is_stray(suffix: str) -> None:
-    """Branches `z9hG4bKssp.<member index>.<round>` with anything else there are someone else's."""
+def test_a_probe_branch_naming_no_member_or_no_sequence_is_forged(suffix: str) -> None:
+    """Branches `z9hG4bKssp.<member index>.<round>.<MAC>` with anything else there are forged,
+    with or without the real probe's MAC after them, even from the member's own address."""
     gateway = make_gateway(probe_interval_s=1.0, probe_misses=1)
     probes = probe_round(gateway, 0.0)
-    forged = probes[MEMBERS[0]].replace(b"branch=z9hG4bKssp.0.1", f"branch=z9hG4bKssp.{suffix}".encode())
-    send(gateway, response_to(forged, 200, "OK", to_tag="m"), ("203.0.113.66", 5060), 0.5)
-    assert gateway.counters.stray_probe_answers == 1
+    real = re.search(rb"branch=z9hG4bKssp\.0\.1\.([0-9a-f]+)", probes[MEMBERS[0]])
+    assert real is not None
+    for fake in (f"z9hG4bKssp.{suffix}", f"z9hG4bKssp.{suffix}.{real[1].decode()}"):
+        forged = probes[MEMBERS[0]].replace(real[0], f"branch={fake}".encode())
+        send(gateway, response_to(forged, 200, "OK", to_tag="m"), MEMBERS[0], 0.5)
+    assert (gateway.counters.forged_responses, gateway.counters.stray_probe_answers) == (2, 0)
     assert gateway.health.members[0].outstanding
 
 
@@ -86,7 +92,7 @@ def test_a_probe_is_a_complete_options_request() -> None:
     assert message.first("max-forwards") == "70"
     assert message.first("content-length") == "0"
     assert message.cseq == (1, "OPTIONS")
-    assert message.top_via is not None and message.top_via.branch == "z9hG4bKssp.1.1"
+    assert message.top_via is not None and re.fullmatch(r"z9hG4bKssp\.1\.1\.[0-9a-f]{20}", message.top_via.branch or "")
     assert message.call_id == "ssprobe-1-1@192.0.2.1:5060"
     assert message.from_tag == "ssprobe1" and message.to_tag is None
     assert probe.endswith(b"\r\n\r\n")
@@ -499,7 +505,8 @@ def test_each_probe_round_has_its_own_sequence_in_branch_and_cseq() -> None:
     for round_number, now in enumerate((0.0, 1.0, 2.0), start=1):
         message = parse_message(probe_round(gateway, now)[MEMBERS[0]])
         assert message.cseq == (round_number, "OPTIONS")
-        assert message.top_via is not None and message.top_via.branch == f"z9hG4bKssp.0.{round_number}"
+        branch = message.top_via.branch if message.top_via is not None else None
+        assert re.fullmatch(rf"z9hG4bKssp\.0\.{round_number}\.[0-9a-f]{{20}}", branch or ""), branch
 
 
 def test_a_timer_before_the_round_is_due_sends_no_probe() -> None:
@@ -593,13 +600,13 @@ def test_responses_without_our_via_and_probe_answers_that_name_nothing_count_one
     for _ in range(2):
         send(gateway, response_to(request("INVITE"), 200, "OK"), MEMBERS[0])
     assert gateway.counters.stray_responses == 2
-    forged = probes[MEMBERS[0]].replace(b"branch=z9hG4bKssp.0.1", b"branch=z9hG4bKssp.0.x")
+    forged = re.sub(rb"branch=z9hG4bKssp\.0\.1\.", b"branch=z9hG4bKssp.0.x.", probes[MEMBERS[0]])
     for _ in range(2):
         send(gateway, response_to(forged, 200, "OK", to_tag="m"), MEMBERS[0], 0.5)
-    assert gateway.counters.stray_probe_answers == 2
+    assert (gateway.counters.forged_responses, gateway.counters.stray_probe_answers) == (2, 0)
     for _ in range(3):  # the first answers the probe, the next two are late duplicates
         send(gateway, response_to(probes[MEMBERS[0]], 200, "OK", to_tag="m"), MEMBERS[0], 0.6)
-    assert gateway.counters.stray_probe_answers == 4
+    assert gateway.counters.stray_probe_answers == 2
 
 
 # -- what the ALG answers itself, and what it leaves to the members -------------------------------

@@ -26,6 +26,12 @@ class GatewayConfig:
     rounds. Timeouts: `early_timeout_s` is Timer C (§16.6 item 11), `confirmed_timeout_s`
     reaps a confirmed dialog with no request, `terminated_linger_s` keeps an ended one (64*T1).
     Replicas need the same config: the state names members by index, in this order.
+
+    `branch_key` keys the MAC in the ALG's Via branches (§16.11 stateless branch, checked on
+    every response, §16.7), so a response can be forged only by someone who saw the request.
+    The shell always passes a real secret: derived from the pair key in an HA pair (both
+    replicas must compute the same branches), drawn at start on a solo node. The default
+    b"" (an unkeyed MAC, forgeable by anyone who reads this code) is for unit tests only.
     """
 
     service: Address
@@ -37,3 +43,4 @@ class GatewayConfig:
     confirmed_timeout_s: float = 7200.0
     terminated_linger_s: float = 32.0
     aliases: tuple[Address, ...] = field(default=())
+    branch_key: bytes = field(default=b"", repr=False)

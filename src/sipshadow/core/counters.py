@@ -23,6 +23,9 @@ class Counters:
     malformed_requests: int = 0
     malformed_responses: int = 0
     stray_responses: int = 0
+    #: Responses with our Via on top whose branch is garbled or whose MAC does not match their
+    #: Call-ID, CSeq and source address: dropped, never relayed (§16.7, §26.1.5).
+    forged_responses: int = 0
     unroutable_acks: int = 0
     keepalives: int = 0
     #: Responses whose next hop is the ALG itself: dropped instead of looped (§16.7 step 3).

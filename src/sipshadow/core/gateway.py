@@ -8,6 +8,8 @@ Via and Record-Route (§16.6); responses return along the Via stack (§16.7).
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
 from typing import Any
 
 from sipshadow.core.actions import Address, SendDatagram, format_address, uri_host
@@ -24,8 +26,15 @@ from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via, parse_messag
 from sipshadow.sip.headers import Uri
 
 MAGIC_COOKIE = "z9hG4bK"
+#: Our branches: OWN_BRANCH + payload + "." + MAC, the payload a 16-hex-digit digest of the
+#: request (`Gateway._branch`) or, for a health probe, "p.<member index>.<round>".
 OWN_BRANCH = MAGIC_COOKIE + "ss"
 PROBE_BRANCH = OWN_BRANCH + "p."
+#: The MAC's size in bytes (hex doubles it): 80 bits, beyond guessing within a call's life.
+MAC_BYTES = 10
+_HEX = frozenset("0123456789abcdef")
+#: One CANCEL, ACK or INVITE transaction on a branch: one MAC class (see `Gateway._mac`).
+_INVITE_CLASS = frozenset({"INVITE", "CANCEL", "ACK"})
 #: Requests that open a dialog when they carry no To tag (RFC 3261 §12, RFC 6665, RFC 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
@@ -40,6 +49,18 @@ def _ends(dialog: Dialog, request: SipMessage) -> bool:
         return False
     value = request.first("subscription-state")
     return value is not None and value.split(";", 1)[0].strip().lower() == "terminated"
+
+
+def _well_formed(payload: str) -> bool:
+    """A payload our branches carry: 16 lowercase hex digits, or a probe's "p.<index>.<round>"."""
+    if payload.startswith("p."):
+        index, dot, sequence = payload[2:].partition(".")
+        return bool(dot) and _digits(index) and _digits(sequence)
+    return len(payload) == 16 and _HEX.issuperset(payload)
+
+
+def _digits(text: str) -> bool:
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
 
 
 def _late_fork(call: Call, from_tag: str, to_tag: str | None) -> bool:
@@ -88,7 +109,8 @@ class Gateway:
         reaps what expired by `event.now` and, when a probe round is due, gives one OPTIONS per
         member in configured order. Bad input never raises: a malformed request is counted and,
         if a usable Via is left, answered 400 (505 for another SIP version; an ACK never is,
-        §17.2.1); a malformed or stray response, or a CRLF keep-alive, is counted and dropped.
+        §17.2.1); a malformed, stray or forged response (its branch MAC does not match where it
+        came from, `_authentic`), or a CRLF keep-alive, is counted and dropped.
         Only the entropy's error (`ReplayMismatch` on a shadow) passes through; anything else
         escaping is a bug. The deadlines it sets are `event.now` plus a config timeout: read
         `next_deadline()` again after each call.
@@ -266,12 +288,12 @@ class Gateway:
                 self.counters.calls_per_member[member] += 1
             else:
                 self.counters.subscriptions += 1
-        branch = self._branch(request, via)
+        destination = self.members[call.member]
+        branch = self._branch(request, via, destination)
         cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
         attempt = Attempt(branch, method, request.from_tag or "", cseq[0], event.source,
                           event.now + self.config.early_timeout_s)  # fmt: skip
         self.table.add_attempt(call, attempt)
-        destination = self.members[call.member]
         return self._forward(request, event, via, max_forwards, destination, branch, record_route=True)
 
     def _on_out_of_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
@@ -382,7 +404,7 @@ class Gateway:
         """§16.6: our Via (with `branch`, derived from the request unless given), Max-Forwards
         less one, received/rport stamped, and Record-Route when asked."""
         if branch is None:
-            branch = self._branch(request, via)
+            branch = self._branch(request, via, destination)
         request.set("max-forwards", "Max-Forwards", str(max_forwards - 1))
         self._stamp_received(request, via, event.source)
         if record_route:
@@ -390,17 +412,56 @@ class Gateway:
         request.push_front("via", "Via", f"SIP/2.0/UDP {self.sent_by};branch={branch}")
         return [SendDatagram(request.to_bytes(), destination)]
 
-    def _branch(self, request: SipMessage, via: Via) -> str:
-        """A stateless branch (§16.11): equal for an INVITE, its retransmissions and its CANCEL."""
+    def _branch(self, request: SipMessage, via: Via, destination: Address) -> str:
+        """A stateless branch (§16.11): equal for an INVITE, its retransmissions and its CANCEL
+        (and the ACK of a non-2xx), which all go to `destination`; it ends in the MAC that
+        `_on_response` checks (`_mac`)."""
         incoming = via.branch
+        cseq = request.cseq
+        number = cseq[0] if cseq else 0
         if incoming and incoming.startswith(MAGIC_COOKIE):
             key = f"{incoming}\x1f{via.host}\x1f{via.port}"
         else:
-            cseq = request.cseq
-            number = cseq[0] if cseq else 0
             key = f"{request.uri}\x1f{request.from_tag}\x1f{request.call_id}\x1f{number}\x1f{via}"
         digest = hashlib.blake2b(key.encode("latin-1", "replace"), digest_size=8).hexdigest()
-        return OWN_BRANCH + digest
+        method = cseq[1] if cseq else request.method or ""
+        peer = destination if _is_ip_literal(destination[0]) else UNBOUND_PEER
+        return f"{OWN_BRANCH}{digest}.{self._mac(digest, request.call_id or '', number, method, peer)}"
+
+    def _mac(self, payload: str, call_id: str, number: int, method: str, peer: Address) -> str:
+        """The branch's MAC (hex): keyed BLAKE2b over what the request and its responses share.
+
+        Inputs: the branch's payload (the digest, or a probe's "p.<index>.<round>"), the CSeq
+        number, the method's class, the peer (where the request went, so where its responses
+        come from) and the Call-ID. The class is "INVITE" for INVITE, CANCEL and ACK and the
+        method itself otherwise: a CANCEL (CSeq method CANCEL, §9.1) and the ACK of a non-2xx
+        (§17.1.1.3) must take their INVITE's branch, which a UAS matches them by (§17.2.3), and
+        they share its Call-ID, CSeq number and destination; another method keeps its own
+        class, so a branch seen on a MESSAGE cannot vouch for an INVITE response. The Call-ID
+        goes last, and no other input can hold the separator, so the fields cannot shift. The
+        key (`GatewayConfig.branch_key`) is the same on both replicas: so is every branch.
+        """
+        host, port = peer
+        kind = "INVITE" if method in _INVITE_CLASS else method
+        text = f"{payload}\x1f{number}\x1f{kind}\x1f{host.lower()}\x1f{port}\x1f{call_id}"
+        data = text.encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(data, key=self.config.branch_key, digest_size=MAC_BYTES).hexdigest()
+
+    def _authentic(self, branch: str, response: SipMessage, cseq: tuple[int, str], source: Address) -> str | None:
+        """The payload of our `branch` if its MAC matches the response's Call-ID, CSeq and
+        `source` (a response comes from where its request went); None for a forgery. A request
+        sent to a host *name* (a member or Contact given by name, resolved by the shell) has
+        a branch bound to `UNBOUND_PEER` instead: the core never learns the address its
+        responses come from, so only the key, Call-ID and CSeq vouch for them."""
+        payload, dot, mac = branch[len(OWN_BRANCH) :].rpartition(".")
+        if not dot or len(mac) != 2 * MAC_BYTES or not _well_formed(payload):
+            return None
+        given = mac.encode("utf-8", "surrogatepass")
+        for peer in (source, UNBOUND_PEER):
+            expected = self._mac(payload, response.call_id or "", cseq[0], cseq[1], peer)
+            if hmac.compare_digest(expected.encode(), given):
+                return payload
+        return None
 
     @staticmethod
     def _stamp_received(request: SipMessage, via: Via, source: Address) -> None:
@@ -429,11 +490,15 @@ class Gateway:
         if not branch.startswith(OWN_BRANCH) or (via.host, via.port or 5060) not in self.own_addresses:
             self.counters.stray_responses += 1
             return []
+        payload = self._authentic(branch, response, cseq, event.source)
+        if payload is None:
+            self.counters.forged_responses += 1  # a guessed branch, or sent from elsewhere
+            return []
         member = self.member_index.get(event.source)
         if member is not None and self.health.alive(member):
             self.counters.member_up_events += 1
         if branch.startswith(PROBE_BRANCH):
-            self._on_probe_answer(branch, event.source)
+            self._on_probe_answer(payload)
             return []
         response.pop_front("via")
         next_via = response.top_via
@@ -512,13 +577,16 @@ class Gateway:
         member = self.members[index]
         sequence = self.health.members[index].sequence
         target = format_address(member)
+        call_id = f"ssprobe-{index}-{sequence}@{self.sent_by}"
+        payload = f"p.{index}.{sequence}"
+        mac = self._mac(payload, call_id, sequence, "OPTIONS", member)
         lines = (
             f"OPTIONS sip:{target} SIP/2.0",
-            f"Via: SIP/2.0/UDP {self.sent_by};branch={PROBE_BRANCH}{index}.{sequence}",
+            f"Via: SIP/2.0/UDP {self.sent_by};branch={PROBE_BRANCH}{index}.{sequence}.{mac}",
             "Max-Forwards: 70",
             f"From: <sip:sipshadow@{self.sent_by}>;tag=ssprobe{index}",
             f"To: <sip:{target}>",
-            f"Call-ID: ssprobe-{index}-{sequence}@{self.sent_by}",
+            f"Call-ID: {call_id}",
             f"CSeq: {sequence} OPTIONS",
             "Content-Length: 0",
             "",
@@ -526,14 +594,14 @@ class Gateway:
         )
         return SendDatagram("\r\n".join(lines).encode("latin-1"), member)
 
-    def _on_probe_answer(self, branch: str, source: Address) -> None:
-        """A probe counts only from the member it was sent to, for the probe outstanding."""
-        index_text, _, sequence_text = branch[len(PROBE_BRANCH) :].partition(".")
-        if not (index_text.isascii() and index_text.isdigit() and sequence_text.isascii() and sequence_text.isdigit()):
-            self.counters.stray_probe_answers += 1
-            return
+    def _on_probe_answer(self, payload: str) -> None:
+        """A probe counts only for the probe outstanding.
+
+        `payload` is an authentic probe branch's "p.<index>.<round>" (`_authentic`): its MAC
+        names the member's address, so the answer came from the member it was sent to."""
+        index_text, _, sequence_text = payload[2:].partition(".")
         index = int(index_text)
-        if index >= len(self.members) or self.members[index] != source:
+        if index >= len(self.members):  # never a probe we sent: signed by someone else holding the key
             self.counters.stray_probe_answers += 1
             return
         came_back = self.health.answered(index, int(sequence_text))
@@ -573,3 +641,15 @@ class Gateway:
         if "rport" in via.params:
             return source
         return source[0], via.port or 5060
+
+
+#: The MAC's peer for a request sent to a host name: responses may come from any address.
+UNBOUND_PEER: Address = ("*", 0)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True

@@ -1,13 +1,21 @@
-"""UDP heartbeats both ways, HMAC'd; the peer is dead after a window of silence.
+"""UDP heartbeats both ways, sealed per session; the peer is dead after a window of silence.
+
+Beats are sealed by a `sipshadow.link.DatagramChannel`: until both ends hold a session (a
+handshake with a nonce from each, renewed whenever either restarts) a node sends Offers, not
+beats, and only a beat that opens under the current session, with a counter above the last,
+from the configured peer, in a known role and a bounded epoch, counts. A captured beat
+replayed later is stale; one from before a restart is out of session.
 
 Each beat also carries the sender's role, epoch and released sequence number, so the shadow
 learns how far the primary has sent outputs even when no log traffic flows, and a node that
 starts while a primary already serves learns it must join as the shadow.
 
-Beats leave from a small thread, not from the event loop: a loop busy for tens of ms (a
-state-transfer snapshot, a burst of traffic) must not look like a dead node and start a
-takeover against a live primary. The thread beats only while the loop has turned within
-`LOOP_STALL_LIMIT_S`, so a wedged node still falls silent and is taken over.
+Beats leave from a small child process (`sipshadow.detect.beater`), not from the event loop
+nor a thread of it: a loop busy for tens of ms (a state-transfer snapshot, a burst of traffic)
+or an interpreter lock held by one long call must not look like a dead node and start a
+takeover against a live primary. The child beats only while the loop has turned within
+`beater.STALL_LIMIT_S`, so a wedged node still falls silent and is taken over, and it exits
+the moment the node dies.
 
 The window is `misses` intervals, widened when the peer itself has been late (`SilenceWindow`).
 Lateness is measured on the sender's clock: each beat carries the time it left, so beats that
@@ -22,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import threading
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +38,10 @@ from collections.abc import Callable
 import msgspec
 
 from sipshadow.core.actions import Address
-from sipshadow.link import FrameCodec, FrameDecoder, Refused
+from sipshadow.detect.beater import Beater
+from sipshadow.detect.throttle import ThrottledLog
+from sipshadow.link import NONCE_BYTES, DatagramChannel, MessageCodec, Peering, Refused
+from sipshadow.link.session import Session
 
 
 class Heartbeat(msgspec.Struct, array_like=True, tag=5):
@@ -45,24 +55,38 @@ class Heartbeat(msgspec.Struct, array_like=True, tag=5):
     sent_at: float = 0.0
 
 
-#: Heartbeats are frame kind 5 of the pair's format; a datagram holds one, well under 4 KiB.
-CODEC = FrameCodec({Heartbeat: 5}, Heartbeat, 4096)
+#: Heartbeats are message kind 5 of the pair's format; a sealed one is well under 512 bytes.
+CODEC = MessageCodec({Heartbeat: 5}, Heartbeat, 512)
+#: The roles a beat may claim (`sipshadow.ha.roles.Role` values).
+ROLES = frozenset({"starting", "shadow", "taking-over", "primary", "fenced"})
+#: The highest epoch a beat may carry: far beyond any pair's life (a takeover a second for
+#: 136 years), far below where a u64 overflows in `epoch + 1`.
+MAX_EPOCH = 2**32
 
 
-def encode(message: Heartbeat, key: bytes) -> bytes:
-    return CODEC.encode(message, key)
+def stamped(message: Heartbeat) -> Heartbeat:
+    """`message` as it leaves now: stamped with this host's monotonic clock."""
+    return msgspec.structs.replace(message, sent_at=time.monotonic())
 
 
-def stamped(message: Heartbeat, key: bytes) -> bytes:
-    """The frame of `message` as it leaves now: stamped with this host's monotonic clock."""
-    return encode(msgspec.structs.replace(message, sent_at=time.monotonic()), key)
+def check_beat(beat: Heartbeat, peer_id: str) -> Refused | None:
+    """Why an authenticated beat must not count, if it must not (another node, role, epoch)."""
+    if beat.node_id != peer_id:
+        return Refused("foreign", f"beat names node {beat.node_id!r} in {peer_id!r}'s session")
+    if beat.role not in ROLES:
+        return Refused("undecodable", f"unknown role {beat.role!r}")
+    if not 0 <= beat.epoch <= MAX_EPOCH or beat.released < 0:
+        return Refused("undecodable", f"epoch {beat.epoch} or released {beat.released} out of range")
+    return None
 
+
+#: Seconds the beat process may take to start (an interpreter and a few imports: ~0.2 s).
+BEATER_START_TIMEOUT_S = 10.0
 
 log = logging.getLogger("sipshadow.detect")
+throttled = ThrottledLog(log)
 
 
-#: How long the event loop may go without a turn before this node stops vouching for itself.
-LOOP_STALL_LIMIT_S = 2.0
 #: How long a late beat keeps the detection window wide.
 JITTER_MEMORY_S = 10.0
 #: The window widens to twice the peer's worst recent gap: room for a gap a little worse than any seen.
@@ -145,14 +169,14 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
     `max_window_s` caps how far the peer's lateness may widen the window (default
     `MAX_WIDENING` times `interval_s * misses`); it bounds the detection time. `on_stall`, if
     given, hears how long (s) our own beats stopped whenever they stopped for more than two
-    intervals (the whole process stood still: a freeze, SIGSTOP, a starved host), so the peer
-    may have declared us dead meanwhile; a busy loop alone does not stop the beat thread.
+    intervals (the loop stood still past the beat process's stall limit: a freeze, SIGSTOP, a
+    starved host), so the peer may have declared us dead meanwhile.
     """
 
     def __init__(
         self,
         *,
-        key: bytes,
+        peering: Peering,
         peer: Address,
         interval_s: float,
         misses: int,
@@ -162,7 +186,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         max_window_s: float | None = None,
         on_stall: Callable[[float], None] | None = None,
     ) -> None:
-        self.key = key
+        self.channel = DatagramChannel(CODEC, peering, nonce=secrets.token_bytes(NONCE_BYTES))
         self.peer = peer
         self.interval_s = interval_s
         self.misses = misses
@@ -170,52 +194,79 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.on_peer_beat = on_peer_beat
         self.on_peer_dead = on_peer_dead
         self.on_stall = on_stall
-        self._own_silence_s = 0.0  # written by the beat thread, read and reset by the loop
         self.last_peer_beat: Heartbeat | None = None
         self.last_seen: float | None = None
         self.peer_alive = False
         self.refused = 0
         self.stalls = 0
         self.window = SilenceWindow(interval_s, misses, max_window_s)
-        self._decoder = FrameDecoder(CODEC, key)
+        self._answered_at = float("-inf")
         self._transport: asyncio.DatagramTransport | None = None
         self._task: asyncio.Task[None] | None = None
-        self._message: Heartbeat | None = None
-        self._loop_turned_at = time.monotonic()
-        self._stop = threading.Event()
-        self._sender: threading.Thread | None = None
+        self._beater: Beater | None = None
+        self._sealing: Session | None = None  #: the session the beat process seals with
+        self._beater_ready = asyncio.Event()
 
     async def start(self, listen: Address) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=listen)
-        self._message = self.beat()
+        self._beater = Beater(self.peer, listen[0], self.interval_s)
+        loop.add_reader(self._beater.fileno(), self._beater_said)
         self._task = asyncio.create_task(self._run())
-        sock = socket.socket(socket.AF_INET6 if ":" in listen[0] else socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind((listen[0], 0))
-        self._sender = threading.Thread(target=self._beat_forever, args=(sock,), name="heartbeat", daemon=True)
-        self._sender.start()
+        try:  # a node listens for its peer only once it can answer with beats
+            await asyncio.wait_for(self._beater_ready.wait(), BEATER_START_TIMEOUT_S)
+        except TimeoutError:
+            log.error("the beat process did not start within %.0f s: beating may be late", BEATER_START_TIMEOUT_S)
 
-    def _beat_forever(self, sock: socket.socket) -> None:
-        """The sender thread: the latest beat, stamped as it leaves, every interval, while the loop is alive."""
-        last_sent = time.monotonic()
-        with sock:
-            while not self._stop.wait(self.interval_s):
-                message = self._message
-                now = time.monotonic()
-                if message is not None and now - self._loop_turned_at < LOOP_STALL_LIMIT_S:
-                    if now - last_sent > 2 * self.interval_s:  # the whole process stood still (or the loop)
-                        self._own_silence_s = max(self._own_silence_s, now - last_sent)
-                    last_sent = now
-                    with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
-                        sock.sendto(stamped(message, self.key), self.peer)
+    def _beater_said(self) -> None:
+        assert self._beater is not None
+        for what, seconds in self._beater.reports():
+            if what == "ready":
+                self._beater_ready.set()
+            elif what == "stalled" and self.on_stall is not None:
+                self.on_stall(seconds)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
-        message = self._decoder.open_datagram(data)
-        if isinstance(message, Refused) or not isinstance(message, Heartbeat):
-            self.refused += 1
-            log.warning("refused a heartbeat from %s: %s", addr, getattr(message, "reason", "not a heartbeat"))
+    def _tick(self) -> None:
+        """Once per loop turn: the beat process gets the latest beat (and the session, when it
+        changed); with no session yet, the peer gets an Offer."""
+        beater, session = self._beater, self.channel.session
+        if beater is None:
             return
+        if session is not self._sealing:
+            self._sealing = session
+            beater.session(session)
+        message = self.beat()
+        beater.beat((message.node_id, message.epoch, message.role, message.released))
+        if session is None and self._transport is not None:
+            self._transport.sendto(self.channel.offer(), self.peer)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        received = self.channel.receive(data)
         now = asyncio.get_running_loop().time()
+        if received.write and self._transport is not None and now - self._answered_at >= self.interval_s:
+            self._answered_at = now  # one answer per interval: replayed offers amplify nothing
+            self._transport.sendto(received.write, addr)
+        session = self.channel.session
+        if session is not None and session is not self._sealing and self._beater is not None:
+            self._tick()  # a new session: the beat process seals with it and beats at once,
+            self._beater.now()  # so the peer adopts it within a round trip, not a window
+        for message in received.messages:
+            refused = check_beat(message, session.peer_id) if session is not None else Refused("out_of_session")
+            if refused is not None:
+                self._refuse(self.channel.peering.refuse(refused), addr)
+            else:
+                self._heard(message, now)
+        if received.refused is not None:
+            self._refuse(received.refused, addr)
+
+    def _refuse(self, refused: Refused, addr: tuple[str, int]) -> None:
+        self.refused += 1
+        alarm = self.channel.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
+        throttled.log(logging.ERROR if alarm else logging.WARNING, f"beat {refused.reason}",
+                      "refused a heartbeat frame from %s:%d (%s: %s)%s", *addr[:2], refused.reason, refused.detail,
+                      f": {alarm}" if alarm else "")  # fmt: skip
+
+    def _heard(self, message: Heartbeat, now: float) -> None:
         if message.sent_at > 0:
             self._measure(message.sent_at, now)
         self.last_seen = now
@@ -241,20 +292,18 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable while the peer is down: silence says the same
 
     def send_now(self) -> None:
-        if self._transport is not None:
-            self._transport.sendto(stamped(self.beat(), self.key), self.peer)
+        """A beat now (an Offer while no session is up)."""
+        self._tick()
+        if self._beater is not None and self.channel.session is not None:
+            self._beater.now()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_tick = loop.time()
         while True:
-            self._loop_turned_at = time.monotonic()
-            self._message = self.beat()
+            self._tick()
             await asyncio.sleep(self.interval_s)
             now = loop.time()
-            own_silence, self._own_silence_s = self._own_silence_s, 0.0
-            if own_silence and self.on_stall is not None:
-                self.on_stall(own_silence)
             if now - last_tick > 2 * self.interval_s:
                 # Our own loop was stalled (CPU starvation): the peer's beats may be waiting in the
                 # socket buffer. Judge silence only after a turn in which we were listening.
@@ -270,7 +319,11 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
                 self.on_peer_dead()
 
     def close(self) -> None:
-        self._stop.set()
+        if self._beater is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._beater.fileno())
+            self._beater.close()
+            self._beater = None
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:

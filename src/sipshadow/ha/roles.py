@@ -111,7 +111,8 @@ class HoldElapsed:
 
 @dataclass(frozen=True, slots=True)
 class Stalled:
-    """This node's own event loop did not turn for `seconds`."""
+    """This node's own beats were silent for `seconds` (its loop stood still past the beat
+    process's stall limit): the peer may have taken over meanwhile."""
 
     seconds: float
 

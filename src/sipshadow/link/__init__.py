@@ -1,5 +1,10 @@
-"""HMAC'd, versioned framing for any union of msgspec messages (the replication link, heartbeats)."""
+"""The pair's links, secured: handshake, per-session AEAD, bounded frames (pure, no I/O)."""
 
-from sipshadow.link.frames import HEADER, MAC_BYTES, MAGIC, VERSION, FrameCodec, FrameDecoder, Refused, StreamLost
+from sipshadow.link.channel import ALARMS, REASONS, DatagramChannel, Peering, Received, StreamChannel
+from sipshadow.link.frames import HANDSHAKE_MAX_BODY, HEADER, MAGIC, VERSION, MessageCodec, Refused, StreamLost
+from sipshadow.link.session import NONCE_BYTES
 
-__all__ = ["HEADER", "MAC_BYTES", "MAGIC", "VERSION", "FrameCodec", "FrameDecoder", "Refused", "StreamLost"]
+__all__ = [
+    "ALARMS", "HANDSHAKE_MAX_BODY", "HEADER", "MAGIC", "NONCE_BYTES", "REASONS", "VERSION", "DatagramChannel",
+    "MessageCodec", "Peering", "Received", "Refused", "StreamChannel", "StreamLost",
+]  # fmt: skip

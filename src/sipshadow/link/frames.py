@@ -1,23 +1,20 @@
-"""Versioned, length-prefixed, HMAC-SHA256'd frames for any union of tagged msgspec structs.
+"""Version 2 of the pair's frame format: a bounded header, then a handshake or a sealed body.
 
-    magic "SS" | version u8 | kind u8 | body length u32 | body (msgpack) | HMAC-SHA256 (32 bytes)
+    magic "SS" | version u8 | kind u8 | length u32 | body (`length` bytes)
 
-The header (`HEADER`) is 8 bytes in network byte order; the length counts body bytes only.
-The HMAC covers header and body under the pair's shared key. A frame whose HMAC fails, or
-whose version this node does not speak, or whose body does not decode to the kind its header
-names, is refused: a `Refused` value comes back in its place (the caller counts and logs it,
-never applies it) and the stream goes on, since the length still frames it. A bad magic or a
-length over the codec's limit means the stream itself is lost: `StreamLost` is raised and the
-caller drops the connection. On a datagram link each frame stands alone, so there is no
-stream to lose: every fault is `Refused`.
+The header (`HEADER`, 8 bytes, network byte order) is read before anything else, and a length
+over the reader's limit loses the stream before a byte of the body is buffered: until a peer
+has authenticated, that limit is `HANDSHAKE_MAX_BODY` (a few hundred bytes), so an
+unauthenticated sender can never make this node buffer, copy or decode a large frame.
 
-Each link owns its message union and kind numbers (`FrameCodec`); this module knows none of
-them, so the failure detector and the replication log share the format, not each other.
+Kinds: `OFFER` and `ANSWER` are the handshake (`sipshadow.link.handshake`: msgpack, then an
+HMAC under the pre-shared key); `SEALED` carries one message of the link's own union, encrypted
+and authenticated under a session's keys (`sipshadow.link.session`). This module only splits
+bytes into frames; it checks no MAC and decodes no message.
 """
 
 from __future__ import annotations
 
-import hmac
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,70 +23,63 @@ from typing import Any
 import msgspec
 
 MAGIC = b"SS"
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("!2sBBI")
-MAC_BYTES = 32
-
-
-class StreamLost(Exception):
-    """The byte stream cannot be framed any more (bad magic, or a length over the limit): drop
-    the connection; the decoder is of no further use."""
+OFFER, ANSWER, SEALED = 16, 17, 32
+KINDS = frozenset({OFFER, ANSWER, SEALED})
+#: The largest body a peer that has not authenticated may announce (an Offer or Answer is < 120).
+HANDSHAKE_MAX_BODY = 512
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A frame that must not be applied, returned in its place; `reason` says why (bad HMAC,
-    unsupported version, undecodable body, kind mismatch, or a malformed datagram)."""
+    """A frame that must not be applied, returned in its place; `reason` says why (one of
+    `sipshadow.link.REASONS`), `detail` what was seen."""
 
     reason: str
+    detail: str = ""
 
 
-class FrameCodec:
-    """One link's messages: `kinds` maps each message type to its frame kind (u8), `union` is
-    what the body decodes to, and `max_body_bytes` bounds what a stream may announce."""
+class StreamLost(Exception):
+    """The byte stream cannot be framed any more (bad magic, another version, an unknown kind,
+    a length over the limit): drop the connection; the reader is of no further use.
+    `refused` says why."""
 
-    def __init__(self, kinds: dict[type, int], union: Any, max_body_bytes: int) -> None:
-        self.kinds = kinds
-        self.max_body_bytes = max_body_bytes
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(union)
-
-    def encode(self, message: Any, key: bytes, version: int = VERSION) -> bytes:
-        """One frame as bytes: header, msgpack body, HMAC over both under `key`.
-
-        `version` is for tests that forge another one. Raises KeyError for a message type not
-        in `kinds`.
-        """
-        body = self._encoder.encode(message)
-        header = HEADER.pack(MAGIC, version, self.kinds[type(message)], len(body))
-        return header + body + hmac.digest(key, header + body, "sha256")
-
-    def open(self, frame: bytes, version: int, kind: int, key: bytes) -> Any:
-        """The message in a whole frame, or `Refused` (bad HMAC first, then version, body, kind).
-
-        `frame` is header, body and MAC; `version` and `kind` come from its header. Never raises.
-        """
-        signed, mac = frame[:-MAC_BYTES], frame[-MAC_BYTES:]
-        if not hmac.compare_digest(hmac.digest(key, signed, "sha256"), mac):
-            return Refused("bad HMAC")
-        if version != VERSION:
-            return Refused(f"unsupported protocol version {version}")
-        try:
-            message = self._decoder.decode(signed[HEADER.size :])
-        except msgspec.DecodeError as error:
-            return Refused(f"undecodable body ({error})")
-        if self.kinds.get(type(message)) != kind:
-            return Refused("frame kind does not match its body")
-        return message
+    def __init__(self, refused: Refused) -> None:
+        super().__init__(f"{refused.reason}: {refused.detail}")
+        self.refused = refused
 
 
-class FrameDecoder:
-    """Turns a byte stream (or single datagrams) into messages; yields `Refused` for frames it
-    will not apply and raises `StreamLost` when the stream can no longer be framed."""
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One whole frame: its kind, and its bytes from the header's first byte to the body's last."""
 
-    def __init__(self, codec: FrameCodec, key: bytes) -> None:
-        self.codec = codec
-        self.key = key
+    kind: int
+    data: bytes
+
+
+def check_header(data: bytes | bytearray, max_body: int) -> tuple[int, int] | Refused:
+    """(kind, whole frame length) from the first `HEADER.size` bytes, or why they are refused."""
+    magic, version, kind, length = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return Refused("malformed", f"bad magic {bytes(magic)!r}")
+    if version != VERSION:
+        return Refused("version", f"protocol version {version}, this node speaks {VERSION}")
+    if kind not in KINDS:
+        return Refused("malformed", f"unknown frame kind {kind}")
+    if length > max_body:
+        return Refused("oversized", f"{length} bytes announced, at most {max_body} accepted")
+    return kind, HEADER.size + length
+
+
+class FrameReader:
+    """Splits a byte stream into `RawFrame`s; buffers at most one frame of `max_body` bytes.
+
+    `max_body` may be raised once the peer has authenticated (the owner sets the attribute).
+    """
+
+    def __init__(self, max_body: int = HANDSHAKE_MAX_BODY) -> None:
+        self.max_body = max_body
         self._buffer = bytearray()
 
     @property
@@ -97,28 +87,59 @@ class FrameDecoder:
         """Bytes of an incomplete frame (a truncated frame, if the stream ends now)."""
         return len(self._buffer)
 
-    def open_datagram(self, data: bytes) -> Any:
-        """One whole frame in one datagram (the heartbeat link): the message or `Refused`,
-        never raises (a short datagram, a bad magic or a length that disagrees is `Refused`)."""
-        if len(data) < HEADER.size + MAC_BYTES:
-            return Refused("truncated frame")
-        magic, version, kind, length = HEADER.unpack_from(data)
-        if magic != MAGIC or len(data) != HEADER.size + length + MAC_BYTES:
-            return Refused("bad frame header")
-        return self.codec.open(data, version, kind, self.key)
+    def feed(self, data: bytes) -> Iterator[RawFrame]:
+        """Add stream bytes; yield each whole frame in order. A generator: always consume it.
 
-    def feed(self, data: bytes) -> Iterator[Any]:
-        """Add stream bytes; yield each whole frame's message or `Refused`, in order. A partial
-        frame waits for the next feed. A generator: nothing happens until it is iterated, so
-        always consume it. Raises `StreamLost` (see the module docstring)."""
+        Raises `StreamLost` (with the refusal's reason and detail) on a header it cannot accept.
+        """
         self._buffer += data
         while len(self._buffer) >= HEADER.size:
-            magic, version, kind, length = HEADER.unpack_from(self._buffer)
-            if magic != MAGIC or length > self.codec.max_body_bytes:
-                raise StreamLost(f"bad frame header (magic {magic!r}, length {length})")
-            end = HEADER.size + length + MAC_BYTES
+            checked = check_header(self._buffer, self.max_body)
+            if isinstance(checked, Refused):
+                raise StreamLost(checked)
+            kind, end = checked
             if len(self._buffer) < end:
                 return
             frame = bytes(self._buffer[:end])
             del self._buffer[:end]
-            yield self.codec.open(frame, version, kind, self.key)
+            yield RawFrame(kind, frame)
+
+
+def read_datagram(data: bytes, max_body: int) -> RawFrame | Refused:
+    """One whole frame in one datagram, or why not (short, bad header, length disagrees)."""
+    if len(data) < HEADER.size:
+        return Refused("malformed", f"{len(data)}-byte datagram")
+    checked = check_header(data, max_body)
+    if isinstance(checked, Refused):
+        return checked
+    kind, end = checked
+    if end != len(data):
+        return Refused("malformed", f"header says {end} bytes, datagram has {len(data)}")
+    return RawFrame(kind, data)
+
+
+class MessageCodec:
+    """One link's messages: `kinds` maps each message type to its kind byte (u8) inside a sealed
+    frame, `union` is what bodies decode to, and `max_body` bounds a sealed frame's body."""
+
+    def __init__(self, kinds: dict[type, int], union: Any, max_body: int) -> None:
+        self.kinds = kinds
+        self.max_body = max_body
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(union)
+
+    def encode(self, message: Any) -> bytes:
+        """Kind byte and msgpack body of `message`. Raises KeyError for a type not in `kinds`."""
+        return bytes((self.kinds[type(message)],)) + self._encoder.encode(message)
+
+    def decode(self, plaintext: bytes) -> Any:
+        """The message in a sealed frame's opened body, or `Refused` (never raises)."""
+        if not plaintext:
+            return Refused("undecodable", "empty body")
+        try:
+            message = self._decoder.decode(plaintext[1:])
+        except msgspec.DecodeError as error:
+            return Refused("undecodable", str(error))
+        if self.kinds.get(type(message)) != plaintext[0]:
+            return Refused("undecodable", "kind does not match the body")
+        return message

@@ -6,6 +6,12 @@ sent in ONE datagram (delete from `lo`, add to the service interface), and the g
 written by a raw AF_PACKET socket. `Takeover` opens everything in advance so `run()` does only the
 work; the first ARP burst goes out at once and the rest (default offsets 0, 20, 100 ms) are sent by
 `Announcement.finish()` or, without blocking a loop, `await Announcement.finish_async()`.
+
+The VIP goes on the service interface with a short lifetime (`lifetime_s`: IFA_CACHEINFO's valid
+and preferred lifetimes, whole seconds) that its owner renews (`hold`, NLM_F_REPLACE refreshes the
+lifetime of the address already there). A host whose process died (SIGKILL, the host still up)
+stops renewing, and its kernel drops the address within the lifetime: it no longer answers ARP
+for the VIP, so a host resolving the VIP afresh finds only the living node.
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ NLM_F_REPLACE = 0x100
 NLM_F_CREATE = 0x400
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
+IFA_CACHEINFO = 6
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTATTR = struct.Struct("=HH")  # len, type
+_IFA_CACHEINFO = struct.Struct("=IIII")  # ifa_prefered, ifa_valid, cstamp, tstamp (the kernel's stamps)
+
+#: How long the VIP outlives its owner's last renewal (seconds; the kernel counts whole seconds).
+VIP_LIFETIME_S = 3
 
 # ARP ------------------------------------------------------------------------------------------
 ETH_P_ARP = 0x0806
@@ -50,12 +61,18 @@ def _rtattr(kind: int, payload: bytes) -> bytes:
     return _RTATTR.pack(length, kind) + payload + b"\x00" * (-length % 4)
 
 
-def addr_message(kind: int, seq: int, ifindex: int, address: str, prefixlen: int) -> bytes:
-    """An RTM_NEWADDR/RTM_DELADDR request for an IPv4 address, asking for an ack."""
+def addr_message(
+    kind: int, seq: int, ifindex: int, address: str, prefixlen: int, *, lifetime_s: int | None = None
+) -> bytes:
+    """An RTM_NEWADDR/RTM_DELADDR request for an IPv4 address, asking for an ack. An add with
+    `lifetime_s` gives the address that valid and preferred lifetime (else it is permanent);
+    NLM_F_REPLACE makes adding an address already there refresh it instead of failing EEXIST."""
     packed = socket.inet_aton(address)
     flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if kind == RTM_NEWADDR else 0)
     body = _IFADDRMSG.pack(socket.AF_INET, prefixlen, 0, 0, ifindex)
     body += _rtattr(IFA_LOCAL, packed) + _rtattr(IFA_ADDRESS, packed)
+    if kind == RTM_NEWADDR and lifetime_s is not None:
+        body += _rtattr(IFA_CACHEINFO, _IFA_CACHEINFO.pack(lifetime_s, lifetime_s, 0, 0))
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
 
 
@@ -70,15 +87,20 @@ class Rtnetlink:
     def close(self) -> None:
         self._sock.close()
 
-    def change(self, changes: list[tuple[int, str, str, int]], *, ignore: frozenset[int] = frozenset()) -> None:
-        """Apply (kind, ifname, address, prefixlen) changes in order, in one send; raise on any error not ignored."""
+    def change(
+        self, changes: list[tuple[int, str, str, int]], *, ignore: frozenset[int] = frozenset(),
+        lifetime_s: int | None = None,
+    ) -> None:  # fmt: skip
+        """Apply (kind, ifname, address, prefixlen) changes in order, in one send; raise on any error
+        not ignored. `lifetime_s` applies to the adds in the batch (None: permanent addresses)."""
         batch = b""
         pending: dict[int, tuple[int, str, str, int]] = {}
         for change in changes:
             kind, ifname, address, prefixlen = change
             self._seq += 1
             pending[self._seq] = change
-            batch += addr_message(kind, self._seq, socket.if_nametoindex(ifname), address, prefixlen)
+            index = socket.if_nametoindex(ifname)
+            batch += addr_message(kind, self._seq, index, address, prefixlen, lifetime_s=lifetime_s)
         self._sock.send(batch)
         failures: list[str] = []
         while pending:
@@ -97,6 +119,26 @@ class Rtnetlink:
                 offset += max(length + (-length % 4), _NLMSGHDR.size)
         if failures:
             raise NetlinkError("; ".join(failures))
+
+
+def hold(ifname: str, vip: str, prefixlen: int = 32, lifetime_s: int = VIP_LIFETIME_S) -> None:
+    """(Re)add the VIP on ifname with `lifetime_s`: a renewal while it is there, an add if not."""
+    link = Rtnetlink()
+    try:
+        link.change([(RTM_NEWADDR, ifname, vip, prefixlen)], lifetime_s=lifetime_s)
+    finally:
+        link.close()
+
+
+def drop_other_lengths(ifname: str, vip: str, keep: int = 32) -> None:
+    """Delete the VIP from ifname at every prefix length (8..32) but `keep` (a copy put there by
+    hand, or by a test bed, would never expire)."""
+    link = Rtnetlink()
+    try:
+        removals = [(RTM_DELADDR, ifname, vip, length) for length in range(32, 7, -1) if length != keep]
+        link.change(removals, ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT}))
+    finally:
+        link.close()
 
 
 # gratuitous ARP -------------------------------------------------------------------------------
@@ -229,9 +271,11 @@ class Takeover:
         count: int = 3,
         spacing: float = 0.02,
         backoff: float = 5.0,
+        lifetime_s: int | None = None,
     ) -> None:
         start = time.perf_counter()
         self.ifname, self.vip, self.prefixlen, self.lo = ifname, vip, prefixlen, lo
+        self.lifetime_s = lifetime_s  # None: a permanent address (nothing renews it)
         self.offsets = garp_offsets(count, spacing, backoff)
         self._nft = nft.shared()
         self._rtnl = Rtnetlink()
@@ -254,6 +298,7 @@ class Takeover:
             self._rtnl.change(
                 [(RTM_DELADDR, self.lo, self.vip, 32), (RTM_NEWADDR, self.ifname, self.vip, self.prefixlen)],
                 ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}),
+                lifetime_s=self.lifetime_s,
             )
         finally:
             self._rtnl.close()

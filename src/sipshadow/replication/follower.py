@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from sipshadow.core import Gateway, GatewayConfig, SendDatagram
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
+from sipshadow.link import Refused
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.log import DATAGRAM, LogEntry
 from sipshadow.replication.replica import Divergence, Replica
@@ -31,7 +32,6 @@ from sipshadow.replication.wire import (
     Message,
     PayloadRequest,
     Payloads,
-    Refused,
     Snapshot,
     SnapshotRows,
 )
@@ -82,6 +82,7 @@ class Follower:
         self._snapshot: Snapshot | None = None
         self._rows: list[object] = []
         self._parts = 0
+        self._snapshot_due = False
 
     @property
     def pending_entries(self) -> int:
@@ -94,11 +95,13 @@ class Follower:
         """A new connection to the primary: introduce ourselves; a snapshot will follow."""
         self.disconnected()
         self.stats["connects"] += 1
+        self._snapshot_due = True
         return Effects(write=[Hello(self.node_id, epoch)])
 
     def disconnected(self) -> None:
         """The link is gone: nothing received from here on counts until the next snapshot."""
         self.synced = False
+        self._snapshot_due = False
         self._snapshot, self._rows, self._parts = None, [], 0
         self._waiting.clear()
         self._request_at = None
@@ -111,6 +114,10 @@ class Follower:
             self.stats["refused_frames"] += 1
             return Effects()
         if isinstance(message, Snapshot):
+            if not self._snapshot_due:  # one per connection: a second one would roll the state back
+                self.stats["refused_frames"] += 1
+                self.disconnected()
+                return Effects(drop="a second snapshot on one connection: refused, reconnecting")
             self.disconnected()
             self._snapshot = message
             return self._restore() if message.parts == 0 else Effects()

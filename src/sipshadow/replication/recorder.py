@@ -12,15 +12,28 @@ loop's monotonic clock); the asyncio shell (`runtime.primary_link`) only moves b
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 from sipshadow.core import DatagramReceived, Event, Gateway, SendDatagram
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.log import LogEntry, entry_for
-from sipshadow.replication.wire import Ack, Entries, Hello, Message, PayloadRequest, Payloads, Snapshot, SnapshotRows
+from sipshadow.replication.wire import (
+    ENTRY_BYTES_PER_FRAME,
+    Ack,
+    Entries,
+    Hello,
+    Message,
+    PayloadRequest,
+    Payloads,
+    Snapshot,
+    SnapshotRows,
+)
 
-#: Dialog rows per snapshot frame: small frames never stall the loop or the heartbeat thread.
+#: Dialog rows per snapshot frame: each frame stays far below the link's size limit.
 SNAPSHOT_ROWS_PER_FRAME = 2000
+T = TypeVar("T")
 
 STATS = ("entries_sent", "frames_sent", "acks", "snapshots_sent", "shadow_losses", "commit_timeouts",
          "payloads_sent")  # fmt: skip
@@ -60,6 +73,8 @@ class Recorder:
         #: (seq, logged at, outputs) held for the shadow's acknowledgement, oldest first.
         self._pending: deque[tuple[int, float, list[SendDatagram]]] = deque()
         #: Tap mode: the datagrams of unacknowledged entries, in case the shadow missed them.
+        #: The released mark the shadow was last told (in an entries frame).
+        self._released_sent = 0
         self._payloads: deque[tuple[int, bytes]] = deque()
 
     # -- the event path -------------------------------------------------------------------
@@ -83,14 +98,24 @@ class Recorder:
             self._pending.append((self.seq, event.now, outputs))
         return []
 
-    def take_entries(self) -> Entries | None:
-        """The entries logged since the last call, as one frame, or None if there are none."""
+    def take_entries(self) -> list[Entries]:
+        """The entries logged since the last call, as frames: a new frame starts after
+        `ENTRY_BYTES_PER_FRAME` payload bytes, so none nears the limit. With nothing logged
+        but outputs released since the last frame, one empty frame carries the new mark: the
+        shadow learns at once what it must not re-send at takeover (a re-sent INVITE the
+        callee has answered is a retransmission it must absorb); none when nothing changed."""
         if not self._batch:
-            return None
+            if not self.attached or self.released <= self._released_sent:
+                return []
+            self._released_sent = self.released
+            self.stats["frames_sent"] += 1
+            return [Entries([], self.released)]
         batch, self._batch = self._batch, []
         self.stats["entries_sent"] += len(batch)
-        self.stats["frames_sent"] += 1
-        return Entries(batch, self.released)
+        frames = [Entries(chunk, self.released) for chunk in _chunks(batch, _entry_bytes)]
+        self._released_sent = self.released
+        self.stats["frames_sent"] += len(frames)
+        return frames
 
     # -- the shadow's messages ------------------------------------------------------------
 
@@ -106,7 +131,8 @@ class Recorder:
             wanted = set(message.seqs)
             items = [(seq, data) for seq, data in self._payloads if seq in wanted]
             self.stats["payloads_sent"] += len(items)
-            return Effects(write=[Payloads(items)])
+            chunks = _chunks(items, lambda item: len(item[1])) or [[]]
+            return Effects(write=[Payloads(chunk) for chunk in chunks])
         return Effects()
 
     def _acknowledged(self, seq: int) -> list[SendDatagram]:
@@ -173,3 +199,25 @@ class Recorder:
         waited_ms = (now - self._pending[0][1]) * 1000
         self.stats["commit_timeouts"] += 1
         return Effects(send=self.detach(), drop=f"shadow did not acknowledge for {waited_ms:.0f} ms")
+
+
+def _entry_bytes(entry: LogEntry) -> int:
+    return 64 + (len(entry.payload) if entry.payload is not None else 0)
+
+
+def _chunks(items: list[T], size: Callable[[T], int]) -> list[list[T]]:
+    """`items` in order, cut so that each chunk's `size` sum stays under `ENTRY_BYTES_PER_FRAME`
+    (an item bigger than that goes alone)."""
+    chunks: list[list[T]] = []
+    chunk: list[T] = []
+    total = 0
+    for item in items:
+        item_size = size(item)
+        if chunk and total + item_size > ENTRY_BYTES_PER_FRAME:
+            chunks.append(chunk)
+            chunk, total = [], 0
+        chunk.append(item)
+        total += item_size
+    if chunk:
+        chunks.append(chunk)
+    return chunks

@@ -1,8 +1,9 @@
-"""The replication link's messages, framed by `sipshadow.link` (versioned, HMAC-SHA256'd).
+"""The replication link's messages, sealed per session by `sipshadow.link` (version 2 frames).
 
-A refused frame (bad HMAC, unknown version) is counted and never applied; a lost stream (bad
-magic, a length over `MAX_BODY_BYTES`) drops the connection and the shadow rejoins by state
-transfer. Kind 5 is the heartbeat's (`sipshadow.detect`), on its own UDP link.
+Every message travels inside a session (handshake, ChaCha20-Poly1305, strictly increasing
+counters); a refused frame closes the connection and the shadow rejoins by state transfer.
+No frame's body exceeds `MAX_BODY_BYTES`: snapshots go in parts and the recorder splits a
+busy turn's entries (`ENTRY_BYTES_PER_FRAME`), so one frame never holds the loop for long.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from typing import Any
 
 import msgspec
 
-from sipshadow.link import HEADER, MAC_BYTES, MAGIC, VERSION, FrameCodec, Refused, StreamLost
-from sipshadow.link import FrameDecoder as _FrameDecoder
+from sipshadow.link import MessageCodec
 from sipshadow.replication.log import LogEntry
 
-__all__ = [
-    "HEADER", "MAC_BYTES", "MAGIC", "VERSION", "Ack", "Entries", "FrameDecoder", "Hello", "Message", "PayloadRequest",
-    "Payloads", "Refused", "Snapshot", "SnapshotRows", "StreamLost", "encode",
-]  # fmt: skip
-
-MAX_BODY_BYTES = 256 * 1024 * 1024  # a snapshot of millions of dialogs still fits
+#: The largest sealed body either end accepts (an authenticated peer's; before that, 512 bytes).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Payload bytes an Entries or Payloads frame carries before the next frame starts (a quarter of the limit).
+ENTRY_BYTES_PER_FRAME = MAX_BODY_BYTES // 4
 
 
 class Hello(msgspec.Struct, array_like=True, tag=1):
@@ -32,7 +30,7 @@ class Hello(msgspec.Struct, array_like=True, tag=1):
 
 class Snapshot(msgspec.Struct, array_like=True, tag=2):
     """The core's state after entry `seq`, less its dialogs, which follow in `parts` frames
-    (small frames: the sender's loop and heartbeat thread never wait on one huge encode);
+    (small frames, far below `MAX_BODY_BYTES`, whatever the number of dialogs);
     entries from `seq + 1` come after them."""
 
     seq: int
@@ -73,20 +71,8 @@ class Payloads(msgspec.Struct, array_like=True, tag=7):
 
 
 Message = Hello | Snapshot | Entries | Ack | PayloadRequest | Payloads | SnapshotRows
-CODEC = FrameCodec(
+CODEC = MessageCodec(
     {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8},
     Message,
     MAX_BODY_BYTES,
 )
-
-
-def encode(message: Message, key: bytes, version: int = VERSION) -> bytes:
-    """One replication frame (`sipshadow.link`)."""
-    return CODEC.encode(message, key, version)
-
-
-class FrameDecoder(_FrameDecoder):
-    """The replication link's stream decoder."""
-
-    def __init__(self, key: bytes) -> None:
-        super().__init__(CODEC, key)

@@ -11,13 +11,15 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
                    key = "..." or key_file = "PATH", output_commit = true, commit_timeout_ms = 200,
-                   heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "...",
-                   input = "forward" | "tap", vip_interface = "IFNAME", tap_horizon_ms = 2000,
-                   arbiter_listen = "HOST:PORT", arbiter_peer = "HOST:PORT"
+                   heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "...", peer_node_id = "...",
+                   input = "forward" | "tap", vip_interface = "IFNAME", vip_lifetime_ms = 3000,
+                   tap_horizon_ms = 2000, arbiter_listen = "HOST:PORT", arbiter_peer = "HOST:PORT"
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,8 @@ HA_MODES = ("none", "network", "active")
 INPUTS = ("forward", "tap")
 #: A call may ring this long before Timer C ends it (RFC 3261 §16.6 item 11: more than 3 min).
 TIMER_C_FLOOR_S = 180.0
+#: BLAKE2b personalization (16 bytes) that separates the branch key from the pair key it comes from.
+BRANCH_KEY_PERSON = b"sipshadow-branch"
 
 
 class ConfigError(Exception):
@@ -91,12 +95,18 @@ class ReplicationSection(_Strict):
     key: str = ""
     key_file: str = ""
     node_id: str = ""
+    #: The peer's node id; only it may hold a session with this node. Default: the peer's
+    #: address text when `node_id` is not set either (each side's default id), else any id.
+    peer_node_id: str = ""
     output_commit: bool = True
     commit_timeout_ms: int = 200
     heartbeat_interval_ms: int = 10
     heartbeat_misses: int = 4
     input: str = "forward"
     vip_interface: str = ""
+    #: Tap mode: the VIP's lifetime on the primary's interface, renewed every third of it; a
+    #: killed primary's host drops the VIP this long after its last renewal (net.vip.VIP_LIFETIME_S).
+    vip_lifetime_ms: int = 3000
     arbiter_listen: str = ""
     arbiter_peer: str = ""
     tap_horizon_ms: int = 2000
@@ -131,6 +141,8 @@ class ReplicationConfig:
     arbiter_listen: Address | None = None
     arbiter_peer: Address | None = None
     tap_horizon_s: float = 2.0
+    peer_node_id: str | None = None  #: None: any node id but this node's own
+    vip_lifetime_s: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +219,7 @@ def build(
     _positive("status.interval_s", file.status.interval_s)
     if file.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    replication = _replication(file.replication, role, peer, listen_address)
     gateway = GatewayConfig(
         service=advertise,
         members=specs,
@@ -217,6 +230,7 @@ def build(
         confirmed_timeout_s=file.dialogs.confirmed_timeout_s,
         terminated_linger_s=file.dialogs.terminated_linger_s,
         aliases=(listen_address,) if listen_address != advertise else (),
+        branch_key=branch_key(replication.key if replication is not None else None),
     )
     status_path = status_file if status_file is not None else file.status.file
     return NodeConfig(
@@ -225,7 +239,7 @@ def build(
         status_file=Path(status_path) if status_path else None,
         status_interval_s=file.status.interval_s,
         log_level=file.log.level,
-        replication=_replication(file.replication, role, peer, listen_address),
+        replication=replication,
         warnings=tuple(warnings),
     )
 
@@ -255,6 +269,7 @@ def _replication(
     _positive("replication.heartbeat_interval_ms", section.heartbeat_interval_ms)
     _positive("replication.heartbeat_misses", section.heartbeat_misses)
     _positive("replication.tap_horizon_ms", section.tap_horizon_ms)
+    _vip_lifetime(section)
     if section.input not in INPUTS:
         raise ConfigError("replication.input", f"expected one of {', '.join(INPUTS)}")
     if section.input == "tap" and not section.vip_interface:
@@ -270,6 +285,7 @@ def _replication(
         peer=peer,
         key=_key(section),
         node_id=section.node_id or f"{listen[0]}:{listen[1]}",
+        peer_node_id=section.peer_node_id or (None if section.node_id else f"{peer[0]}:{peer[1]}"),
         output_commit=section.output_commit,
         commit_timeout_s=section.commit_timeout_ms / 1000,
         heartbeat_interval_s=section.heartbeat_interval_ms / 1000,
@@ -279,7 +295,36 @@ def _replication(
         arbiter_listen=arbiter_listen,
         arbiter_peer=arbiter_peer,
         tap_horizon_s=section.tap_horizon_ms / 1000,
+        vip_lifetime_s=section.vip_lifetime_ms // 1000,
     )
+
+
+def _vip_lifetime(section: ReplicationSection) -> None:
+    """Whole seconds (the kernel's unit for address lifetimes), and longer than three detection
+    windows, so renewals every third of it never let the VIP lapse on a node that beats."""
+    key, lifetime_ms = "replication.vip_lifetime_ms", section.vip_lifetime_ms
+    _positive(key, lifetime_ms)
+    if lifetime_ms % 1000:
+        raise ConfigError(key, f"must be whole seconds (the kernel's unit for address lifetimes), got {lifetime_ms}")
+    window_ms = section.heartbeat_interval_ms * section.heartbeat_misses
+    if lifetime_ms <= 3 * window_ms:
+        raise ConfigError(
+            key, f"must be > 3 x the heartbeat window (heartbeat_interval_ms x heartbeat_misses = {window_ms}), "
+            f"got {lifetime_ms}",
+        )  # fmt: skip
+
+
+def branch_key(pair_key: bytes | None) -> bytes:
+    """The key of the gateway's Via branch MACs (`GatewayConfig.branch_key`), 32 bytes.
+
+    In a pair, derived from the pair key (domain-separated by BLAKE2b's personalization, so it
+    reveals nothing of the key that authenticates replication): both nodes compute the same
+    branches, and the survivor of a takeover accepts the responses to the old primary's
+    requests. A solo node has no replica to agree with: a key drawn now, once per process.
+    """
+    if pair_key is None:
+        return secrets.token_bytes(32)
+    return hashlib.blake2b(pair_key, digest_size=32, person=BRANCH_KEY_PERSON).digest()
 
 
 def _key(section: ReplicationSection) -> bytes:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from sipshadow.core import GatewayConfig
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
+from sipshadow.link import Peering
 from sipshadow.replication.follower import Follower, Handover
 from sipshadow.replication.tap import TapBuffer
 from sipshadow.runtime.config import ReplicationConfig
@@ -36,7 +37,7 @@ class Following:
     @classmethod
     async def start(
         cls, gateway: GatewayConfig, replication: ReplicationConfig, listen: Address, *, tap_mode: bool,
-        identity: ServiceIdentity, epoch: Callable[[], int],
+        identity: ServiceIdentity, epoch: Callable[[], int], peering: Peering,
     ) -> Following:  # fmt: skip
         """Silence the service address (tap mode: receive the mirror's copies on it) and follow
         the primary's log (mode active); `epoch` gives this node's epoch when it says hello."""
@@ -44,7 +45,7 @@ class Following:
         follower = link = None
         if replication.mode == "active":
             follower = Follower(gateway, node_id=replication.node_id, tap=tap)
-            link = ShadowLink(follower, replication.peer, key=replication.key, epoch=epoch)
+            link = ShadowLink(follower, replication.peer, peering=peering, epoch=epoch)
         tap_socket = None
         if tap_mode:
             identity.silence()

@@ -27,6 +27,7 @@ from sipshadow.detect.heartbeat import MAX_WIDENING, Heartbeat, HeartbeatDetecto
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.ha import roles
 from sipshadow.ha.roles import Role, RoleMachine
+from sipshadow.link import Peering
 from sipshadow.replication.follower import Handover
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
 from sipshadow.runtime.following import Following, TapSocket
@@ -55,8 +56,12 @@ class HaNode:
             has_arbiter=replication.arbiter_listen is not None and replication.arbiter_peer is not None,
         )
         self.tap_mode = replication.input == "tap"
+        #: Who may talk to this node on every link, and what was refused (shared by all links).
+        self.peering = Peering(replication.key, replication.node_id, replication.peer_node_id)
         self.identity: ServiceIdentity = (
-            LinuxIdentity(replication.vip_interface, config.listen[0]) if self.tap_mode else LoopbackIdentity()
+            LinuxIdentity(replication.vip_interface, config.listen[0], lifetime_s=replication.vip_lifetime_s)
+            if self.tap_mode
+            else LoopbackIdentity()
         )
         self.serving: Serving | None = None
         self.following: Following | None = None
@@ -105,7 +110,7 @@ class HaNode:
     ) -> HeartbeatDetector:
         """A detector on one link: the replication link, or the service network (the arbiter)."""
         detector = HeartbeatDetector(
-            key=self.replication.key,
+            peering=self.peering,
             peer=peer,
             interval_s=self.replication.heartbeat_interval_s,
             misses=self.replication.heartbeat_misses,
@@ -146,13 +151,14 @@ class HaNode:
             self.detector.send_now()
             self._later(action.seconds, roles.ListenElapsed())
         elif isinstance(action, roles.ServePrimary):
+            self.identity.own()  # tap mode: the VIP on the service interface, leased and renewed
             recorder = RecordingEntropy(SystemEntropy())
             self.serving = await self._serve(Gateway(self.config.gateway, recorder), recorder)
             self._settled.set()
         elif isinstance(action, roles.Follow):
             self.following = await Following.start(
                 self.config.gateway, self.replication, self.config.listen, tap_mode=self.tap_mode,
-                identity=self.identity, epoch=lambda: self.epoch,
+                identity=self.identity, epoch=lambda: self.epoch, peering=self.peering,
             )  # fmt: skip
             self._settled.set()
         elif isinstance(action, roles.TakeOver):
@@ -171,6 +177,7 @@ class HaNode:
                 self.serving.node.fence()
         elif isinstance(action, roles.Unfence):
             log.warning("fence lifted: serving on")
+            self.identity.resume()  # a stall past the VIP's lifetime let it lapse
             if self.serving is not None:
                 self.serving.node.unfence()
         elif isinstance(action, roles.Hold):
@@ -183,7 +190,8 @@ class HaNode:
         """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`), on the
         shadow's tap socket if it had one."""
         return await Serving.start(
-            gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, tap_mode=self.tap_mode,
+            gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, peering=self.peering,
+            tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
             backlog=handover.unlogged if handover else None, tap_socket=tap_socket,
         )  # fmt: skip
@@ -239,6 +247,7 @@ class HaNode:
             gated_before=self.gated_before,
             heartbeats_refused=detector.refused if detector else 0,
             detector_stalls=detector.stalls if detector else 0,
+            peering=self.peering,
         )
         return document
 

@@ -1,27 +1,57 @@
 """The primary's replication shell: runs a `Recorder` on the loop and serves shadows over TCP.
 
 It decides nothing: it batches the recorder's entries once per loop turn, arms one timer at
-the recorder's commit deadline, encodes and writes the messages the recorder returns, and
+the recorder's commit deadline, seals and writes the messages the recorder returns, and
 sends the outputs it releases.
+
+Every connection starts unauthenticated (`sipshadow.link.StreamChannel`): it must finish the
+handshake within `HANDSHAKE_TIMEOUT_S`, at most `MAX_UNAUTHENTICATED` such connections are
+kept (a new one closes the oldest), and it may announce no frame bigger than a handshake. Only
+an authenticated shadow's Hello attaches it; a refused frame closes its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from sipshadow.core import Event, SendDatagram
+from sipshadow.detect.throttle import ThrottledLog
+from sipshadow.link import NONCE_BYTES, Peering, Refused, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.recorder import Recorder
-from sipshadow.replication.wire import FrameDecoder, Hello, Message, Refused, StreamLost, encode
+from sipshadow.replication.wire import CODEC, Hello, Message
 from sipshadow.runtime.status import ReplicationStatus
 
 log = logging.getLogger("sipshadow.replication")
+throttled = ThrottledLog(log)
+
+#: Seconds a new connection has to authenticate before it is closed.
+HANDSHAKE_TIMEOUT_S = 2.0
+#: Connections still in their handshake; one more closes the oldest.
+MAX_UNAUTHENTICATED = 8
 
 Sender = Callable[[list[SendDatagram]], None]
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No garbage collection inside: a snapshot allocates rows for every dialog, and with the
+    collector on, 65 000 dialogs cost 371 collections inside one loop turn, the longest 80 ms
+    (benchmarks/heartbeat_stall.py). The collector runs again as soon as the block ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -34,11 +64,12 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 class PrimaryLink:
     """Sits between the core and the service socket on the primary."""
 
-    def __init__(self, recorder: Recorder, send: Sender, *, key: bytes) -> None:
+    def __init__(self, recorder: Recorder, send: Sender, *, peering: Peering) -> None:
         self.recorder = recorder
         self.send = send
-        self.key = key
+        self.peering = peering
         self.connection: ShadowConnection | None = None
+        self.unauthenticated: list[ShadowConnection] = []
         self.refused_frames = 0
         self.release_errors = 0
         self.last_snapshot_ms = 0.0
@@ -53,17 +84,21 @@ class PrimaryLink:
         if released:
             self._release(released)
         if recorder.attached:
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
+            self._schedule_flush()
             if self._deadline is None:
                 self._arm()
 
+    def _schedule_flush(self) -> None:
+        """One flush at the end of this loop turn, however many events and acks it holds."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_scheduled = False
-        frame = self.recorder.take_entries()
-        if frame is not None and self.connection is not None:
-            self.connection.write(encode(frame, self.key))
+        frames = self.recorder.take_entries()
+        if frames and self.connection is not None:
+            self.connection.write(frames)
 
     def _arm(self) -> None:
         deadline = self.recorder.next_deadline()
@@ -80,8 +115,10 @@ class PrimaryLink:
         """Carry out the recorder's orders: send, write to the shadow, drop its link."""
         if effects.send:
             self._release(effects.send)
+            if self.recorder.attached:
+                self._schedule_flush()  # tell the shadow the new released mark
         if effects.write and self.connection is not None:
-            self.connection.write(b"".join(encode(message, self.key) for message in effects.write))
+            self.connection.write(effects.write)
         if effects.drop:
             log.error("%s: shadow declared dead, running SOLO", effects.drop)
             self.shadow_gone()
@@ -103,22 +140,55 @@ class PrimaryLink:
         self._flush()
         self.connection = connection
         started = time.perf_counter()
-        self.execute(self.recorder.receive(hello))
+        with collection_paused():
+            self.execute(self.recorder.receive(hello))
         self.last_snapshot_ms = round((time.perf_counter() - started) * 1000, 2)
         log.info("shadow %s attached at entry %d (snapshot in %.1f ms)", hello.node_id, self.recorder.seq,
                  self.last_snapshot_ms)  # fmt: skip
 
-    def received(self, connection: ShadowConnection, message: Message | Refused) -> None:
-        if isinstance(message, Refused):
-            self.refused_frames += 1
-            log.warning("refused a frame from the shadow: %s", message.reason)
-        elif isinstance(message, Hello):
+    def received(self, connection: ShadowConnection, message: Message) -> None:
+        """An authenticated message on `connection` (a Hello must name the session's peer)."""
+        if isinstance(message, Hello):
+            session = connection.channel.session
+            if session is None or message.node_id != session.peer_id:
+                self.refuse(connection, Refused("foreign", f"Hello from {message.node_id!r} in another's session"))
+                return
             self.attach(connection, message)
         elif connection is self.connection:
             self.execute(self.recorder.receive(message))
 
+    def refuse(self, connection: ShadowConnection, refused: Refused) -> None:
+        """A frame refused on `connection`: count, say so at a bounded rate, close it."""
+        self.refused_frames += 1
+        alarm = self.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
+        throttled.log(logging.ERROR if alarm else logging.WARNING, f"primary {refused.reason}",
+                      "replication connection from %s refused (%s: %s)%s", connection.peer_name, refused.reason,
+                      refused.detail, f": {alarm}" if alarm else "")  # fmt: skip
+        connection.close()
+
+    def opened(self, connection: ShadowConnection) -> None:
+        """A new, unauthenticated connection: cap how many wait, and how long."""
+        self.unauthenticated.append(connection)
+        if len(self.unauthenticated) > MAX_UNAUTHENTICATED:
+            oldest = self.unauthenticated.pop(0)
+            throttled.log(logging.WARNING, "primary crowded", "more than %d replication connections unauthenticated: "
+                          "closing the oldest, from %s", MAX_UNAUTHENTICATED, oldest.peer_name)  # fmt: skip
+            oldest.close()
+        connection.deadline = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_expired, connection)
+
+    def authenticated(self, connection: ShadowConnection) -> None:
+        if connection in self.unauthenticated:
+            self.unauthenticated.remove(connection)
+        if connection.deadline is not None:
+            connection.deadline.cancel()
+
+    def _handshake_expired(self, connection: ShadowConnection) -> None:
+        if not connection.channel.established:
+            self.refuse(connection, Refused("unexpected", f"no handshake within {HANDSHAKE_TIMEOUT_S:g} s"))
+
     def detach(self, connection: ShadowConnection) -> None:
         """`connection` closed; if it was the shadow's, run solo."""
+        self.authenticated(connection)  # no longer waiting, either way
         if connection is self.connection:
             self.connection = None
             self._release(self.recorder.detach())
@@ -152,38 +222,49 @@ class PrimaryLink:
             self._deadline.cancel()
         if self.connection is not None:
             self.connection.close()
+        for waiting in list(self.unauthenticated):
+            waiting.close()
 
 
 class ShadowConnection(asyncio.Protocol):
-    """The primary's end of one shadow's TCP connection."""
+    """The primary's end of one (would-be) shadow's TCP connection."""
 
     def __init__(self, link: PrimaryLink) -> None:
         self.link = link
-        self.decoder = FrameDecoder(link.key)
+        self.channel = StreamChannel(CODEC, link.peering, nonce=secrets.token_bytes(NONCE_BYTES), initiator=False)
         self.transport: asyncio.Transport | None = None
+        self.deadline: asyncio.TimerHandle | None = None
+        self.peer_name = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer_name = f"{peer[0]}:{peer[1]}" if peer else "?"
         set_nodelay(transport)
+        self.link.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            for message in self.decoder.feed(data):
-                self.link.received(self, message)
-        except StreamLost as error:
-            log.warning("replication stream from the shadow lost: %s", error)
-            self.close()
+        was_established = self.channel.established
+        received = self.channel.feed(data)
+        if received.write and self.transport is not None:
+            self.transport.write(received.write)
+        if self.channel.established and not was_established:
+            self.link.authenticated(self)
+        for message in received.messages:
+            self.link.received(self, message)
+        if received.refused is not None:
+            self.link.refuse(self, received.refused)
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+    def write(self, messages: Sequence[Message]) -> None:
+        if self.transport is not None and not self.transport.is_closing() and self.channel.established:
+            self.transport.write(self.channel.seal(messages))
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.decoder.pending_bytes:
+        if self.channel.pending_bytes and self.channel.established:
             self.link.refused_frames += 1
             log.warning("shadow connection closed inside a frame: truncated frame refused")
         self.link.detach(self)

@@ -14,6 +14,7 @@ import time
 from sipshadow.core import Gateway, SendDatagram
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
+from sipshadow.link import Peering
 from sipshadow.replication.recorder import Recorder
 from sipshadow.runtime.config import ReplicationConfig
 from sipshadow.runtime.following import TapSocket
@@ -36,7 +37,7 @@ class Serving:
     @classmethod
     async def start(
         cls, gateway: Gateway, recorder: RecordingEntropy, replication: ReplicationConfig, listen: Address, *,
-        epoch: int, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
+        epoch: int, peering: Peering, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
         resend: list[SendDatagram] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
     ) -> Serving:  # fmt: skip
         """Serve: the socket (the tap's, or bound now), then what a takeover owes the world, then
@@ -47,7 +48,7 @@ class Serving:
             gateway, recorder, epoch=epoch, start_seq=start_seq, output_commit=replication.output_commit,
             commit_timeout_s=replication.commit_timeout_s, with_payload=not tap_mode,
         )  # fmt: skip
-        link = node.replicator = PrimaryLink(log_recorder, node.send, key=replication.key)
+        link = node.replicator = PrimaryLink(log_recorder, node.send, peering=peering)
         if tap_socket is not None:
             node.adopt(*tap_socket)  # the socket that took the tap serves from now on
         else:

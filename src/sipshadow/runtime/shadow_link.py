@@ -1,8 +1,9 @@
 """The shadow's replication shell: keeps a TCP connection to the primary and runs a `Follower`.
 
-It decides nothing: it reconnects after a loss (every connection starts with a snapshot),
-feeds the follower the decoded frames and the tapped datagrams with the loop's `now`, writes
-what the follower returns, drops the link when told to, and arms the follower's one timer.
+It decides nothing: it reconnects after a loss (every connection starts with a handshake,
+then a snapshot), feeds the follower the opened messages and the tapped datagrams with the
+loop's `now`, seals and writes what the follower returns, drops the link when told to or when
+a frame is refused, and arms the follower's one timer.
 """
 
 from __future__ import annotations
@@ -10,30 +11,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Callable
 
 from sipshadow.core.actions import Address
+from sipshadow.detect.throttle import ThrottledLog
+from sipshadow.link import NONCE_BYTES, Peering, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.follower import Follower
-from sipshadow.replication.wire import FrameDecoder, StreamLost, encode
+from sipshadow.replication.wire import CODEC
 from sipshadow.runtime.primary_link import set_nodelay
 
 log = logging.getLogger("sipshadow.replication")
+throttled = ThrottledLog(log)
 
 
 class ShadowLink(asyncio.Protocol):
     """Keeps `follower` in step with the primary at `peer`."""
 
     def __init__(
-        self, follower: Follower, peer: Address, *, key: bytes, epoch: Callable[[], int], retry_s: float = 0.05
+        self, follower: Follower, peer: Address, *, peering: Peering, epoch: Callable[[], int], retry_s: float = 0.05
     ) -> None:
         self.follower = follower
         self.peer = peer
-        self.key = key
+        self.peering = peering
         self.epoch = epoch
         self.retry_s = retry_s
         self._transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder(key)
+        self._channel = self._new_channel()
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -52,19 +57,29 @@ class ShadowLink(asyncio.Protocol):
             await self._lost.wait()
             await asyncio.sleep(self.retry_s)
 
+    def _new_channel(self) -> StreamChannel:
+        return StreamChannel(CODEC, self.peering, nonce=secrets.token_bytes(NONCE_BYTES), initiator=True)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._lost.clear()
-        self._decoder = FrameDecoder(self.key)
+        self._channel = self._new_channel()
         set_nodelay(transport)
-        self.execute(self.follower.connected(self.epoch()))
+        transport.write(self._channel.offer())  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        try:
-            for message in self._decoder.feed(data):
-                self.execute(self.follower.receive(message, self._loop.time()))
-        except StreamLost as error:
-            log.warning("replication stream from the primary lost: %s", error)
+        received = self._channel.feed(data)
+        if received.ready:
+            self.execute(self.follower.connected(self.epoch()))
+        for message in received.messages:
+            self.execute(self.follower.receive(message, self._loop.time()))
+        refused = received.refused
+        if refused is not None:
+            self.follower.stats["refused_frames"] += 1
+            alarm = self.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
+            throttled.log(logging.ERROR if alarm else logging.WARNING, f"shadow {refused.reason}",
+                          "replication frame from the primary refused (%s: %s)%s: reconnecting", refused.reason,
+                          refused.detail, f": {alarm}" if alarm else "")  # fmt: skip
             self.drop()
 
     def tapped(self, data: bytes, source: Address) -> None:
@@ -73,8 +88,8 @@ class ShadowLink(asyncio.Protocol):
 
     def execute(self, effects: Effects) -> None:
         """Carry out the follower's orders, then re-arm its timer."""
-        if effects.write and self._transport is not None:
-            self._transport.write(b"".join(encode(message, self.key) for message in effects.write))
+        if effects.write and self._transport is not None and self._channel.established:
+            self._transport.write(self._channel.seal(effects.write))
         if effects.drop:
             log.error("shadow %s", effects.drop)
             self.drop()
@@ -93,7 +108,7 @@ class ShadowLink(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._decoder.pending_bytes:
+        if self._channel.pending_bytes and self._channel.established:
             self.follower.stats["refused_frames"] += 1
             log.warning("primary connection closed inside a frame: truncated frame refused")
         self._transport = None

@@ -23,6 +23,7 @@ from sipshadow.core import Gateway
 from sipshadow.core.actions import format_address
 from sipshadow.core.counters import Counters
 from sipshadow.ha.roles import RoleMachine
+from sipshadow.link import Peering
 from sipshadow.replication.follower import Follower
 from sipshadow.runtime.config import ReplicationConfig
 
@@ -118,6 +119,11 @@ class HaStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     aborted_takeovers: int
     tap: TapStatus | None = None  #: a tapping shadow only
     shadow: FollowerStatus | None = None  #: a shadow only
+    #: Misconfiguration seen on the links (a key mismatch, a foreign node, another protocol
+    #: version), until a session comes up; the node keeps retrying meanwhile.
+    alarms: list[str] = msgspec.field(default_factory=list)
+    #: Frames refused on the pair's links, by reason (`sipshadow.link.REASONS`); nonzero only.
+    link_refused: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class StatusDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -188,6 +194,7 @@ def snapshot(
 def ha_status(
     machine: RoleMachine, replication: ReplicationConfig, follower: Follower | None,
     takeovers: list[TakeoverRecord], *, gated_before: int, heartbeats_refused: int, detector_stalls: int,
+    peering: Peering | None = None,
 ) -> HaStatus:  # fmt: skip
     """The `ha` section: the role machine, the follower (a shadow's) and its tap, the takeovers."""
     tap = follower.tap if follower is not None else None
@@ -206,6 +213,8 @@ def ha_status(
         tap=None if tap is None else TapStatus(buffered=len(tap), received=tap.received, matched=tap.matched,
                                                pruned=tap.pruned),
         shadow=shadow,
+        alarms=[peering.alarm] if peering is not None and peering.alarm else [],
+        link_refused={reason: count for reason, count in peering.refused.items() if count} if peering else {},
     )  # fmt: skip
 
 

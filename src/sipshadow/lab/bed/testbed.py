@@ -408,7 +408,7 @@ class Testbed:
         if host == "primary":
             lines.append(
                 f"addr add {topo.vip}/{plen} dev {SERVICE_IF}"
-            )  # a secondary address: the primary owns the VIP
+            )  # the bare bed's primary owns the VIP; a tap-mode node replaces it with its leased /32
         lines.append(f"link set {SERVICE_IF} up")
         if host in PAIR:
             rep = topo.replication_address_of(host)
