@@ -84,7 +84,7 @@ def test_capture_shows_a_silent_shadow_then_the_client_talking_only_to_it(lab_fa
         uac.start()
         time.sleep(2.0)
         killed_at = time.time()
-        lab.fail("kill")  # the primary's kernel keeps the VIP: only the ARP move redirects the client
+        lab.fail("kill")  # the old host keeps the VIP until its lease lapses (3 s): the ARP move redirects the client
         lab.wait_for_takeover()
         settled_at = time.time() + 0.3
         result = uac.wait()

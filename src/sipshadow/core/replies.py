@@ -13,9 +13,6 @@ from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via
 from sipshadow.sip.headers import COMPACT_FORMS
 
 _COPIED = ("via", "from", "to", "call-id", "cseq")
-#: The names a salvaged header is written back under: a name the parser only accepted after
-#: stripping (a vertical tab, say) must not reach the reply as it came.
-_CANONICAL = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
 _SERVER = "Server: sipshadow"
 
 
@@ -76,7 +73,7 @@ def salvage_reply(data: bytes, status: int, reason: str) -> tuple[bytes, Via] | 
             top_via = lenient_via(value)
             if top_via is None:
                 return None
-        kept.append(f"{_CANONICAL[key]}:{value}")
+        kept.append(f"{name.strip()}:{value}")  # "V\x0b:" strips to "V": the reply must parse
     if top_via is None:
         return None
     reply = "\r\n".join([f"SIP/2.0 {status} {reason}", *kept, _SERVER, "Content-Length: 0", "", ""])

@@ -36,7 +36,7 @@ from sipshadow.link.handshake import Answer, Offer, handshake_key, open_handshak
 from sipshadow.link.session import SEALED_OVERHEAD, SEALED_PREFIX, Session
 
 #: Every reason a frame is refused, as counted in `refused`.
-REASONS = ("malformed", "version", "oversized", "key_mismatch", "undecodable", "foreign", "stale",
+REASONS = ("malformed", "version", "oversized", "key_mismatch", "undecodable", "foreign", "reflected", "stale",
            "out_of_session", "forged", "unexpected")  # fmt: skip
 #: Reasons that say the pair is misconfigured rather than attacked or unlucky.
 ALARMS = {
@@ -70,10 +70,18 @@ class Peering:
         self.refused: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.alarm: str | None = None
 
+    def open(self, frame: RawFrame) -> Offer | Answer | Refused:
+        """The handshake in `frame` if it verifies under our key and comes from the expected
+        peer for us (`check`), else why not."""
+        message = open_handshake(frame, self.handshake_key)
+        if isinstance(message, Refused):
+            return message
+        return self.check(message) or message
+
     def check(self, message: Offer | Answer) -> Refused | None:
         """`foreign` unless the handshake comes from the expected peer and is meant for us."""
-        if message.sender == self.me:
-            return Refused("foreign", f"the peer claims this node's own id {message.sender!r}")
+        if message.sender == self.me:  # our own Offer sent back to us: anyone can do that
+            return Refused("reflected", f"a handshake claiming this node's own id {message.sender!r}")
         if self.peer is not None and message.sender != self.peer:
             return Refused("foreign", f"node {message.sender!r} answered, expected {self.peer!r}")
         if message.recipient not in ("", self.me):
@@ -135,12 +143,9 @@ class StreamChannel:
         expected = ANSWER if self.initiator else OFFER
         if frame.kind != expected:
             return Refused("unexpected", f"frame kind {frame.kind} during the handshake")
-        message = open_handshake(frame, self.peering.handshake_key)
+        message = self.peering.open(frame)
         if isinstance(message, Refused):
             return message
-        refused = self.peering.check(message)
-        if refused is not None:
-            return refused
         if isinstance(message, Answer):
             if message.echo != self.nonce:
                 return Refused("stale", "an answer to another offer")
@@ -202,18 +207,18 @@ class DatagramChannel:
         frame = read_datagram(data, max(HANDSHAKE_MAX_BODY, self.codec.max_body + SEALED_PREFIX.size + 16))
         refused = frame if isinstance(frame, Refused) else self._frame(frame, out)
         if refused is not None:
-            out.refused = self.peering.refuse(refused, alarm=self.session is None)
+            # anyone can send a datagram: with a session up, only a key holder's (a foreign
+            # node's verified handshake) raises the alarm
+            alarm = self.session is None or refused.reason == "foreign"
+            out.refused = self.peering.refuse(refused, alarm=alarm)
         return out
 
     def _frame(self, frame: RawFrame, out: Received) -> Refused | None:
         if frame.kind == SEALED:
             return self._sealed(frame, out)
-        message = open_handshake(frame, self.peering.handshake_key)
+        message = self.peering.open(frame)
         if isinstance(message, Refused):
             return message
-        refused = self.peering.check(message)
-        if refused is not None:
-            return refused
         if message.nonce in self._retired:
             return Refused("stale", "a nonce of the peer's earlier life")
         if isinstance(message, Offer):
