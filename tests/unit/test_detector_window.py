@@ -204,3 +204,14 @@ def test_the_detector_measures_gaps_on_the_senders_stamps() -> None:
     assert punctual == pytest.approx(INTERVAL)
     assert late == pytest.approx(0.030)
     assert unstamped == 0.0
+
+
+def test_the_beat_process_sees_its_node_alive_and_a_missing_one_as_gone() -> None:
+    """`exiting` reads the kernel's flags of the node: a live process is not exiting; one that
+    does not exist is (the beat stops either way once the node is gone)."""
+    import os
+
+    from sipshadow.detect.beater import exiting
+
+    assert not exiting(os.getpid())
+    assert exiting(2**22 + 12345)  # above the default pid_max: no such process
