@@ -32,6 +32,10 @@ from sipshadow.runtime.status import ReplicationStatus
 log = logging.getLogger("sipshadow.replication")
 throttled = ThrottledLog(log)
 
+#: How soon (s) the shadow hears of outputs released between entries frames: a busy primary's
+#: next entries frame carries the mark anyway; a quiet one sends it alone, at most this late
+#: and once per this interval (a frame per acknowledgement doubled the frames per call).
+RELEASE_NOTICE_S = 0.005
 #: Seconds a new connection has to authenticate before it is closed.
 HANDSHAKE_TIMEOUT_S = 2.0
 #: Connections still in their handshake; one more closes the oldest.
@@ -75,6 +79,7 @@ class PrimaryLink:
         self.last_snapshot_ms = 0.0
         self._flush_scheduled = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._notice: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
     def record(self, event: Event, outputs: list[SendDatagram]) -> None:
@@ -93,6 +98,10 @@ class PrimaryLink:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
+
+    def _send_notice(self) -> None:
+        self._notice = None
+        self._flush()  # an entries frame, or an empty one carrying only the released mark
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -115,8 +124,8 @@ class PrimaryLink:
         """Carry out the recorder's orders: send, write to the shadow, drop its link."""
         if effects.send:
             self._release(effects.send)
-            if self.recorder.attached:
-                self._schedule_flush()  # tell the shadow the new released mark
+            if self.recorder.attached and self._notice is None:  # tell the shadow the new released mark
+                self._notice = self._loop.call_later(RELEASE_NOTICE_S, self._send_notice)
         if effects.write and self.connection is not None:
             self.connection.write(effects.write)
         if effects.drop:
@@ -220,6 +229,8 @@ class PrimaryLink:
     def _stop(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if self._notice is not None:
+            self._notice.cancel()
         if self.connection is not None:
             self.connection.close()
         for waiting in list(self.unauthenticated):
