@@ -1,4 +1,4 @@
-"""SIP messages over UDP (RFC 3261 §7, §20, §25): parse, inspect, rewrite, serialize.
+"""SIP messages (RFC 3261 §7, §20, §25): parse, inspect, rewrite, serialize; `stream` frames them on TCP.
 
 Pure: no clock, no randomness, no sockets. Every malformed input raises `SipParseError`
 with a reason; anything else escaping this package is a bug.
