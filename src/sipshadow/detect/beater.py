@@ -124,7 +124,7 @@ def exiting(pid: int) -> bool:
 
 def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float, stall_limit_s: float) -> None:
     """The child: beat every `interval_s` while the node's beats are fresh; exit when it dies."""
-    from sipshadow.detect.heartbeat import CODEC, Heartbeat
+    from sipshadow.detect.heartbeat import CODEC, Heartbeat, stamped  # it imports this module
 
     sock = socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((bind_host, 0))
@@ -146,7 +146,7 @@ def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float
                 control.send(_encoder.encode(["stalled", now - last_sent]))
         last_sent = now
         with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
-            sock.sendto(session.seal(CODEC.encode(Heartbeat(*fields, sent_at=now))), peer)
+            sock.sendto(session.seal(CODEC.encode(stamped(Heartbeat(*fields)))), peer)
 
     while True:
         readable, _, _ = select.select([control], [], [], max(0.0, next_at - time.monotonic()))

@@ -261,10 +261,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
 
     def _refuse(self, refused: Refused, addr: tuple[str, int]) -> None:
         self.refused += 1
-        alarm = self.channel.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
-        throttled.log(logging.ERROR if alarm else logging.WARNING, f"beat {refused.reason}",
-                      "refused a heartbeat frame from %s:%d (%s: %s)%s", *addr[:2], refused.reason, refused.detail,
-                      f": {alarm}" if alarm else "")  # fmt: skip
+        throttled.refusal("beat", f"heartbeat frame from {addr[0]}:{addr[1]}", refused, self.channel.peering)
 
     def _heard(self, message: Heartbeat, now: float) -> None:
         if message.sent_at > 0:

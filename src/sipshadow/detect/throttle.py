@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from sipshadow.link import ALARMS, Peering, Refused
+
 
 class ThrottledLog:
     """`log(level, key, message, *args)`: at most one line per `key` per `every_s` seconds."""
@@ -35,3 +37,10 @@ class ThrottledLog:
         if held:
             message += f" (and {held} more like it in the last {now - last:.0f} s)" if last is not None else ""
         self.logger.log(level, message, *args)
+
+    def refusal(self, key: str, what: str, refused: Refused, peering: Peering) -> None:
+        """A frame refused on a link (`what`: where it came from): a WARNING, or an ERROR naming
+        the alarm when the reason says the pair is misconfigured; rate-limited per `key` and reason."""
+        alarm = peering.alarm if refused.reason in ALARMS else None
+        self.log(logging.ERROR if alarm else logging.WARNING, f"{key} {refused.reason}", "%s refused (%s: %s)%s",
+                 what, refused.reason, refused.detail, f": {alarm}" if alarm else "")  # fmt: skip

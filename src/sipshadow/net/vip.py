@@ -130,13 +130,18 @@ def hold(ifname: str, vip: str, prefixlen: int = 32, lifetime_s: int = VIP_LIFET
         link.close()
 
 
+def removals(ifname: str, vip: str, keep: int | None = None) -> list[tuple[int, str, str, int]]:
+    """`Rtnetlink.change` entries deleting the VIP from ifname at every prefix length (32..8)
+    but `keep`; run them ignoring EADDRNOTAVAIL and ENOENT (the lengths it is not at)."""
+    return [(RTM_DELADDR, ifname, vip, length) for length in range(32, 7, -1) if length != keep]
+
+
 def drop_other_lengths(ifname: str, vip: str, keep: int = 32) -> None:
     """Delete the VIP from ifname at every prefix length (8..32) but `keep` (a copy put there by
     hand, or by a test bed, would never expire)."""
     link = Rtnetlink()
     try:
-        removals = [(RTM_DELADDR, ifname, vip, length) for length in range(32, 7, -1) if length != keep]
-        link.change(removals, ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT}))
+        link.change(removals(ifname, vip, keep), ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT}))
     finally:
         link.close()
 

@@ -78,7 +78,7 @@ class LinuxIdentity:
         import errno
 
         from sipshadow.net import accept, nft, silent
-        from sipshadow.net.vip import RTM_DELADDR, RTM_NEWADDR, Rtnetlink
+        from sipshadow.net.vip import RTM_NEWADDR, Rtnetlink, removals
 
         for finishing in self.announcements:  # a takeover stepping back must keep its tap
             finishing.cancel()
@@ -91,8 +91,7 @@ class LinuxIdentity:
                     knob.write(value)
         link = Rtnetlink()
         try:  # a rejoining former primary still holds the VIP on its interface
-            removals = [(RTM_DELADDR, self.interface, self.vip, length) for length in range(32, 7, -1)]
-            link.change([*removals, (RTM_NEWADDR, "lo", self.vip, 32)],
+            link.change([*removals(self.interface, self.vip), (RTM_NEWADDR, "lo", self.vip, 32)],
                         ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}))  # fmt: skip
         finally:
             link.close()

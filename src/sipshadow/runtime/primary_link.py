@@ -169,10 +169,7 @@ class PrimaryLink:
     def refuse(self, connection: ShadowConnection, refused: Refused) -> None:
         """A frame refused on `connection`: count, say so at a bounded rate, close it."""
         self.refused_frames += 1
-        alarm = self.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
-        throttled.log(logging.ERROR if alarm else logging.WARNING, f"primary {refused.reason}",
-                      "replication connection from %s refused (%s: %s)%s", connection.peer_name, refused.reason,
-                      refused.detail, f": {alarm}" if alarm else "")  # fmt: skip
+        throttled.refusal("primary", f"replication connection from {connection.peer_name}", refused, self.peering)
         connection.close()
 
     def opened(self, connection: ShadowConnection) -> None:

@@ -76,10 +76,7 @@ class ShadowLink(asyncio.Protocol):
         refused = received.refused
         if refused is not None:
             self.follower.stats["refused_frames"] += 1
-            alarm = self.peering.alarm if refused.reason in ("key_mismatch", "foreign", "version") else None
-            throttled.log(logging.ERROR if alarm else logging.WARNING, f"shadow {refused.reason}",
-                          "replication frame from the primary refused (%s: %s)%s: reconnecting", refused.reason,
-                          refused.detail, f": {alarm}" if alarm else "")  # fmt: skip
+            throttled.refusal("shadow", "replication frame from the primary (reconnecting)", refused, self.peering)
             self.drop()
 
     def tapped(self, data: bytes, source: Address) -> None:
