@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived
 from sipshadow.determinism import SystemEntropy
 
 ALG, CALLER = ("127.0.0.1", 5060), ("127.0.0.1", 5061)
@@ -61,16 +61,16 @@ def respond(forwarded: bytes, status: int, reason: str, n: int) -> bytes:
 def one_call(gateway: Gateway, n: int, now: float) -> int:
     handle = gateway.handle
     invite = INVITE.format(n=n, length=len(SDP), body=SDP).encode()
-    (forwarded,) = handle(DatagramReceived(invite, CALLER, now))
+    (forwarded,) = handle(MessageReceived(invite, CALLER, now))
     member = forwarded.destination
     sent = 1
     for status, reason in ((100, "Trying"), (180, "Ringing"), (200, "OK")):
-        sent += len(handle(DatagramReceived(respond(forwarded.data, status, reason, n), member, now)))
+        sent += len(handle(MessageReceived(respond(forwarded.data, status, reason, n), member, now)))
     for method, cseq, step in (("ACK", 1, 2), ("BYE", 2, 3)):
         request = IN_DIALOG.format(method=method, n=n, cseq=cseq, step=step).encode()
-        (forwarded,) = handle(DatagramReceived(request, CALLER, now))
+        (forwarded,) = handle(MessageReceived(request, CALLER, now))
         sent += 1
-    sent += len(handle(DatagramReceived(respond(forwarded.data, 200, "OK", n), member, now)))
+    sent += len(handle(MessageReceived(respond(forwarded.data, 200, "OK", n), member, now)))
     return sent
 
 

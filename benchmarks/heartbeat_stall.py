@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 
 from harness import log, machine
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived
 from sipshadow.core.dialogs import call_hash
 from sipshadow.detect.beater import STALL_LIMIT_S
 from sipshadow.detect.heartbeat import MAX_WIDENING, Heartbeat, HeartbeatDetector
@@ -112,8 +112,8 @@ def loaded_gateway(dialogs: int) -> tuple[Gateway, RecordingEntropy]:
     config = GatewayConfig(SERVICE, tuple(MemberSpec(member) for member in MEMBERS), probe_interval_s=0)
     entropy = RecordingEntropy(SystemEntropy(1))
     gateway = Gateway(config, entropy)
-    (forwarded,) = gateway.handle(DatagramReceived(INVITE.encode(), CALLER, 0.0))
-    gateway.handle(DatagramReceived(answer(forwarded.data), forwarded.destination, 0.0))
+    (forwarded,) = gateway.handle(MessageReceived(INVITE.encode(), CALLER, 0.0))
+    gateway.handle(MessageReceived(answer(forwarded.data), forwarded.destination, 0.0))
     entropy.take()
     state = gateway.export_state()
     (row,) = state.pop("dialogs")

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "--members", default="sipp", choices=("sipp", "kamailio"), help="kamailio: a proxy before each callee"
     )
     experiment.add_argument("--fault", default="crash", choices=("crash", "kill"), help="how the primary fails")
+    experiment.add_argument("--transport", default="udp", metavar="T[,T]",
+                            help="how the caller reaches the ALG, comma separated: udp, tcp (SIPp -t tn: a connection "
+                                 "per call), tcp1 (-t t1: one connection for all)")  # fmt: skip
     experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
     experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
     experiment.add_argument("--out", type=Path, default=Path("runs/experiment"), help="results, figure, report, logs")
@@ -105,7 +108,7 @@ def _lab(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from sipshadow.lab.experiment import MODES, ExperimentConfig, run_experiment
+    from sipshadow.lab.experiment import MODES, TRANSPORTS, ExperimentConfig, run_experiment
 
     modes = tuple(mode for mode in args.modes.split(",") if mode)
     try:
@@ -120,12 +123,16 @@ def _experiment(args: argparse.Namespace) -> int:
     for flag, value in positive.items():
         if not value > 0:
             return _refuse(flag, f"must be positive, got {value:g}")
+    transports = tuple(dict.fromkeys(part.strip() for part in args.transport.split(",") if part.strip()))
+    unknown = [t for t in transports if t not in TRANSPORTS]
+    if unknown or not transports:
+        return _refuse("--transport", f"expected udp, tcp or tcp1 (comma separated), got {args.transport!r}")
     if args.fail_at < 0:
         return _refuse("--fail-at", f"must be >= 0, got {args.fail_at:g}")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)  # even when started as a background job (SIGINT ignored)
     config = ExperimentConfig(
         modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
-        members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(),
+        members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(), transports=transports,
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)
 

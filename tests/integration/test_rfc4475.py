@@ -43,7 +43,9 @@ from .rfc4475_cases import CASES, MEMBER, Answered, Case, Dropped, Forwarded, ma
 TORTURE_DIR = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
 LOOP = "127.0.0.1"
 NAMES_NET = "198.51.100."  # example.com names resolve here (TEST-NET-2), inside the namespace only
-CONFIG = "[health]\nprobe_interval_ms = 0\n[status]\ninterval_s = 0.02\n"  # no probes: the member stays quiet
+# No probes: the member stays quiet. It listens on UDP only, so long requests stay on UDP too
+# (RFC 3261 §18.1.1 would send them over TCP; tests/integration/test_tcp_sipp.py shows that).
+CONFIG = "[health]\nprobe_interval_ms = 0\n[tcp]\nlarge_requests_over_tcp = false\n[status]\ninterval_s = 0.02\n"
 WAIT_S = 3.0
 CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4  # a looped packet also shows once as sent; keep only its arrival

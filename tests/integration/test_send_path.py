@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from sipshadow.core import SendDatagram
+from sipshadow.core import SendMessage
 from sipshadow.lab.alg import AlgProcess, options_ping
 from sipshadow.lab.pair import LoopbackPair
 from sipshadow.lab.sipp import free_udp_port
@@ -220,7 +220,7 @@ def test_the_node_itself_by_name_or_literal_is_a_self_loop(run: Callable[[Corout
     async def scenario() -> None:
         sender, looped, own_port = await sender_on_socket()
         for host in ("localhost", "LocalHost", "127.0.0.1", "[127.0.0.1]", "0.0.0.0"):
-            sender.send([SendDatagram(b"SIP/2.0 200 OK\r\n\r\n", (host, own_port))])
+            sender.send([SendMessage(b"SIP/2.0 200 OK\r\n\r\n", (host, own_port))])
         await until(lambda: sender.counters["self_loops"] == 5)
         await asyncio.sleep(0.1)
         assert looped.empty(), "a datagram came back to the node"
@@ -238,23 +238,23 @@ def test_sends_to_names_queue_for_one_resolution_and_the_cache_expires(
         with udp_socket() as client:
             client.setblocking(False)
             target = ("localhost", client.getsockname()[1])
-            sender.send([SendDatagram(f"{index}".encode(), target) for index in range(4)])  # one over the queue
+            sender.send([SendMessage(f"{index}".encode(), target) for index in range(4)])  # one over the queue
             assert sender.counters["resolution_overflow"] == 1 and sender.counters["resolutions"] == 1
             got: list[bytes] = []
             loop = asyncio.get_running_loop()
             for _ in range(3):
                 got.append(await asyncio.wait_for(loop.sock_recv(client, 100), 3.0))
             assert got == [b"0", b"1", b"2"]  # in order, after the one resolution
-            sender.send([SendDatagram(b"cached", target)])
+            sender.send([SendMessage(b"cached", target)])
             assert await asyncio.wait_for(loop.sock_recv(client, 100), 3.0) == b"cached"
             assert sender.counters["resolutions"] == 1
             await asyncio.sleep(0.25)  # past the positive TTL: resolved again
-            sender.send([SendDatagram(b"fresh", target)])
+            sender.send([SendMessage(b"fresh", target)])
             assert await asyncio.wait_for(loop.sock_recv(client, 100), 3.0) == b"fresh"
             assert sender.counters["resolutions"] == 2
-        sender.send([SendDatagram(b"x", ("nowhere.invalid", 5060))])
+        sender.send([SendMessage(b"x", ("nowhere.invalid", 5060))])
         await until(lambda: sender.counters["unresolvable"] == 1)
-        sender.send([SendDatagram(b"x", ("NOWHERE.invalid", 5070))])  # remembered: no second resolution
+        sender.send([SendMessage(b"x", ("NOWHERE.invalid", 5070))])  # remembered: no second resolution
         assert sender.counters["unresolvable"] == 2 and sender.counters["resolutions"] == 3
         sender.close()
 
@@ -264,18 +264,18 @@ def test_sends_to_names_queue_for_one_resolution_and_the_cache_expires(
 def test_pending_resolutions_are_capped_and_nothing_raises(run: Callable[[Coroutine[Any, Any, None]], None]) -> None:
     async def scenario() -> None:
         sender, _, _ = await sender_on_socket(SendLimits(pending_names=2))
-        names = [SendDatagram(b"x", (f"host{index}.invalid", 5060)) for index in range(3)]
+        names = [SendMessage(b"x", (f"host{index}.invalid", 5060)) for index in range(3)]
         sender.send(names)
         assert sender.counters["resolutions"] == 2 and sender.counters["resolution_overflow"] == 1
         await until(lambda: sender.counters["unresolvable"] == 2)
         odd: list[Any] = [
-            SendDatagram(b"x", ("::1", 5060)),  # IPv6 literal, IPv4 socket
-            SendDatagram(b"x", ("", 5060)),
-            SendDatagram(b"x", ("127.0.0.1", 0)),
-            SendDatagram(b"x", ("127.0.0.1", "5060")),  # type: ignore[arg-type] # not even an int
-            SendDatagram("not bytes", ("127.0.0.1", 5099)),  # type: ignore[arg-type]
-            SendDatagram(b"x", ("a..b", 5060)),  # not a valid name (IDNA error)
-            SendDatagram(b"x", ("x" * 300, 5060)),
+            SendMessage(b"x", ("::1", 5060)),  # IPv6 literal, IPv4 socket
+            SendMessage(b"x", ("", 5060)),
+            SendMessage(b"x", ("127.0.0.1", 0)),
+            SendMessage(b"x", ("127.0.0.1", "5060")),  # type: ignore[arg-type] # not even an int
+            SendMessage("not bytes", ("127.0.0.1", 5099)),  # type: ignore[arg-type]
+            SendMessage(b"x", ("a..b", 5060)),  # not a valid name (IDNA error)
+            SendMessage(b"x", ("x" * 300, 5060)),
         ]
         sender.send(odd)
         await until(lambda: sender.counters["resolutions"] == 4 and sender.counters["unresolvable"] == 5)

@@ -7,7 +7,7 @@ Nothing reads a clock or a socket: the test moves time with `advance` and frames
 
 from __future__ import annotations
 
-from sipshadow.core import DatagramReceived, Event, Gateway, GatewayConfig, SendDatagram, TimerExpired
+from sipshadow.core import Event, Gateway, GatewayConfig, MessageReceived, SendMessage, TimerExpired
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.link import Peering, StreamChannel
@@ -32,7 +32,7 @@ class Pair:
         self.recorder = Recorder(self.gateway, self.entropy, epoch=0, output_commit=output_commit,
                                  commit_timeout_s=commit_timeout_s, with_payload=not tap)  # fmt: skip
         self.follower = Follower(config, node_id="shadow", tap=TapBuffer() if tap else None)
-        self.sent: list[SendDatagram] = []
+        self.sent: list[SendMessage] = []
         self.dropped: list[str] = []
         self._to_shadow: list[bytes] = []
         self._to_primary: list[bytes] = []
@@ -76,16 +76,16 @@ class Pair:
 
     # -- the world ------------------------------------------------------------------------
 
-    def event(self, event: Event) -> list[SendDatagram]:
+    def event(self, event: Event) -> list[SendMessage]:
         """The primary's core takes `event`; returns what left at once (output commit)."""
         outputs = self.gateway.handle(event)
         released = self.recorder.record(event, outputs)
         self.sent += released
         return outputs
 
-    def datagram(self, data: bytes, source: Address, *, tapped: bool = True) -> list[SendDatagram]:
+    def datagram(self, data: bytes, source: Address, *, tapped: bool = True) -> list[SendMessage]:
         """`data` reaches the primary (and, in tap mode, the shadow's tap unless `tapped` is off)."""
-        outputs = self.event(DatagramReceived(data, source, self.now))
+        outputs = self.event(MessageReceived(data, source, self.now))
         if tapped:
             self.tap(data, source)
         return outputs
@@ -94,7 +94,7 @@ class Pair:
         """A copy of `data` reaches the shadow from the switch's mirror."""
         self._on_shadow(self.follower.tapped(data, source, self.now))
 
-    def timer(self) -> list[SendDatagram]:
+    def timer(self) -> list[SendMessage]:
         return self.event(TimerExpired(self.now))
 
     def take_over(self) -> Handover:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, SendDatagram, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, SendMessage, TimerExpired
 from sipshadow.core.dialogs import DialogState
 from sipshadow.runtime.config import ConfigFile, build
 from sipshadow.sip import parse_message
@@ -28,11 +28,11 @@ def keyed(key: bytes = KEY, *, probe_interval_s: float = 0.0) -> Gateway:
     return Gateway(GatewayConfig(ALG, members, probe_interval_s=probe_interval_s, branch_key=key), FixedEntropy([]))
 
 
-def send(gateway: Gateway, data: bytes, source: tuple[str, int] = CALLER, now: float = 0.0) -> list[SendDatagram]:
-    return gateway.handle(DatagramReceived(data, source, now))
+def send(gateway: Gateway, data: bytes, source: tuple[str, int] = CALLER, now: float = 0.0) -> list[SendMessage]:
+    return gateway.handle(MessageReceived(data, source, now))
 
 
-def branch_of(output: SendDatagram) -> str:
+def branch_of(output: SendMessage) -> str:
     found = BRANCH.search(output.data)
     assert found is not None, output.data
     return found[1].decode()
@@ -42,7 +42,7 @@ def invite(call_id: str = "call-1@caller", branch: str = "z9hG4bKcaller1") -> by
     return request("INVITE", call_id=call_id, branch=branch)
 
 
-def ringing_call(gateway: Gateway) -> SendDatagram:
+def ringing_call(gateway: Gateway) -> SendMessage:
     """An INVITE forwarded and its 180 relayed: the call rings, its dialog early."""
     forwarded = only(send(gateway, invite()))
     assert only(send(gateway, response_to(forwarded.data, 180, "Ringing"), forwarded.destination)).destination == CALLER

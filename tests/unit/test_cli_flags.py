@@ -183,6 +183,8 @@ LAB = [
            lambda got: got["config"].members, "kamailio"),
     Passed("lab experiment", "--fault", ("--fault", "kill"), EXPERIMENT, lambda got: got["config"].fault, "kill"),
     Passed("lab experiment", "--parallel", ("--parallel", "2"), EXPERIMENT, lambda got: got["config"].parallel, 2),
+    Passed("lab experiment", "--transport", ("--transport", "udp,tcp1"), EXPERIMENT,
+           lambda got: got["config"].transports, ("udp", "tcp1")),
     Passed("lab experiment", "--no-cost", ("--no-cost",), EXPERIMENT, lambda got: got["measure_cost"], False),
     Passed("lab experiment", "--out", ("--out", "res"), EXPERIMENT, lambda got: under_cwd(got["config"].out), "res"),
 ]  # fmt: skip
@@ -341,6 +343,7 @@ REFUSED = [
     Refused(("lab", "experiment", "--fail-at", "-1"), "--fail-at", "must be >= 0"),
     Refused(("lab", "experiment", "--members", "pbx"), "--members", "invalid choice", one_line=False),
     Refused(("lab", "experiment", "--fault", "reboot"), "--fault", "invalid choice", one_line=False),
+    Refused(("lab", "experiment", "--transport", "tcp,sctp"), "--transport", "expected udp, tcp or tcp1"),
     Refused(("lab", "fail", "primary", "--how", "nuke"), "--how", "invalid choice", one_line=False),
     Refused(("lab", "fail", "primary"), "--how", "required", one_line=False),
     Refused(("lab", "fail", "shadow", "--how", "kill"), "host", "invalid choice", one_line=False),

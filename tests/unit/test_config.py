@@ -59,6 +59,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ('[servise]\nlisten = "h:1"', "servise", "unknown key"),
         ('[service]\nlissen = "h:1"', "service.lissen", "unknown key"),
         ('[cluster]\nmembers = ["h:1"]\n[service]\nlisten = "0.0.0.0:5060"', "service.advertise", "not a usable IP"),
+        ('[cluster]\nmembers = ["sip:h:5060;transport=sctp"]', "cluster.members[0]", "transport must be udp or tcp"),
+        ('[cluster]\nmembers = ["sip:bob@h:5060"]', "cluster.members[0]", "names a host, not a user"),
+        ('[cluster]\nmembers = ["sip:h;maddr=x"]', "cluster.members[0]", "only the transport parameter"),
+        ("[cluster]\nmembers = [\"h:1\"]\n[tcp]\nconnections_per_source = 0", "tcp.connections_per_source", "> 0"),
+        ('[cluster]\nmembers = ["h:1"]\n[tcp]\nidle_timeout = 5', "tcp.idle_timeout", "unknown key"),
     ],
 )
 def test_a_bad_value_names_its_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -98,3 +103,21 @@ def test_an_early_timeout_below_timer_c_is_allowed_with_a_warning_naming_the_key
     (warning,) = build(file).warnings
     assert warning.startswith("dialogs.early_timeout_s = 180 ") and "Timer C" in warning
     assert build(msgspec.toml.decode(b'[cluster]\nmembers = ["h:5060"]', type=ConfigFile)).warnings == ()
+
+
+def test_members_as_sip_uris_pick_their_transport_and_tcp_limits_are_read(tmp_path: Path) -> None:
+    text = """
+[cluster]
+members = ["127.0.0.1:5070", "sip:127.0.0.1:5071;transport=tcp", "sip:192.0.2.9;transport=UDP"]
+[tcp]
+connections = 100
+partial_timeout_s = 2.5
+large_requests_over_tcp = false
+"""
+    config = build(load_file(write(tmp_path, text)))
+    members = [(m.address, m.transport) for m in config.gateway.members]
+    assert members == [(("127.0.0.1", 5070), "udp"), (("127.0.0.1", 5071), "tcp"), (("192.0.2.9", 5060), "udp")]
+    assert (config.tcp.connections, config.tcp.partial_timeout_s) == (100, 2.5)
+    assert config.gateway.large_requests_over_tcp is False
+    flagged = build(load_file(write(tmp_path, "")), members=["sip:[::1]:7000;transport=tcp"])
+    assert [(m.address, m.transport) for m in flagged.gateway.members] == [(("::1", 7000), "tcp")]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.config import POLICIES
 from sipshadow.determinism import SystemEntropy
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
@@ -35,15 +35,15 @@ def trace() -> str:
             now += 0.25
             call_id = f"c{index % 7}"
             method = ("INVITE", "SUBSCRIBE", "REFER")[index % 3]
-            outputs = gateway.handle(DatagramReceived(request(method, call_id=call_id, branch=f"z9hG4bK{index}"),
+            outputs = gateway.handle(MessageReceived(request(method, call_id=call_id, branch=f"z9hG4bK{index}"),
                                                       CALLER, now))  # fmt: skip
             for output in list(outputs):
                 if output.destination in MEMBERS:
                     for status, tag in ((180, f"t{index % 2}"), (200, f"f{index % 3}")):
-                        outputs += gateway.handle(DatagramReceived(response_to(output.data, status, "X", to_tag=tag),
+                        outputs += gateway.handle(MessageReceived(response_to(output.data, status, "X", to_tag=tag),
                                                                    output.destination, now))  # fmt: skip
             bye = request("BYE", call_id=call_id, to_tag="f0", cseq=9)
-            outputs += gateway.handle(DatagramReceived(bye, CALLER, now))
+            outputs += gateway.handle(MessageReceived(bye, CALLER, now))
             outputs += gateway.handle(TimerExpired(now))
             for output in outputs:
                 summary.update(output.data + repr(output.destination).encode())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.dialogs import DialogTable, call_hash
 from sipshadow.determinism import SystemEntropy
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
@@ -71,14 +71,14 @@ def test_any_sequence_of_events_leaves_the_table_true_to_itself(ops: list[tuple]
         elif kind == "open":
             _, call, branch, method = operation
             data = request(method, call_id=f"c{call}", branch=f"z9hG4bKb{call}.{branch}")
-            for output in gateway.handle(DatagramReceived(data, CALLER, now)):
+            for output in gateway.handle(MessageReceived(data, CALLER, now)):
                 if output.destination in MEMBERS:
                     forwarded[(call, branch)] = output.data
         elif kind == "respond":
             _, call, branch, status, tag = operation
             if (call, branch) in forwarded:
                 data = response_to(forwarded[(call, branch)], status, "X", to_tag=None if status == 100 else tag)
-                gateway.handle(DatagramReceived(data, MEMBERS[0], now))
+                gateway.handle(MessageReceived(data, MEMBERS[0], now))
         else:
             _, call, method, tag, from_callee, tagged = operation
             tags = {"from_tag": tag, "to_tag": "caller-tag"} if from_callee else {"to_tag": tag if tagged else None}
@@ -86,7 +86,7 @@ def test_any_sequence_of_events_leaves_the_table_true_to_itself(ops: list[tuple]
             branch = "z9hG4bKb0.0" if method == "CANCEL" and not from_callee else f"z9hG4bKr{step}"
             data = request(method, call_id=f"c{call}", cseq=1 if method == "CANCEL" else step + 2, branch=branch,
                            **tags)  # fmt: skip
-            gateway.handle(DatagramReceived(data, source, now))
+            gateway.handle(MessageReceived(data, source, now))
         check(gateway.table)
     gateway.handle(TimerExpired(now + 1000.0))
     assert len(gateway.table) == 0 and gateway.table.active_per_member == [0, 0]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, SendDatagram, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, SendMessage, TimerExpired
 from sipshadow.core.dialogs import DialogState
 from sipshadow.sip import parse_message
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
@@ -28,16 +28,16 @@ def make_gateway(policy: str = "round-robin", *, probe_interval_s: float = 0.0, 
     return Gateway(config, FixedEntropy([0.1, 0.9, 0.3]))
 
 
-def send(gateway: Gateway, data: bytes, source: tuple[str, int] = CALLER, now: float = 0.0) -> list[SendDatagram]:
-    return gateway.handle(DatagramReceived(data, source, now))
+def send(gateway: Gateway, data: bytes, source: tuple[str, int] = CALLER, now: float = 0.0) -> list[SendMessage]:
+    return gateway.handle(MessageReceived(data, source, now))
 
 
-def only(outputs: list[SendDatagram]) -> SendDatagram:
+def only(outputs: list[SendMessage]) -> SendMessage:
     assert len(outputs) == 1, outputs
     return outputs[0]
 
 
-def status_of(output: SendDatagram) -> int:
+def status_of(output: SendMessage) -> int:
     return parse_message(output.data).status
 
 
@@ -47,11 +47,11 @@ def dialog_state(gateway: Gateway, call_id: str = "call-1@caller", to_tag: str =
     return call.dialogs[("caller-tag", to_tag)].state
 
 
-def start_call(gateway: Gateway, call_id: str = "call-1@caller", now: float = 0.0) -> SendDatagram:
+def start_call(gateway: Gateway, call_id: str = "call-1@caller", now: float = 0.0) -> SendMessage:
     return only(send(gateway, request("INVITE", call_id=call_id, branch=f"z9hG4bK{call_id}"), now=now))
 
 
-def answer(gateway: Gateway, forwarded: SendDatagram, status: int, now: float = 0.0) -> SendDatagram:
+def answer(gateway: Gateway, forwarded: SendMessage, status: int, now: float = 0.0) -> SendMessage:
     return only(send(gateway, response_to(forwarded.data, status, "X"), forwarded.destination, now))
 
 
@@ -301,7 +301,7 @@ def test_call_id_hash_is_stable_across_gateways() -> None:
 
 def test_two_gateways_fed_the_same_events_emit_the_same_bytes() -> None:
     events = [
-        DatagramReceived(request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}"), CALLER, float(i)) for i in range(10)
+        MessageReceived(request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}"), CALLER, float(i)) for i in range(10)
     ] + [TimerExpired(50.0)]
     outputs = [[gateway.handle(event) for event in events] for gateway in (make_gateway(), make_gateway())]
     assert outputs[0] == outputs[1]

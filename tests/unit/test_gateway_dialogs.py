@@ -7,7 +7,7 @@ validation and matches a dialog by tags changes any state.
 
 from __future__ import annotations
 
-from sipshadow.core import Gateway, SendDatagram, TimerExpired
+from sipshadow.core import Gateway, SendMessage, TimerExpired
 from sipshadow.sip import parse_message
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.test_gateway import answer, make_gateway, only, send, start_call, status_of
@@ -29,7 +29,7 @@ def member_request(
     return request(method, to_tag=to_tag, from_tag=from_tag, **defaults)  # type: ignore[arg-type]
 
 
-def reply(gateway: Gateway, forwarded: SendDatagram, status: int, tag: str | None, now: float = 0.0) -> SendDatagram:
+def reply(gateway: Gateway, forwarded: SendMessage, status: int, tag: str | None, now: float = 0.0) -> SendMessage:
     return only(send(gateway, response_to(forwarded.data, status, "X", to_tag=tag), forwarded.destination, now))
 
 

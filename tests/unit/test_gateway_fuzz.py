@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.determinism import SystemEntropy
 from sipshadow.sip import SipParseError, parse_message
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
@@ -47,10 +47,10 @@ def gateway() -> Gateway:
 @given(data=st.one_of(mutated(), st.binary(max_size=300)))
 def test_mutated_input_never_raises_and_leaves_an_established_call_routable(data: bytes) -> None:
     core = gateway()
-    (invite,) = core.handle(DatagramReceived(request("INVITE", call_id="held", branch="z9hG4bKheld"), CALLER, 0.0))
-    core.handle(DatagramReceived(response_to(invite.data, 200, "OK"), invite.destination, 0.0))
+    (invite,) = core.handle(MessageReceived(request("INVITE", call_id="held", branch="z9hG4bKheld"), CALLER, 0.0))
+    core.handle(MessageReceived(response_to(invite.data, 200, "OK"), invite.destination, 0.0))
     for source in (CALLER, MEMBERS[0]):
-        outputs = core.handle(DatagramReceived(data, source, 1.0))
+        outputs = core.handle(MessageReceived(data, source, 1.0))
         for output in outputs:
             try:
                 parse_message(output.data)
@@ -58,7 +58,7 @@ def test_mutated_input_never_raises_and_leaves_an_established_call_routable(data
                 raise AssertionError(f"gateway emitted unparseable output: {output.data!r}") from error
     core.handle(TimerExpired(2.0))
     bye = request("BYE", call_id="held", to_tag="callee-tag", cseq=9, branch="z9hG4bKbye")
-    (forwarded,) = core.handle(DatagramReceived(bye, CALLER, 3.0))
+    (forwarded,) = core.handle(MessageReceived(bye, CALLER, 3.0))
     assert forwarded.destination == invite.destination
 
 

@@ -156,14 +156,14 @@ def test_received_and_rport_are_stamped_and_the_algs_own_replies_follow_them(
 
 def test_an_ack_too_broken_to_parse_is_counted_and_never_answered() -> None:
     """§17.2.1: nothing answers an ACK, not even a 400 for a header line without a colon."""
-    from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+    from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived
     from sipshadow.determinism import SystemEntropy
     from tests.unit.messages import ALG, CALLER, MEMBERS, request
 
     gateway = Gateway(GatewayConfig(ALG, (MemberSpec(MEMBERS[0]),), probe_interval_s=0.0), SystemEntropy(1))
     broken = request("ACK").replace(b"Call-ID:", b"Call-ID", 1)
-    assert gateway.handle(DatagramReceived(broken, CALLER, 0.0)) == []
+    assert gateway.handle(MessageReceived(broken, CALLER, 0.0)) == []
     assert gateway.counters.malformed_requests == 1
     broken_invite = request("INVITE").replace(b"Call-ID:", b"Call-ID", 1)
-    (answer,) = gateway.handle(DatagramReceived(broken_invite, CALLER, 0.0))
+    (answer,) = gateway.handle(MessageReceived(broken_invite, CALLER, 0.0))
     assert answer.data.startswith(b"SIP/2.0 400")

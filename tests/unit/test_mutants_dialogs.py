@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from sipshadow.core import Gateway, GatewayConfig, MemberSpec, SendDatagram, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, SendMessage, TimerExpired
 from sipshadow.core.dialogs import Dialog, DialogState
 from sipshadow.sip import parse_message
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.test_gateway import FixedEntropy, answer, make_gateway, only, send, start_call, status_of
 
 
-def reply(gateway: Gateway, invite: SendDatagram, status: int, tag: str | None, now: float = 0.0,
-          *, record_route: bool = True) -> list[SendDatagram]:  # fmt: skip
+def reply(gateway: Gateway, invite: SendMessage, status: int, tag: str | None, now: float = 0.0,
+          *, record_route: bool = True) -> list[SendMessage]:  # fmt: skip
     data = response_to(invite.data, status, "X", to_tag=tag)
     if not record_route:
         data = b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Record-Route"))

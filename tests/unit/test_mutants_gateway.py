@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.dialogs import DialogState
 from sipshadow.sip import parse_message
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
@@ -382,7 +382,7 @@ def weighted(draws: list[float], members: int = 3) -> list[int]:
     gateway = Gateway(config, FixedEntropy(draws))
     chosen = []
     for index in range(len(draws)):
-        out = only(gateway.handle(DatagramReceived(request("INVITE", call_id=f"w{index}"), CALLER, 0.0)))
+        out = only(gateway.handle(MessageReceived(request("INVITE", call_id=f"w{index}"), CALLER, 0.0)))
         chosen.append(addresses.index(out.destination))
     return chosen
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.dialogs import DialogState
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.test_gateway import FixedEntropy, answer, only, send, start_call
@@ -57,8 +57,8 @@ def joined(primary: Gateway, state: dict[str, object] | None = None) -> Gateway:
 
 def both(primary: Gateway, shadow: Gateway, data: bytes, source: tuple[str, int], now: float) -> list:
     """Feed the same datagram to both; they must send the same datagrams and agree after."""
-    expected = primary.handle(DatagramReceived(data, source, now))
-    assert shadow.handle(DatagramReceived(data, source, now)) == expected
+    expected = primary.handle(MessageReceived(data, source, now))
+    assert shadow.handle(MessageReceived(data, source, now)) == expected
     assert shadow.state_digest() == primary.state_digest()
     return expected
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from msgspec.structs import replace
 
-from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
 from sipshadow.replication.log import entry_for, event_for, payload_digest
 from sipshadow.replication.replica import Divergence, Replica
@@ -20,7 +20,7 @@ def recorded(events: list) -> tuple[Gateway, list]:
 
 
 INVITES = [
-    DatagramReceived(request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}"), CALLER, float(i)) for i in range(4)
+    MessageReceived(request("INVITE", call_id=f"c{i}", branch=f"z9hG4bK{i}"), CALLER, float(i)) for i in range(4)
 ]
 
 
@@ -79,14 +79,14 @@ def test_replaying_entropy_refuses_draws_beyond_the_log() -> None:
 
 def test_takeover_resend_drops_a_provisional_whose_final_response_is_also_resent() -> None:
     """A 180 re-sent after the 200 the caller already holds aborts strict UACs (SIPp)."""
-    from sipshadow.core import SendDatagram
+    from sipshadow.core import SendMessage
     from sipshadow.core.resend import without_stale_provisionals
     from tests.unit.messages import CALLER, request, response_to
 
     invite, other = request("INVITE"), request("INVITE", call_id="other", branch="z9hG4bKother")
-    ringing, ok = (SendDatagram(response_to(invite, status, "X"), CALLER) for status in (180, 200))
-    other_ringing = SendDatagram(response_to(other, 180, "Ringing"), CALLER)
-    forwarded = SendDatagram(invite, ("192.0.2.21", 5080))
+    ringing, ok = (SendMessage(response_to(invite, status, "X"), CALLER) for status in (180, 200))
+    other_ringing = SendMessage(response_to(other, 180, "Ringing"), CALLER)
+    forwarded = SendMessage(invite, ("192.0.2.21", 5080))
     kept = without_stale_provisionals([ringing, other_ringing, forwarded, ok])
     assert kept == [other_ringing, forwarded, ok]
     assert without_stale_provisionals([ok, ringing]) == [ok, ringing]  # a final before it: kept as it came
@@ -95,15 +95,15 @@ def test_takeover_resend_drops_a_provisional_whose_final_response_is_also_resent
 def test_takeover_resend_skips_a_request_whose_response_proves_it_was_delivered() -> None:
     """SIPp's UAS aborts a call on an INVITE it already answered; the member's 180 through
     the old primary proves that INVITE went out, so the new primary does not send it again."""
-    from sipshadow.core import DatagramReceived, Gateway, GatewayConfig, MemberSpec
+    from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived
     from sipshadow.core.resend import resend_plan
     from sipshadow.determinism import SystemEntropy
     from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 
     gateway = Gateway(GatewayConfig(ALG, (MemberSpec(MEMBERS[0]),), probe_interval_s=0.0), SystemEntropy(1))
-    (answered,) = gateway.handle(DatagramReceived(request("INVITE", call_id="a", branch="z9hG4bKa"), CALLER, 0.0))
-    (silent,) = gateway.handle(DatagramReceived(request("INVITE", call_id="b", branch="z9hG4bKb"), CALLER, 0.0))
+    (answered,) = gateway.handle(MessageReceived(request("INVITE", call_id="a", branch="z9hG4bKa"), CALLER, 0.0))
+    (silent,) = gateway.handle(MessageReceived(request("INVITE", call_id="b", branch="z9hG4bKb"), CALLER, 0.0))
     ringing = response_to(answered.data, 180, "Ringing")
-    (relayed,) = gateway.handle(DatagramReceived(ringing, MEMBERS[0], 0.1))
+    (relayed,) = gateway.handle(MessageReceived(ringing, MEMBERS[0], 0.1))
     assert resend_plan([answered, silent, relayed], [ringing]) == [silent, relayed]
     assert resend_plan([answered, silent], []) == [answered, silent]

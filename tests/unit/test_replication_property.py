@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.core import DatagramReceived, GatewayConfig, MemberSpec, TimerExpired
+from sipshadow.core import GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.config import POLICIES
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.replication_pair import Pair
@@ -43,7 +43,7 @@ class Driver:
         self.probes: dict[int, bytes] = {}
         self.cseq = 1
 
-    def event(self, operation: tuple) -> DatagramReceived | TimerExpired | None:
+    def event(self, operation: tuple) -> MessageReceived | TimerExpired | None:
         kind = operation[0]
         self.now += 0.01
         self.cseq += 1
@@ -51,32 +51,32 @@ class Driver:
             self.now += operation[1]
             return TimerExpired(self.now)
         if kind == "garbage":
-            return DatagramReceived(operation[1], CALLER, self.now)
+            return MessageReceived(operation[1], CALLER, self.now)
         if kind == "probe_answer":
             probe = self.probes.get(operation[1])
             return (
                 None
                 if probe is None
-                else DatagramReceived(response_to(probe, 200, "OK"), MEMBERS[operation[1]], self.now)
+                else MessageReceived(response_to(probe, 200, "OK"), MEMBERS[operation[1]], self.now)
             )
         call = f"c{operation[1]}"
         if kind == "invite":
-            return DatagramReceived(request("INVITE", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
+            return MessageReceived(request("INVITE", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
         if kind == "cancel":
-            return DatagramReceived(request("CANCEL", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
+            return MessageReceived(request("CANCEL", call_id=call, branch=f"z9hG4bK{call}"), CALLER, self.now)
         if kind == "subscribe":
             data = request("SUBSCRIBE", call_id=call, branch=f"z9hG4bKs{call}", extra=("Event: presence",))
-            return DatagramReceived(data, CALLER, self.now)
+            return MessageReceived(data, CALLER, self.now)
         if kind == "in_dialog":
             method, tag, from_callee = operation[2:]
             tags = {"from_tag": tag, "to_tag": "caller-tag"} if from_callee else {"to_tag": tag}
             extra = ("Subscription-State: terminated",) if method == "NOTIFY" else ()
             data = request(method, call_id=call, cseq=self.cseq, branch=f"z9hG4bK{self.cseq}", extra=extra, **tags)
-            return DatagramReceived(data, MEMBERS[0] if from_callee else CALLER, self.now)
+            return MessageReceived(data, MEMBERS[0] if from_callee else CALLER, self.now)
         forwarded = self.forwarded.get(operation[1])
         if forwarded is None:
             return None
-        return DatagramReceived(response_to(forwarded, operation[2], "X", to_tag=operation[3]), MEMBERS[0], self.now)
+        return MessageReceived(response_to(forwarded, operation[2], "X", to_tag=operation[3]), MEMBERS[0], self.now)
 
     def observe(self, operation: tuple, outputs: list) -> None:
         for output in outputs:

@@ -156,3 +156,12 @@ def test_garbage_never_raises_and_only_breaks_the_one_stream(data: bytes) -> Non
     framer = StreamFramer(max_head_bytes=1024, max_body_bytes=1024)
     for item in framer.feed(data):
         assert isinstance(item, Framed | KeepAlive | Unframable)
+
+
+def test_each_item_says_how_many_stream_bytes_it_took_so_a_replica_knows_the_offset() -> None:
+    first, second = message(), message(SDP)
+    stream = b"\r\n" + first + PING + b"\r\n\r\n\r\n" + second
+    items = StreamFramer().feed(stream)
+    assert items == [Framed(first), KeepAlive(), KeepAlive(), Framed(second)]
+    assert [item.consumed for item in items] == [2 + len(first), 4, 4, 2 + len(second)]  # type: ignore[union-attr]
+    assert sum(item.consumed for item in items) == len(stream)  # type: ignore[union-attr]

@@ -44,7 +44,7 @@ TOO_MANY_HOPS = (
     "Content-Length: 0\r\n\r\n"
 )
 NODE_KEYS = ["pid", "uptime_s", "service", "policy", "dialogs", "members", "counters", "internal_errors",
-             "send_errors", *SEND_COUNTERS]  # fmt: skip
+             "send_errors", *SEND_COUNTERS, "tcp_connections", "tcp"]  # fmt: skip
 HA_KEYS = ["role", "epoch", "mode", "peer_alive", "heartbeats_refused", "detector_stalls", "gated_outputs",
            "takeovers", "input", "arbiter_peer_alive", "held_by_arbiter", "step_downs", "fences",
            "aborted_takeovers"]  # fmt: skip

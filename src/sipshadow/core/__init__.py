@@ -22,19 +22,19 @@ derived from the incoming branch, so a retransmission, a CANCEL and an ACK for a
 response take the same branch as their INVITE.
 """
 
-from sipshadow.core.actions import SendDatagram
+from sipshadow.core.actions import SendMessage
 from sipshadow.core.config import GatewayConfig, MemberSpec
 from sipshadow.core.entropy import Entropy
-from sipshadow.core.events import DatagramReceived, Event, TimerExpired
+from sipshadow.core.events import Event, MessageReceived, TimerExpired
 from sipshadow.core.gateway import Gateway
 
 __all__ = [
-    "DatagramReceived",
     "Entropy",
     "Event",
     "Gateway",
     "GatewayConfig",
     "MemberSpec",
-    "SendDatagram",
+    "MessageReceived",
+    "SendMessage",
     "TimerExpired",
 ]

@@ -4,6 +4,14 @@ from typing import NamedTuple
 
 Address = tuple[str, int]
 
+#: Transports, as a URI's `transport` parameter writes them (RFC 3261 §19.1.1); a Via's
+#: sent-protocol writes them in capitals (§20.42).
+UDP = "udp"
+TCP = "tcp"
+#: §18.1.1: a request larger than this goes over a congestion-controlled transport when the
+#: path MTU is unknown.
+UDP_REQUEST_LIMIT_BYTES = 1300
+
 
 def uri_host(host: str) -> str:
     """`host` as a SIP URI or Via writes it: an IPv6 address in brackets (RFC 3261 §25.1)."""
@@ -16,13 +24,18 @@ def format_address(address: Address) -> str:
     return f"{uri_host(host)}:{port}"
 
 
-class SendDatagram(NamedTuple):
+class SendMessage(NamedTuple):
     """Send `data` to `destination` from the service address (a tuple: cheap on the hot path).
 
     `data` is one whole SIP message (bytes). `destination` is (host, port): an IP literal
     (IPv6 without brackets) or, when it comes from a Via sent-by, a host name that the adaptor
-    resolves (RFC 3263 §5); the core never resolves names.
+    resolves (RFC 3263 §5); the core never resolves names. `transport` is `UDP` or `TCP`: over
+    TCP the adaptor writes on its live connection whose peer is `destination`, else it opens
+    one to `destination`, or to `fallback` when given (§18.2.2: a response whose request's
+    connection has closed goes to the Via's received address and sent-by port).
     """
 
     data: bytes
     destination: Address
+    transport: str = UDP
+    fallback: Address | None = None

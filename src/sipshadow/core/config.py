@@ -2,18 +2,20 @@
 
 from dataclasses import dataclass, field
 
-from sipshadow.core.actions import Address
+from sipshadow.core.actions import UDP, Address
 
 POLICIES = ("round-robin", "least-active-calls", "weighted-random", "call-id-hash")
 
 
 @dataclass(frozen=True, slots=True)
 class MemberSpec:
-    """A cluster member: where it listens (IP, port) and its share of new calls under
-    weighted-random (a positive integer, relative to the other members' weights)."""
+    """A cluster member: where it listens (IP, port), its share of new calls under
+    weighted-random (a positive integer, relative to the other members' weights), and the
+    transport the ALG reaches it by (`UDP` or `TCP`)."""
 
     address: Address
     weight: int = 1
+    transport: str = UDP
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,9 @@ class GatewayConfig:
     The shell always passes a real secret: derived from the pair key in an HA pair (both
     replicas must compute the same branches), drawn at start on a solo node. The default
     b"" (an unkeyed MAC, forgeable by anyone who reads this code) is for unit tests only.
+
+    `large_requests_over_tcp`: a request for a UDP member larger than 1300 bytes goes over TCP
+    (§18.1.1, a MUST when the path MTU is unknown; off for members that do not listen on TCP).
     """
 
     service: Address
@@ -44,3 +49,4 @@ class GatewayConfig:
     terminated_linger_s: float = 32.0
     aliases: tuple[Address, ...] = field(default=())
     branch_key: bytes = field(default=b"", repr=False)
+    large_requests_over_tcp: bool = True

@@ -69,7 +69,7 @@ import heapq
 from enum import IntEnum
 from typing import Any
 
-from sipshadow.core.actions import Address
+from sipshadow.core.actions import UDP, Address
 
 
 class DialogState(IntEnum):
@@ -90,19 +90,27 @@ class Attempt:
     provisional responses push back (§16.7 item 2).
     """
 
-    __slots__ = ("branch", "cseq", "expires_at", "from_tag", "method", "source")
+    __slots__ = ("branch", "cseq", "expires_at", "from_tag", "method", "source", "transport")
 
-    def __init__(self, branch: str, method: str, from_tag: str, cseq: int, source: Address, expires_at: float) -> None:
+    def __init__(
+        self, branch: str, method: str, from_tag: str, cseq: int, source: Address, expires_at: float,
+        transport: str = UDP,
+    ) -> None:  # fmt: skip
         self.branch = branch
         self.method = method
         self.from_tag = from_tag
         self.cseq = cseq
         self.source = source
         self.expires_at = expires_at
+        #: How the request came (UDP or TCP): requests towards its caller go back that way.
+        self.transport = transport
 
     def as_row(self) -> tuple[Any, ...]:
-        """(branch, method, from_tag, cseq, source host, source port, expires_at)."""
-        return (self.branch, self.method, self.from_tag, self.cseq, self.source[0], self.source[1], self.expires_at)
+        """(branch, method, from_tag, cseq, source host, source port, expires_at, transport)."""
+        return (
+            self.branch, self.method, self.from_tag, self.cseq, self.source[0], self.source[1], self.expires_at,
+            self.transport,
+        )  # fmt: skip
 
 
 class Dialog:
@@ -113,7 +121,7 @@ class Dialog:
     that attempt's non-2xx final); `on_path` says whether the ALG is on its route.
     """
 
-    __slots__ = ("branch", "callee_tag", "caller", "caller_tag", "expires_at", "on_path", "state", "usage")
+    __slots__ = ("branch", "callee_tag", "caller", "caller_tag", "expires_at", "on_path", "state", "transport", "usage")
 
     def __init__(
         self,
@@ -126,6 +134,7 @@ class Dialog:
         expires_at: float,
         *,
         on_path: bool = True,
+        transport: str = UDP,
     ) -> None:
         self.caller_tag = caller_tag
         self.callee_tag = callee_tag
@@ -135,6 +144,8 @@ class Dialog:
         self.usage = usage
         self.expires_at = expires_at
         self.on_path = on_path
+        #: The caller's transport (UDP or TCP): the callee's requests reach it that way.
+        self.transport = transport
 
     @property
     def live(self) -> bool:
@@ -142,10 +153,11 @@ class Dialog:
         return self.state is not DialogState.TERMINATED and self.on_path
 
     def as_row(self) -> tuple[Any, ...]:
-        """(caller_tag, callee_tag, state value, caller host, caller port, branch, usage, expires_at, on_path)."""
+        """(caller_tag, callee_tag, state value, caller host, caller port, branch, usage, expires_at, on_path,
+        transport)."""
         return (
             self.caller_tag, self.callee_tag, self.state.value, self.caller[0], self.caller[1], self.branch,
-            self.usage, self.expires_at, self.on_path,
+            self.usage, self.expires_at, self.on_path, self.transport,
         )  # fmt: skip
 
 
@@ -157,12 +169,14 @@ _DIRTY_LIMIT = 4096
 class Call:
     """The routing state of one Call-ID (slotted and small: the table holds tens of thousands)."""
 
-    __slots__ = ("active", "attempts", "call_id", "caller", "counted", "dialogs", "hash", "heap_at", "member")
+    __slots__ = ("active", "attempts", "call_id", "caller", "counted", "dialogs", "hash", "heap_at", "member",
+                 "transport")  # fmt: skip
 
-    def __init__(self, call_id: str, member: int, caller: Address, counted: bool) -> None:
+    def __init__(self, call_id: str, member: int, caller: Address, counted: bool, transport: str = UDP) -> None:
         self.call_id = call_id
         self.member = member
         self.caller = caller
+        self.transport = transport
         #: An INVITE opened it: it counts in the member's active calls while live.
         self.counted = counted
         self.attempts: dict[str, Attempt] = {}
@@ -196,26 +210,29 @@ class Call:
 
     def as_row(self) -> tuple[Any, ...]:
         """(call_id, member index, caller host, caller port, counted, heap_at, [Attempt rows],
-        [Dialog rows], hash): one element of `DialogTable.export_state()`."""
+        [Dialog rows], caller transport, hash): one element of `DialogTable.export_state()`."""
         return (
             self.call_id, self.member, self.caller[0], self.caller[1], self.counted, self.heap_at,
             [attempt.as_row() for attempt in self.attempts.values()],
-            [dialog.as_row() for dialog in self.dialogs.values()], self.hash,
+            [dialog.as_row() for dialog in self.dialogs.values()], self.transport, self.hash,
         )  # fmt: skip
 
 
 def call_hash(call: Call) -> int:
     """A 64-bit hash of a call's routing state; stable across processes (no `hash()` salt)."""
-    text = f"{call.call_id}\x1f{call.member}\x1f{call.caller[0]}\x1f{call.caller[1]}\x1f{call.counted:d}"
+    text = (
+        f"{call.call_id}\x1f{call.member}\x1f{call.caller[0]}\x1f{call.caller[1]}\x1f{call.counted:d}"
+        f"\x1f{call.transport}"
+    )
     for a in call.attempts.values():
         text += (
             f"\x1e{a.branch}\x1f{a.method}\x1f{a.from_tag}\x1f{a.cseq}\x1f{a.source[0]}\x1f{a.source[1]}"
-            f"\x1f{a.expires_at!r}"
+            f"\x1f{a.expires_at!r}\x1f{a.transport}"
         )
     for d in call.dialogs.values():
         text += (
             f"\x1d{d.caller_tag}\x1f{d.callee_tag}\x1f{d.state:d}\x1f{d.caller[0]}\x1f{d.caller[1]}\x1f{d.branch}"
-            f"\x1f{d.usage}\x1f{d.expires_at!r}\x1f{d.on_path:d}"
+            f"\x1f{d.usage}\x1f{d.expires_at!r}\x1f{d.on_path:d}\x1f{d.transport}"
         )
     return int.from_bytes(hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=8).digest(), "little")
 
@@ -263,9 +280,9 @@ class DialogTable:
 
     # -- changes --------------------------------------------------------------------------
 
-    def open(self, call_id: str, member: int, caller: Address, *, counted: bool) -> Call:
+    def open(self, call_id: str, member: int, caller: Address, *, counted: bool, transport: str = UDP) -> Call:
         """A new Call-ID; it holds nothing until an attempt is added (same event)."""
-        call = Call(call_id, member, caller, counted)
+        call = Call(call_id, member, caller, counted, transport)
         self.calls[call_id] = call
         return call
 
@@ -423,14 +440,17 @@ class DialogTable:
         self._dirty.clear()
         self.active_per_member = [0] * len(self.active_per_member)
         states = tuple(DialogState)
-        for call_id, member, host, port, counted, heap_at, attempts, dialogs, hashed in rows:
-            call = Call(call_id, member, (host, port), counted)
-            for branch, method, from_tag, cseq, a_host, a_port, expires_at in attempts:
-                call.attempts[branch] = Attempt(branch, method, from_tag, cseq, (a_host, a_port), expires_at)
-            for caller_tag, callee_tag, state, d_host, d_port, branch, usage, expires_at, on_path in dialogs:
-                call.dialogs[(caller_tag, callee_tag)] = Dialog(
-                    caller_tag, callee_tag, states[state], (d_host, d_port), branch, usage, expires_at, on_path=on_path
+        for call_id, member, host, port, counted, heap_at, attempts, dialogs, transport, hashed in rows:
+            call = Call(call_id, member, (host, port), counted, transport)
+            for branch, method, from_tag, cseq, a_host, a_port, expires_at, a_transport in attempts:
+                call.attempts[branch] = Attempt(
+                    branch, method, from_tag, cseq, (a_host, a_port), expires_at, a_transport
                 )
+            for tag, callee_tag, state, d_host, d_port, branch, usage, expires_at, on_path, d_transport in dialogs:
+                call.dialogs[(tag, callee_tag)] = Dialog(
+                    tag, callee_tag, states[state], (d_host, d_port), branch, usage, expires_at,
+                    on_path=on_path, transport=d_transport,
+                )  # fmt: skip
             call.heap_at = heap_at
             call.hash = hashed
             self._count(call)

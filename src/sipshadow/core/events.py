@@ -2,32 +2,35 @@
 
 from dataclasses import dataclass
 
-from sipshadow.core.actions import Address
+from sipshadow.core.actions import UDP, Address
 
 
 @dataclass(frozen=True, slots=True)
-class DatagramReceived:
-    """A UDP datagram arrived on the service address from `source` (RFC 3261 §18.2.1).
+class MessageReceived:
+    """A SIP message arrived on the service address from `source` (RFC 3261 §18.2.1).
 
-    `data` is the whole payload, any bytes at all (garbage is counted, never raised);
-    `source` is the sender's (IP, port); `now` is seconds on the event clock (the node's
-    loop clock, monotonic; on the shadow, the primary's value from the log).
+    `data` is one UDP datagram's payload, or one message framed off a TCP connection
+    (`sip.stream`): any bytes at all (garbage is counted, never raised); `source` is the
+    sender's (IP, port), for TCP the connection's peer, which names the connection while it
+    lives; `now` is seconds on the event clock (the node's loop clock, monotonic; on the
+    shadow, the primary's value from the log); `transport` is `UDP` or `TCP`.
     """
 
     data: bytes
     source: Address
     now: float
+    transport: str = UDP
 
 
 @dataclass(frozen=True, slots=True)
 class TimerExpired:
     """The deadline the core last asked for (`Gateway.next_deadline`) has passed.
 
-    `now` as in `DatagramReceived`. An early or spurious one is harmless: only what is due
+    `now` as in `MessageReceived`. An early or spurious one is harmless: only what is due
     by `now` fires.
     """
 
     now: float
 
 
-Event = DatagramReceived | TimerExpired
+Event = MessageReceived | TimerExpired

@@ -12,18 +12,19 @@ import hmac
 import ipaddress
 from typing import Any
 
-from sipshadow.core.actions import Address, SendDatagram, format_address, uri_host
+from sipshadow.core.actions import TCP, UDP, UDP_REQUEST_LIMIT_BYTES, Address, SendMessage, format_address, uri_host
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
 from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable
 from sipshadow.core.entropy import Entropy
-from sipshadow.core.events import DatagramReceived, Event
+from sipshadow.core.events import Event, MessageReceived
 from sipshadow.core.health import HealthMonitor
 from sipshadow.core.policies import make_policy, stable_hash
 from sipshadow.core.replies import build_reply, lenient_via, salvage_reply
 from sipshadow.core.validation import Rejection, check_request, unsupported_extensions
 from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via, parse_message
 from sipshadow.sip.headers import Uri
+from sipshadow.sip.stream import PING, PONG
 
 MAGIC_COOKIE = "z9hG4bK"
 #: Our branches: OWN_BRANCH + payload + "." + MAC, the payload a 16-hex-digit digest of the
@@ -71,7 +72,7 @@ def _late_fork(call: Call, from_tag: str, to_tag: str | None) -> bool:
     return any(dialog.caller_tag == from_tag for dialog in call.dialogs.values())
 
 
-Outputs = list[SendDatagram]
+Outputs = list[SendMessage]
 
 
 class Gateway:
@@ -86,12 +87,15 @@ class Gateway:
         self.config = config
         host, port = config.service
         self.sent_by = format_address(config.service)
-        self.record_route = f"<sip:{self.sent_by};lr>"
+        #: Our Record-Route for each side's transport; both, outbound on top, when the two
+        #: sides of a request differ (RFC 5658 §3.2: "double Record-Routing").
+        self.record_routes = {UDP: f"<sip:{self.sent_by};lr>", TCP: f"<sip:{self.sent_by};transport=tcp;lr>"}
         own = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
         #: As a destination (bare) and as written in a Via or URI (an IPv6 host in brackets).
         self.own_addresses = own | {(uri_host(h), p) for h, p in own}
         self.members: list[Address] = [member.address for member in config.members]
         self.member_index = {address: index for index, address in enumerate(self.members)}
+        self.member_transports: list[str] = [member.transport for member in config.members]
         self._all_members = list(range(len(self.members)))
         self.table = DialogTable(len(self.members))
         self.health = HealthMonitor(len(self.members), config.probe_interval_s, config.probe_misses)
@@ -101,7 +105,7 @@ class Gateway:
     # -- the one entry point --------------------------------------------------------------
 
     def handle(self, event: Event) -> Outputs:
-        """Take one event; return the datagrams to send, a list of `SendDatagram` in send order.
+        """Take one event; return the datagrams to send, a list of `SendMessage` in send order.
 
         A datagram gives at most one: the request forwarded (our Via on top, Record-Route on a
         dialog-creating one, §16.6), the response forwarded along its Via stack (§16.7), or
@@ -115,7 +119,7 @@ class Gateway:
         escaping is a bug. The deadlines it sets are `event.now` plus a config timeout: read
         `next_deadline()` again after each call.
         """
-        if type(event) is DatagramReceived:
+        if type(event) is MessageReceived:
             return self._on_datagram(event)
         return self._on_timer(event.now)
 
@@ -185,15 +189,17 @@ class Gateway:
 
     # -- datagrams ------------------------------------------------------------------------
 
-    def _on_datagram(self, event: DatagramReceived) -> Outputs:
+    def _on_datagram(self, event: MessageReceived) -> Outputs:
         data = event.data
         if len(data) <= 4 and not data.strip(b"\r\n\x00 "):
             self.counters.keepalives += 1  # RFC 5626 §3.5.1 CRLF keep-alive
+            if event.transport == TCP and data == PING:  # a stream's ping gets its pong
+                return [SendMessage(PONG, event.source, TCP)]
             return []
         try:
             message = parse_message(data)
         except SipParseError as error:
-            return self._unparseable(data, event.source, error)
+            return self._unparseable(data, event, error)
         try:
             if message.method is not None:
                 return self._on_request(message, event)
@@ -203,11 +209,11 @@ class Gateway:
                 self.counters.malformed_responses += 1
                 return []
             self.counters.malformed_requests += 1
-            return self._reject(message, event.source, error.status, error.reason)
+            return self._reject(message, event, error.status, error.reason)
         except Rejection as rejection:
-            return self._reject(message, event.source, rejection.status, rejection.reason, rejection.extra)
+            return self._reject(message, event, rejection.status, rejection.reason, rejection.extra)
 
-    def _unparseable(self, data: bytes, source: Address, error: SipParseError) -> Outputs:
+    def _unparseable(self, data: bytes, event: MessageReceived, error: SipParseError) -> Outputs:
         """Answer what we can of a message that does not parse; an ACK never (§17.2.1)."""
         salvaged = None if data[:4].upper() == b"ACK " else salvage_reply(data, error.status, error.reason)
         if salvaged is None:
@@ -219,10 +225,10 @@ class Gateway:
         self.counters.malformed_requests += 1
         self.counters.reject(error.status)
         reply, via = salvaged
-        return [SendDatagram(reply, self._reply_address(via, source))]
+        return [self._reply_output(reply, via, event)]
 
     def _reject(
-        self, request: SipMessage, source: Address, status: int, reason: str, extra: tuple[str, ...] = ()
+        self, request: SipMessage, event: MessageReceived, status: int, reason: str, extra: tuple[str, ...] = ()
     ) -> Outputs:
         """Answer a request that failed validation; an ACK is never answered (§17.2.1)."""
         if request.method == "ACK":
@@ -234,11 +240,11 @@ class Gateway:
             via = lenient_via(top) if top is not None else None
         if via is None:
             return []  # no usable Via: there is nowhere to send an answer
-        return self._reply(request, via, source, status, reason, extra)
+        return self._reply(request, via, event, status, reason, extra)
 
     # -- requests -------------------------------------------------------------------------
 
-    def _on_request(self, request: SipMessage, event: DatagramReceived) -> Outputs:
+    def _on_request(self, request: SipMessage, event: MessageReceived) -> Outputs:
         """Validate the whole request, then route it; state changes only for one that passes."""
         self.counters.requests += 1
         via, max_forwards = check_request(request)
@@ -246,11 +252,11 @@ class Gateway:
         method = request.method
         to_tag = request.to_tag
         if to_tag is None and method == "OPTIONS" and self._is_own_uri(request.uri):
-            return self._reply(request, via, event.source, 200, "OK", (_ALLOW,))
+            return self._reply(request, via, event, 200, "OK", (_ALLOW,))
         if max_forwards <= 0:
             if method == "ACK":
                 return []
-            return self._reply(request, via, event.source, 483, "Too Many Hops")
+            return self._reply(request, via, event, 483, "Too Many Hops")
         if method != "ACK" and method != "CANCEL":
             extensions = unsupported_extensions(request)
             if extensions:
@@ -271,18 +277,21 @@ class Gateway:
             last = request.pop_back("route")
             assert last is not None
             request.uri = NameAddr.parse(last).uri
-        top = request.first_value("route")
-        if top is not None and self._is_own_uri(NameAddr.parse(top).uri):
+        for _ in range(2):  # a double Record-Route (RFC 5658) comes back as two Routes of ours
+            top = request.first_value("route")
+            if top is None or not self._is_own_uri(NameAddr.parse(top).uri):
+                return
             request.pop_front("route")
 
-    def _on_dialog_creating(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+    def _on_dialog_creating(self, request: SipMessage, event: MessageReceived, via: Via, max_forwards: int) -> Outputs:
         """A new INVITE, SUBSCRIBE or REFER: its Call-ID's member (chosen now if new), Record-Routed."""
         call_id: str = request.call_id  # type: ignore[assignment]
         method: str = request.method  # type: ignore[assignment]
         call = self.table.get(call_id)
         if call is None:
             member = self._choose_member(call_id)
-            call = self.table.open(call_id, member, event.source, counted=method == "INVITE")
+            call = self.table.open(call_id, member, event.source, counted=method == "INVITE",
+                                   transport=event.transport)  # fmt: skip
             if method == "INVITE":
                 self.counters.calls += 1
                 self.counters.calls_per_member[member] += 1
@@ -292,11 +301,12 @@ class Gateway:
         branch = self._branch(request, via, destination)
         cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
         attempt = Attempt(branch, method, request.from_tag or "", cseq[0], event.source,
-                          event.now + self.config.early_timeout_s)  # fmt: skip
+                          event.now + self.config.early_timeout_s, event.transport)  # fmt: skip
         self.table.add_attempt(call, attempt)
-        return self._forward(request, event, via, max_forwards, destination, branch, record_route=True)
+        transport = self.member_transports[call.member]
+        return self._forward(request, event, via, max_forwards, destination, transport, branch, record_route=True)
 
-    def _on_out_of_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+    def _on_out_of_dialog(self, request: SipMessage, event: MessageReceived, via: Via, max_forwards: int) -> Outputs:
         """No To tag and no dialog to open (MESSAGE, REGISTER, NOTIFY, ACK of a tagless 4xx…).
 
         A known Call-ID keeps its member; any other goes to a member by a hash of the Call-ID.
@@ -311,28 +321,29 @@ class Gateway:
         else:
             candidates = self._candidates()
             member = candidates[stable_hash(call_id) % len(candidates)]
-        return self._forward(request, event, via, max_forwards, self.members[member])
+        return self._forward(request, event, via, max_forwards, self.members[member], self.member_transports[member])
 
-    def _on_cancel(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+    def _on_cancel(self, request: SipMessage, event: MessageReceived, via: Via, max_forwards: int) -> Outputs:
         """§9.1, §16.10: a CANCEL goes where the request it cancels went, in either direction."""
         call = self.table.get(request.call_id)  # type: ignore[arg-type]
         destination: Address | None = None
+        transport = UDP
         if call is not None and request.to_tag is not None:
             dialog, from_caller = call.find(request.from_tag, request.to_tag)
             if dialog is not None:
-                destination = self._towards(call, dialog, from_caller)
+                destination, transport = self._towards(call, dialog, from_caller)
         elif call is not None:
             cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
             from_tag = request.from_tag or ""
             for attempt in call.attempts.values():
                 if attempt.method == "INVITE" and attempt.from_tag == from_tag and attempt.cseq == cseq[0]:
-                    destination = self.members[call.member]
+                    destination, transport = self.members[call.member], self.member_transports[call.member]
                     break
         if destination is None:
-            return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-        return self._forward(request, event, via, max_forwards, destination)
+            return self._reply(request, via, event, 481, "Call/Transaction Does Not Exist")
+        return self._forward(request, event, via, max_forwards, destination, transport)
 
-    def _on_in_dialog(self, request: SipMessage, event: DatagramReceived, via: Via, max_forwards: int) -> Outputs:
+    def _on_in_dialog(self, request: SipMessage, event: MessageReceived, via: Via, max_forwards: int) -> Outputs:
         """A request with a To tag must match a dialog of its Call-ID by tags, else 481 (§12.2.2)."""
         call = self.table.get(request.call_id)  # type: ignore[arg-type]
         dialog: Dialog | None = None
@@ -345,14 +356,17 @@ class Gateway:
             if request.method == "ACK":
                 self.counters.unroutable_acks += 1
                 return []
-            return self._reply(request, via, event.source, 481, "Call/Transaction Does Not Exist")
-        destination = self._towards(call, dialog, from_caller)
+            return self._reply(request, via, event, 481, "Call/Transaction Does Not Exist")
+        destination, transport = self._towards(call, dialog, from_caller)
         self._follow(call, dialog, request, event.now)
-        return self._forward(request, event, via, max_forwards, destination)
+        return self._forward(request, event, via, max_forwards, destination, transport)
 
-    def _towards(self, call: Call, dialog: Dialog, from_caller: bool) -> Address:
-        """A dialog's requests from the caller's side go to the member, the callee's back to the caller."""
-        return self.members[call.member] if from_caller else dialog.caller
+    def _towards(self, call: Call, dialog: Dialog, from_caller: bool) -> tuple[Address, str]:
+        """A dialog's requests from the caller's side go to the member, the callee's back to the
+        caller (where its dialog-creating request came from, the way it came): (address, transport)."""
+        if from_caller:
+            return self.members[call.member], self.member_transports[call.member]
+        return dialog.caller, dialog.transport
 
     def _follow(self, call: Call, dialog: Dialog, request: SipMessage, now: float) -> None:
         """What a request does to its dialog: BYE or a final NOTIFY ends it, any other refreshes it."""
@@ -372,7 +386,8 @@ class Gateway:
         for attempt in call.attempts.values():
             if attempt.method != "INVITE" and attempt.from_tag == subscriber_tag:
                 dialog = Dialog(subscriber_tag, notifier_tag, DialogState.CONFIRMED, attempt.source, attempt.branch,
-                                attempt.method, now + self.config.confirmed_timeout_s)  # fmt: skip
+                                attempt.method, now + self.config.confirmed_timeout_s,
+                                transport=attempt.transport)  # fmt: skip
                 self.table.put_dialog(call, dialog)
                 return call.dialogs[(subscriber_tag, notifier_tag)]
         return None
@@ -393,24 +408,56 @@ class Gateway:
     def _forward(
         self,
         request: SipMessage,
-        event: DatagramReceived,
+        event: MessageReceived,
         via: Via,
         max_forwards: int,
         destination: Address,
+        transport: str,
         branch: str | None = None,
         *,
         record_route: bool = False,
     ) -> Outputs:
         """§16.6: our Via (with `branch`, derived from the request unless given), Max-Forwards
-        less one, received/rport stamped, and Record-Route when asked."""
+        less one, received/rport stamped, and Record-Route when asked: one for the transport
+        both sides use, or two when they differ (RFC 5658 §3.2, the outbound side's on top).
+
+        A request for a UDP member that comes out larger than `UDP_REQUEST_LIMIT_BYTES` goes
+        over TCP instead, when the config allows (§18.1.1). Over TCP a request towards a caller
+        whose connection has closed goes to its Request-URI (the caller's Contact) instead.
+        """
         if branch is None:
             branch = self._branch(request, via, destination)
         request.set("max-forwards", "Max-Forwards", str(max_forwards - 1))
-        self._stamp_received(request, via, event.source)
+        self._stamp_received(request, via, event.source, event.transport)
+        data = self._with_route_and_via(request, branch, event.transport, transport, record_route)
+        if (
+            transport == UDP
+            and len(data) > UDP_REQUEST_LIMIT_BYTES
+            and self.config.large_requests_over_tcp
+            and destination in self.member_index
+        ):
+            request.pop_front("via")
+            if record_route:
+                request.pop_front("record-route")
+                if event.transport != UDP:
+                    request.pop_front("record-route")
+            transport = TCP
+            data = self._with_route_and_via(request, branch, event.transport, transport, record_route)
+        fallback = None
+        if transport == TCP and destination not in self.member_index:
+            fallback = _uri_address(request.uri)
+        return [SendMessage(data, destination, transport, fallback)]
+
+    def _with_route_and_via(
+        self, request: SipMessage, branch: str, inbound: str, outbound: str, record_route: bool
+    ) -> bytes:
         if record_route:
-            request.headers.insert(0, ("record-route", "Record-Route", self.record_route, None))
-        request.push_front("via", "Via", f"SIP/2.0/UDP {self.sent_by};branch={branch}")
-        return [SendDatagram(request.to_bytes(), destination)]
+            request.headers.insert(0, ("record-route", "Record-Route", self.record_routes[inbound], None))
+            if outbound != inbound:
+                request.headers.insert(0, ("record-route", "Record-Route", self.record_routes[outbound], None))
+        protocol = "TCP" if outbound == TCP else "UDP"
+        request.push_front("via", "Via", f"SIP/2.0/{protocol} {self.sent_by};branch={branch}")
+        return request.to_bytes()
 
     def _branch(self, request: SipMessage, via: Via, destination: Address) -> str:
         """A stateless branch (§16.11): equal for an INVITE, its retransmissions and its CANCEL
@@ -464,9 +511,13 @@ class Gateway:
         return None
 
     @staticmethod
-    def _stamp_received(request: SipMessage, via: Via, source: Address) -> None:
-        """§18.2.1 and RFC 3581: tell the next hop where this request really came from."""
+    def _stamp_received(request: SipMessage, via: Via, source: Address, transport: str) -> None:
+        """§18.2.1 and RFC 3581: tell the next hop where this request really came from. Over
+        TCP the source port is always stamped (rport), as if asked for: it names the connection
+        the responses must go back on (§18.2.2), which the sent-by port does not."""
         rport_requested = "rport" in via.params and not via.params["rport"]
+        if transport == TCP and via.params.get("rport") != str(source[1]):
+            rport_requested = True
         claimed = via.params.get("received", via.host.strip("[]"))
         if claimed == source[0] and via.host.strip("[]") == source[0] and not rport_requested:
             return
@@ -478,7 +529,7 @@ class Gateway:
 
     # -- responses (§16.7) ----------------------------------------------------------------
 
-    def _on_response(self, response: SipMessage, event: DatagramReceived) -> Outputs:
+    def _on_response(self, response: SipMessage, event: MessageReceived) -> Outputs:
         self.counters.responses += 1
         via = response.top_via
         cseq = response.cseq
@@ -511,7 +562,9 @@ class Gateway:
             return []
         if cseq[1] in DIALOG_CREATING:
             self._track_response(response, branch, cseq[1], event.now)
-        return [SendDatagram(response.to_bytes(), destination)]
+        if next_via.transport.upper() == "TCP":  # §18.2.2: the request's connection, else a new one
+            return [SendMessage(response.to_bytes(), destination, TCP, _sent_by_fallback(next_via))]
+        return [SendMessage(response.to_bytes(), destination)]
 
     def _track_response(self, response: SipMessage, branch: str, method: str, now: float) -> None:
         """What a response to a dialog-creating request does to its call (§12.1, §13.2.2.4, §16.7)."""
@@ -524,13 +577,15 @@ class Gateway:
         if attempt is None and not (status // 100 == 2 and _late_fork(call, from_tag, to_tag)):
             return  # a response to an in-dialog request (a re-INVITE, either side): dialogs stay
         caller = attempt.source if attempt is not None else call.caller
+        transport = attempt.transport if attempt is not None else call.transport
         config = self.config
         if status < 200:
             if attempt is not None:
                 self.table.refresh_attempt(call, attempt, now + config.early_timeout_s)  # Timer C
             if to_tag is not None and method == "INVITE":
                 ringing_until = now + config.early_timeout_s
-                early = Dialog(from_tag, to_tag, DialogState.EARLY, caller, branch, method, ringing_until)
+                early = Dialog(from_tag, to_tag, DialogState.EARLY, caller, branch, method, ringing_until,
+                               transport=transport)  # fmt: skip
                 self.table.put_dialog(call, early)
             return
         if status < 300:
@@ -538,13 +593,14 @@ class Gateway:
                 on_path = self._record_routed(response)
                 idle = config.confirmed_timeout_s if on_path else config.terminated_linger_s
                 confirmed = Dialog(from_tag, to_tag, DialogState.CONFIRMED, caller, branch, method, now + idle,
-                                   on_path=on_path)  # fmt: skip
+                                   on_path=on_path, transport=transport)  # fmt: skip
                 self.table.put_dialog(call, confirmed)
             self.table.end_attempt(call, branch, failed=False, linger_until=now + config.terminated_linger_s)
             return
         linger_until = now + config.terminated_linger_s
         if to_tag is not None:  # kept to route the ACK of this non-2xx (§17.1.1.3)
-            ended = Dialog(from_tag, to_tag, DialogState.TERMINATED, caller, branch, method, linger_until)
+            ended = Dialog(from_tag, to_tag, DialogState.TERMINATED, caller, branch, method, linger_until,
+                           transport=transport)  # fmt: skip
             self.table.put_dialog(call, ended)
         self.table.end_attempt(call, branch, failed=True, linger_until=linger_until)
 
@@ -573,16 +629,17 @@ class Gateway:
         self.counters.probes_sent += len(probes)
         return probes
 
-    def _probe(self, index: int) -> SendDatagram:
+    def _probe(self, index: int) -> SendMessage:
         member = self.members[index]
         sequence = self.health.members[index].sequence
         target = format_address(member)
         call_id = f"ssprobe-{index}-{sequence}@{self.sent_by}"
         payload = f"p.{index}.{sequence}"
         mac = self._mac(payload, call_id, sequence, "OPTIONS", member)
+        transport = self.member_transports[index]
         lines = (
-            f"OPTIONS sip:{target} SIP/2.0",
-            f"Via: SIP/2.0/UDP {self.sent_by};branch={PROBE_BRANCH}{index}.{sequence}.{mac}",
+            f"OPTIONS sip:{target}{';transport=tcp' if transport == TCP else ''} SIP/2.0",
+            f"Via: SIP/2.0/{transport.upper()} {self.sent_by};branch={PROBE_BRANCH}{index}.{sequence}.{mac}",
             "Max-Forwards: 70",
             f"From: <sip:sipshadow@{self.sent_by}>;tag=ssprobe{index}",
             f"To: <sip:{target}>",
@@ -592,7 +649,7 @@ class Gateway:
             "",
             "",
         )
-        return SendDatagram("\r\n".join(lines).encode("latin-1"), member)
+        return SendMessage("\r\n".join(lines).encode("latin-1"), member, transport)
 
     def _on_probe_answer(self, payload: str) -> None:
         """A probe counts only for the probe outstanding.
@@ -626,25 +683,44 @@ class Gateway:
         self,
         request: SipMessage,
         via: Via,
-        source: Address,
+        event: MessageReceived,
         status: int,
         reason: str,
         extra: tuple[str, ...] = (),
     ) -> Outputs:
         if status >= 300:
             self.counters.reject(status)
-        return [SendDatagram(build_reply(request, status, reason, extra), self._reply_address(via, source))]
+        return [self._reply_output(build_reply(request, status, reason, extra), via, event)]
 
     @staticmethod
-    def _reply_address(via: Via, source: Address) -> Address:
-        """§18.2.2 with RFC 3581: the source IP; the source port if rport was asked for."""
+    def _reply_output(reply: bytes, via: Via, event: MessageReceived) -> SendMessage:
+        """§18.2.2 with RFC 3581: over TCP, back on the request's connection (else to the source
+        IP and sent-by port); over UDP to the source IP, and the source port if rport was asked
+        for, else the sent-by port."""
+        source = event.source
+        if event.transport == TCP:
+            return SendMessage(reply, source, TCP, (source[0], via.port or 5060))
         if "rport" in via.params:
-            return source
-        return source[0], via.port or 5060
+            return SendMessage(reply, source)
+        return SendMessage(reply, (source[0], via.port or 5060))
 
 
 #: The MAC's peer for a request sent to a host name: responses may come from any address.
 UNBOUND_PEER: Address = ("*", 0)
+
+
+def _sent_by_fallback(via: Via) -> Address:
+    """§18.2.2: where a response goes over TCP when its request's connection is gone."""
+    return (via.params.get("received") or via.host).strip("[]"), via.port or 5060
+
+
+def _uri_address(uri_text: str) -> Address | None:
+    """The host and port of a SIP URI (5060 if none), or None if it does not parse."""
+    try:
+        uri = Uri.parse(uri_text)
+    except SipParseError:
+        return None
+    return uri.host.strip("[]"), uri.port or 5060
 
 
 def _is_ip_literal(host: str) -> bool:

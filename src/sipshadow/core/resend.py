@@ -18,14 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sipshadow.core.actions import SendDatagram
+from sipshadow.core.actions import SendMessage
 from sipshadow.sip import SipParseError, parse_message
 
 TransactionKey = tuple[str, str, str]
 _RESPONSE = b"SIP/2.0 "
 
 
-def resend_plan(unreleased: list[SendDatagram], seen: Iterable[bytes]) -> list[SendDatagram]:
+def resend_plan(unreleased: list[SendMessage], seen: Iterable[bytes]) -> list[SendMessage]:
     """The outputs to re-send, in order: `unreleased` less what `seen` (datagrams received
     since, responses among them) proves delivered, less stale provisionals. Never raises:
     what does not parse is simply kept."""
@@ -49,9 +49,9 @@ def _top_branch(data: bytes) -> str | None:
     return via.branch if via is not None else None
 
 
-def without_stale_provisionals(outputs: list[SendDatagram]) -> list[SendDatagram]:
+def without_stale_provisionals(outputs: list[SendMessage]) -> list[SendMessage]:
     """`outputs` in order, less each 1xx followed in the list by a final response of its transaction."""
-    kept: list[SendDatagram] = []
+    kept: list[SendMessage] = []
     answered: set[TransactionKey] = set()
     for output in reversed(outputs):
         key = _response_key(output)
@@ -66,7 +66,7 @@ def without_stale_provisionals(outputs: list[SendDatagram]) -> list[SendDatagram
     return kept
 
 
-def _response_key(output: SendDatagram) -> tuple[TransactionKey, int] | None:
+def _response_key(output: SendMessage) -> tuple[TransactionKey, int] | None:
     """(Call-ID, CSeq, top Via branch) and the status of a response; None for anything else."""
     if not output.data.startswith(b"SIP/2.0 "):
         return None

@@ -41,7 +41,7 @@ class AlgProcess:
     def __init__(
         self,
         listen: Address,
-        members: Sequence[Address],
+        members: Sequence[Address | str],
         workdir: Path,
         *,
         policy: str = "round-robin",
@@ -84,7 +84,7 @@ class AlgProcess:
             str(self.status_file),
         ]
         for member in self.members:
-            command += ["--member", f"{member[0]}:{member[1]}"]
+            command += ["--member", member if isinstance(member, str) else f"{member[0]}:{member[1]}"]
         return command + self.extra_args
 
     def start(self, ready_timeout_s: float = 10.0) -> AlgProcess:

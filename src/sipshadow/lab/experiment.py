@@ -24,12 +24,20 @@ from typing import Any
 
 from sipshadow.lab.bed.testbed import down_all
 from sipshadow.lab.netns_lab import NetnsLab
+from sipshadow.lab.report import series_name
 from sipshadow.lab.sipp import SippResult, read_stat_rows
 from sipshadow.runtime.config import HA_MODES
 
 MODES = HA_MODES
+#: The experiment's transports and SIPp's -t for each: UDP; TCP with a connection per call
+#: (tn); TCP with one connection for every call (t1).
+TRANSPORTS = {"udp": "u1", "tcp": "tn", "tcp1": "t1"}
+#: Over TCP, SIPp stops the whole run at the first reset connection unless told to reconnect:
+#: it may, so that a reset costs the calls on that connection and no more (what is measured).
+TCP_RECONNECT = ("-max_reconnect", "1000000", "-reconnect_sleep", "0")
 CSV_FIELDS = (
-    "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio", "failover_ms",
+    "transport", "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio",
+    "failover_ms",
 )  # fmt: skip
 
 
@@ -45,6 +53,7 @@ class ExperimentConfig:
     parallel: int = 4
     fault: str = "crash"
     out: Path = Path("runs/experiment")
+    transports: tuple[str, ...] = ("udp",)
 
 
 @dataclass
@@ -52,6 +61,7 @@ class RunResult:
     mode: str
     rate_cps: int
     repeat: int
+    transport: str = "udp"
     calls_attempted: int = 0
     calls_active: int = 0
     calls_failed: int = 0
@@ -59,9 +69,15 @@ class RunResult:
     failover_ms: float | None = None
     error: str = ""
     failure_causes: dict[str, int] = field(default_factory=dict)
+    #: The start of SIPp's error log when a run with HA lost calls: what a failed run shows.
+    sipp_errors: str = ""
 
     def row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CSV_FIELDS}
+
+
+#: Characters of SIPp's error log kept for a run with HA that lost calls.
+SIPP_ERRORS_SHOWN = 3000
 
 
 class Aborted(Exception):
@@ -77,14 +93,21 @@ class Runner:
         self.aborted = threading.Event()
         self._lock = threading.Lock()
 
-    def grid(self) -> list[tuple[str, int, int]]:
+    def grid(self) -> list[tuple[str, int, int, str]]:
         c = self.config
-        return [(mode, rate, repeat) for repeat in range(1, c.repeat + 1) for rate in c.rates for mode in c.modes]
+        return [
+            (mode, rate, repeat, transport)
+            for repeat in range(1, c.repeat + 1)
+            for rate in c.rates
+            for transport in c.transports
+            for mode in c.modes
+        ]
 
-    def run_one(self, mode: str, rate: int, repeat: int) -> RunResult:
+    def run_one(self, mode: str, rate: int, repeat: int, transport: str = "udp") -> RunResult:
         c = self.config
-        result = RunResult(mode, rate, repeat)
-        workdir = c.out / "runs" / f"{mode}-{rate}cps-{repeat}"
+        result = RunResult(mode, rate, repeat, transport)
+        suffix = "" if transport == "udp" else f"-{transport}"
+        workdir = c.out / "runs" / f"{mode}-{rate}cps-{repeat}{suffix}"
         lab = NetnsLab(workdir, mode=mode, members=c.members)
         step = "bring up the test bed"
         try:
@@ -96,7 +119,9 @@ class Runner:
                 step = "start the calls"
                 calls = max(1, round(rate * (c.fail_at_s + c.after_failure_s)))
                 uac = lab.client_uac(calls, rate, call_ms=round(c.call_duration_s * 1000), recv_timeout=2.0,
-                                     timeout=c.fail_at_s + c.after_failure_s + c.call_duration_s + 30)  # fmt: skip
+                                     timeout=c.fail_at_s + c.after_failure_s + c.call_duration_s + 30,
+                                     transport=TRANSPORTS[transport],
+                                     extra=TCP_RECONNECT if transport != "udp" else ())  # fmt: skip
                 uac.start()
                 step = "fail the primary"
                 self._sleep(c.fail_at_s)
@@ -107,6 +132,8 @@ class Runner:
                 step = "collect the results"
                 result.failover_ms = failover_ms(lab, fault_wall) if mode != "none" else None
                 fill(result, sipp, fault_wall)
+                if mode != "none" and result.calls_failed:
+                    result.sipp_errors = sipp.errors_text()[:SIPP_ERRORS_SHOWN]
         except Aborted:
             result.error = "aborted"
         except Exception as error:  # a failed run is reported with its step, and the grid goes on
@@ -158,7 +185,9 @@ def write_csv(path: Path, results: list[RunResult]) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for result in sorted(results, key=lambda r: (MODES.index(r.mode), r.rate_cps, r.repeat)):
+        order = list(TRANSPORTS)
+        for result in sorted(results, key=lambda r: (order.index(r.transport), MODES.index(r.mode), r.rate_cps,
+                                                     r.repeat)):  # fmt: skip
             writer.writerow(result.row())
 
 
@@ -180,16 +209,18 @@ def run_grid(runner: Runner, on_done: Any) -> list[RunResult]:
 
 
 def summary(results: list[RunResult]) -> dict[str, dict[int, dict[str, float]]]:
-    """Mean and standard deviation of the loss ratio per mode and rate."""
+    """Mean and standard deviation of the loss ratio per series (mode, and transport when not
+    UDP: `report.series_name`) and rate."""
     import statistics
 
     table: dict[str, dict[int, dict[str, float]]] = {}
-    for mode in MODES:
+    for transport, mode in ((t, m) for t in TRANSPORTS for m in MODES):
         for rate in sorted({r.rate_cps for r in results}):
-            ratios = [r.loss_ratio for r in results if r.mode == mode and r.rate_cps == rate and not r.error]
-            failovers = [r.failover_ms for r in results if r.mode == mode and r.rate_cps == rate and r.failover_ms]
+            cell = [r for r in results if (r.transport, r.mode, r.rate_cps) == (transport, mode, rate)]
+            ratios = [r.loss_ratio for r in cell if not r.error]
+            failovers = [r.failover_ms for r in cell if r.failover_ms]
             if ratios:
-                table.setdefault(mode, {})[rate] = {
+                table.setdefault(series_name(mode, transport), {})[rate] = {
                     "mean": statistics.fmean(ratios),
                     "stdev": statistics.stdev(ratios) if len(ratios) > 1 else 0.0,
                     "runs": len(ratios),
@@ -260,13 +291,16 @@ def run_experiment(config: ExperimentConfig, *, measure_cost: bool = True) -> in
 
             def done(result: RunResult) -> None:
                 progress.advance(task)
-                label = f"{result.mode} {result.rate_cps} cps #{result.repeat}"
+                label = f"{series_name(result.mode, result.transport)} {result.rate_cps} cps #{result.repeat}"
                 if result.error:
                     errors.append(f"{label}: {result.error} (logs in {config.out / 'runs'})")
                     progress.console.print(f"[red]{label} failed at step: {result.error}")
                 else:
                     progress.console.print(f"{label}: {result.calls_failed}/{result.calls_active} active calls lost, "
                                            f"failover {result.failover_ms} ms")  # fmt: skip
+                    if result.sipp_errors:  # a loss with HA on is a bug to chase: say what SIPp saw
+                        progress.console.print(f"{label}: causes {result.failure_causes}; SIPp's errors begin:",
+                                               result.sipp_errors, markup=False, highlight=False)  # fmt: skip
 
             results = run_grid(runner, done)
     except KeyboardInterrupt:

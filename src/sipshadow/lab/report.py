@@ -16,8 +16,27 @@ from sipshadow import __version__
 PAPER_LOSS = {"none": 1.0, "network": 1 - 0.8638, "active": 1 - 0.9361}
 LABELS = {"none": "no HA", "network": "network-level HA", "active": "active replication"}
 COLORS = {"none": "tab:red", "network": "tab:orange", "active": "tab:green"}
+#: How the caller reaches the ALG: UDP, TCP with a connection per call, TCP with one for all.
+TRANSPORT_LABELS = {"udp": "UDP", "tcp": "TCP", "tcp1": "TCP, one connection"}
+_LINE_STYLES = {"udp": "-", "tcp": ":", "tcp1": "-."}
 
+#: Loss figures per series, then per rate. A series is a mode ("active") or, for a transport
+#: other than UDP, "mode/transport" ("active/tcp"): `series_name`, `split_series`.
 Table = dict[str, dict[int, dict[str, float]]]
+
+
+def series_name(mode: str, transport: str) -> str:
+    return mode if transport == "udp" else f"{mode}/{transport}"
+
+
+def split_series(series: str) -> tuple[str, str]:
+    mode, _, transport = series.partition("/")
+    return mode, transport or "udp"
+
+
+def series_label(series: str, *, with_udp: bool = False) -> str:
+    mode, transport = split_series(series)
+    return LABELS[mode] if transport == "udp" and not with_udp else f"{LABELS[mode]} ({TRANSPORT_LABELS[transport]})"
 
 
 def draw_figure(table: Table, path: Path) -> None:
@@ -27,14 +46,20 @@ def draw_figure(table: Table, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for mode, by_rate in table.items():
+    several = len({split_series(series)[1] for series in table}) > 1
+    drawn_paper: set[str] = set()
+    for series, by_rate in table.items():
+        mode, transport = split_series(series)
         rates = sorted(by_rate)
         means = [by_rate[r]["mean"] * 100 for r in rates]
         errors = [by_rate[r]["stdev"] * 100 for r in rates]
         axes.errorbar(rates, means, yerr=errors, marker="o", capsize=4, color=COLORS[mode],
-                      label=f"sipshadow: {LABELS[mode]}")  # fmt: skip
-        axes.axhline(PAPER_LOSS[mode] * 100, linestyle="--", linewidth=1, color=COLORS[mode],
-                     label=f"paper: {LABELS[mode]} ({PAPER_LOSS[mode] * 100:.2f} %)")  # fmt: skip
+                      linestyle=_LINE_STYLES[transport],
+                      label=f"sipshadow: {series_label(series, with_udp=several)}")  # fmt: skip
+        if mode not in drawn_paper:
+            drawn_paper.add(mode)
+            axes.axhline(PAPER_LOSS[mode] * 100, linestyle="--", linewidth=1, color=COLORS[mode],
+                         label=f"paper: {LABELS[mode]} ({PAPER_LOSS[mode] * 100:.2f} %)")  # fmt: skip
     axes.set_xlabel("call rate (calls/s)")
     axes.set_ylabel("loss ratio: failed / active calls (%)")
     axes.set_title("Primary ALG fails 3 s after the calls start (SIPp, no retransmissions)")
@@ -80,7 +105,9 @@ def write_report(
     lines = [
         "# sipshadow: the paper's Figure 2, reproduced",
         "",
-        f"Modes {', '.join(config['modes'])}; rates {', '.join(map(str, config['rates']))} calls/s; calls of "
+        f"Modes {', '.join(config['modes'])}; transports "
+        f"{', '.join(TRANSPORT_LABELS[t] for t in config.get('transports', ['udp']))}; "
+        f"rates {', '.join(map(str, config['rates']))} calls/s; calls of "
         f"{config['call_duration_s']:g} s placed for {config['fail_at_s'] + config['after_failure_s']:g} s with SIPp "
         f"`-nr` (no retransmissions); the primary fails ({config['fault']}) {config['fail_at_s']:g} s after the calls "
         f"start; {config['repeat']} runs per point; cluster members: {config['members']}. Wall time {wall_s:.0f} s.",
@@ -91,18 +118,22 @@ def write_report(
         "| mode | rate (cps) | runs | loss ratio (mean ± stdev) | paper | median failover (ms) |",
         "|---|---|---|---|---|---|",
     ]
-    for mode, by_rate in table.items():
+    several = len({split_series(series)[1] for series in table}) > 1
+    for series, by_rate in table.items():
+        mode = split_series(series)[0]
         for rate, cell in sorted(by_rate.items()):
             failover = "n/a" if math.isnan(cell["failover_ms"]) else f"{cell['failover_ms']:.0f}"
+            label = series_label(series, with_udp=several)
             lines.append(
-                f"| {LABELS[mode]} | {rate} | {cell['runs']:.0f} | {cell['mean'] * 100:.2f} % ± "
+                f"| {label} | {rate} | {cell['runs']:.0f} | {cell['mean'] * 100:.2f} % ± "
                 f"{cell['stdev'] * 100:.2f} | {PAPER_LOSS[mode] * 100:.2f} % | {failover} |"
             )
     lines += ["", "## Against the paper", ""]
-    for mode, by_rate in table.items():
+    for series, by_rate in table.items():
+        mode = split_series(series)[0]
         mean = sum(cell["mean"] for cell in by_rate.values()) / len(by_rate)
-        lines.append(f"- {LABELS[mode]}: mean loss {mean * 100:.2f} % over all rates; the paper: "
-                     f"{PAPER_LOSS[mode] * 100:.2f} %.")  # fmt: skip
+        lines.append(f"- {series_label(series, with_udp=several)}: mean loss {mean * 100:.2f} % over all rates; "
+                     f"the paper: {PAPER_LOSS[mode] * 100:.2f} %.")  # fmt: skip
     offered_s = config["fail_at_s"] + config["after_failure_s"]
     if "network" in table and config["call_duration_s"] >= config["fail_at_s"]:
         lines += ["", f"Network-level HA loses exactly the calls that were up at the failure: here "

@@ -106,6 +106,12 @@ _STAT_DELIMITER = ";"
 _TERM_WAIT_S = 3.0
 
 
+#: SIPp's transports (-t): UDP with one socket, TCP with one connection, TCP with one per call.
+TRANSPORTS = ("u1", "t1", "tn")
+#: -max_socket for TCP runs: SIPp's default (50000) exceeds the open-file limit and it warns.
+MAX_SOCKETS = 4096
+
+
 class SippError(RuntimeError):
     """SIPp could not be started or did not become ready."""
 
@@ -263,14 +269,15 @@ class SippResult:
         )
 
 
-def _udp_bound_by(pid: int, host: str, port: int) -> bool | None:
-    """Whether process ``pid`` holds a UDP socket bound to host:port.
+def _udp_bound_by(pid: int, host: str, port: int, protocol: str = "udp") -> bool | None:
+    """Whether process ``pid`` holds a UDP socket bound to host:port (``protocol`` "tcp":
+    a TCP socket, listening or connected, bound there).
 
-    Reads /proc/PID/net/udp (address as the kernel prints it: native-endian hex)
+    Reads /proc/PID/net/udp or tcp (address as the kernel prints it: native-endian hex)
     and the process's socket inodes. None when /proc is not usable.
     """
     try:
-        table = Path(f"/proc/{pid}/net/udp").read_text()  # the process's own namespace
+        table = Path(f"/proc/{pid}/net/{protocol}").read_text()  # the process's own namespace
         fd_dir = Path(f"/proc/{pid}/fd")
         inodes = set()
         for fd in fd_dir.iterdir():
@@ -333,7 +340,10 @@ class _SippProcess:
         extra_args: Sequence[str],
         stat_interval_s: int,
         netns: str | None = None,
+        transport: str = "u1",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"SIPp transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
         if not allowed_address(host, netns):
             # Traffic stays on loopback, or inside a test bed's namespaces on 198.18.0.0/24.
             raise ValueError(f"sipshadow lab SIPp runs are loopback-only outside a test bed, got {host!r}")
@@ -346,6 +356,8 @@ class _SippProcess:
         self.timeout = timeout
         self.extra_args = tuple(extra_args)
         self.stat_interval_s = stat_interval_s
+        #: SIPp's -t: u1 (UDP, one socket), t1 (TCP, one connection), tn (TCP, one per call).
+        self.transport = transport
         self.stat_file = self.run_dir / f"{name}_stat.csv"
         self.error_file = self.run_dir / f"{name}_errors.log"
         self.screen_file = self.run_dir / f"{name}_screen.log"
@@ -365,6 +377,8 @@ class _SippProcess:
             "-trace_err", "-error_file", str(self.error_file),
             "-timeout", _seconds_arg(self.timeout),
         ]  # fmt: skip
+        if self.transport != "u1":
+            args += ["-t", self.transport, "-max_socket", str(MAX_SOCKETS)]
         if self.local_port is not None:
             args += ["-p", str(self.local_port)]
         return args
@@ -436,7 +450,8 @@ class _SippProcess:
         if not read_stat_rows(self.stat_file):
             return False
         port = self.local_port
-        bound = True if port is None else _udp_bound_by(self.child.pid, self.host, port)
+        protocol = "tcp" if self.transport.startswith("t") else "udp"
+        bound = True if port is None else _udp_bound_by(self.child.pid, self.host, port, protocol)
         if bound is None:  # no /proc: give a failing bind time to exit
             time.sleep(0.2)
             bound = self.child.running()
@@ -511,6 +526,7 @@ class SippUas(_SippProcess):
         extra_args: Sequence[str] = (),
         ready_timeout: float = 5.0,
         stat_interval_s: int = 1,
+        transport: str = "u1",
     ) -> None:
         super().__init__(
             name=name,
@@ -522,6 +538,7 @@ class SippUas(_SippProcess):
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
             netns=netns,
+            transport=transport,
         )
         self._auto_port = port is None
         self.auto_answer = auto_answer
@@ -591,6 +608,7 @@ class SippUac(_SippProcess):
         host: str = LOOPBACK,
         netns: str | None = None,
         stat_interval_s: int = 1,
+        transport: str = "u1",
     ) -> None:
         super().__init__(
             name=name,
@@ -602,6 +620,7 @@ class SippUac(_SippProcess):
             extra_args=extra_args,
             stat_interval_s=stat_interval_s,
             netns=netns,
+            transport=transport,
         )
         if calls <= 0:
             raise ValueError("calls must be positive: a UAC run must be bounded")

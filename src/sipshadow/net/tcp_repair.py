@@ -36,6 +36,9 @@ TCP_TIMESTAMP = 24
 TCP_REPAIR_WINDOW = 29
 TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
 TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
+IP_FREEBIND = 15  # <linux/in.h>
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: past wmem_max, with CAP_NET_ADMIN
+MIN_BUFFER_BYTES = 256 * 1024
 # <linux/sockios.h>: bytes in the receive queue, bytes in the send queue
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 #: struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup (u32 each).
@@ -113,6 +116,38 @@ def dump(sock: socket.socket) -> TcpState:
     )  # fmt: skip
 
 
+def peek(sock: socket.socket) -> TcpState:
+    """Where a live connection stands, read without disturbing it: repair mode for the few
+    system calls it takes (a segment arriving meanwhile may be dropped, and comes again).
+
+    `send_seq` is the sequence number of the next byte the application writes, `recv_seq`
+    that of the next byte it reads (the unread bytes come after it): where the application's
+    own count of bytes begins. The
+    queues' bytes are not read (`unacked`, `unread` empty). Raises OSError (EPERM without
+    CAP_NET_ADMIN).
+    """
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    options, wscales = _INFO_HEAD.unpack_from(info)[5:7]
+    mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    unread_size = _queue_size(sock, SIOCINQ)
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        send_seq = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        recv_seq = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) - unread_size
+        window = REPAIR_WINDOW.unpack(sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size))
+        timestamp = sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
+    finally:
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+    return TcpState(
+        local=sock.getsockname()[:2], remote=sock.getpeername()[:2], send_seq=send_seq & 0xFFFFFFFF,
+        recv_seq=recv_seq & 0xFFFFFFFF, unacked=b"", unread=b"", mss=mss, send_wscale=wscales & 0xF,
+        recv_wscale=wscales >> 4, sack=bool(options & TCPI_OPT_SACK), timestamps=bool(options & TCPI_OPT_TIMESTAMPS),
+        timestamp=timestamp, window=window,
+    )  # fmt: skip
+
+
 def close_silently(sock: socket.socket) -> None:
     """Close a socket in repair mode: no FIN, no reset; the peer sees nothing."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
@@ -129,6 +164,8 @@ def restore(state: TcpState) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET:  # the VIP may not be on this host yet: takeover adds it after
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, _u32(state.send_seq - len(state.unacked)))
@@ -146,10 +183,15 @@ def restore(state: TcpState) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, b"".join(struct.pack("=II", *o) for o in options))
         if state.timestamps:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP, _u32(state.timestamp))
+        # The queues must fit their buffers at once (nothing drains them in repair mode): room
+        # for twice their bytes (the kernel counts overhead), past wmem_max/rmem_max if need be.
+        sock.setblocking(False)  # a queue that does not fit fails here rather than hangs
         if state.unacked:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, max(2 * len(state.unacked), MIN_BUFFER_BYTES))
             sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
             sock.sendall(state.unacked)
         if state.unread:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, max(2 * len(state.unread), MIN_BUFFER_BYTES))
             sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
             sock.sendall(state.unread)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.pack(*state.window))

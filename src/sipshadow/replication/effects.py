@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sipshadow.core import SendDatagram
+from sipshadow.core import SendMessage
 from sipshadow.replication.wire import Message
 
 
@@ -18,6 +18,6 @@ class Effects:
     reconnects and repairs itself by state transfer).
     """
 
-    send: list[SendDatagram] = field(default_factory=list)
+    send: list[SendMessage] = field(default_factory=list)
     write: list[Message] = field(default_factory=list)
     drop: str = ""

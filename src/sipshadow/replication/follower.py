@@ -15,15 +15,16 @@ by the entries frames and by the primary's heartbeats; it never runs ahead of wh
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sipshadow.core import Gateway, GatewayConfig, SendDatagram
+from sipshadow.core import Gateway, GatewayConfig, SendMessage
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.link import Refused
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.log import DATAGRAM, LogEntry
 from sipshadow.replication.replica import Divergence, Replica
+from sipshadow.replication.streams import StreamLedger
 from sipshadow.replication.tap import TapBuffer
 from sipshadow.replication.wire import (
     Ack,
@@ -47,14 +48,17 @@ class Handover:
     `gateway`: the replica's core, as the log left it; `start_seq`: its last applied entry;
     `resend`: outputs the old primary may not have sent (`Replica.unreleased_outputs`);
     `unlogged`: tapped datagrams no entry claimed, in arrival order, to be processed first;
-    `stranded`: entries received but not applicable (their payload never came).
+    `stranded`: entries received but not applicable (their payload never came); `streams`:
+    the TCP connections to rebuild; `last_now`: the primary's event clock at the last entry.
     """
 
     gateway: Gateway
     start_seq: int
-    resend: list[SendDatagram]
+    resend: list[SendMessage]
     unlogged: list[tuple[bytes, Address]]
     stranded: int
+    streams: StreamLedger = field(default_factory=StreamLedger)
+    last_now: float = 0.0
 
 
 class Follower:
@@ -186,7 +190,9 @@ class Follower:
         self.replica.entropy.go_live(recorder)
         resend = self.replica.unreleased_outputs(data for data, _ in unlogged)
         self.disconnected()
-        return Handover(self.replica.gateway, self.replica.applied_seq, resend, unlogged, stranded)
+        replica = self.replica
+        return Handover(replica.gateway, replica.applied_seq, resend, unlogged, stranded, replica.streams,
+                        replica.last_now)  # fmt: skip
 
     # -- inside ---------------------------------------------------------------------------
 

@@ -11,10 +11,15 @@ import hashlib
 
 import msgspec
 
-from sipshadow.core import DatagramReceived, Event, TimerExpired
+from sipshadow.core import Event, MessageReceived, TimerExpired
+from sipshadow.core.actions import UDP
 
 DATAGRAM = 0
 TIMER = 1
+#: A TCP connection established (payload: its `replication.streams.ConnectionBase`, msgpack)
+#: or closed; `host`, `port` name its peer. The core never sees these: the ledger does.
+STREAM_OPENED = 2
+STREAM_CLOSED = 3
 
 
 class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -25,7 +30,9 @@ class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
     datagram's source; `payload`: its bytes (forward mode) or None, with `payload_digest`, the
     16-byte BLAKE2b of the bytes (tap mode: the shadow has the bytes from the tap); `draws`: the
     entropy draws the core made, in order (floats in [0, 1)); `state`: `Gateway.state_digest()`
-    right after, the shadow's check that it reached the same state.
+    right after, the shadow's check that it reached the same state; `transport`: UDP or TCP (a
+    TCP message's bytes always travel in the entry: a mirror gives segments, not messages);
+    `stream_bytes`: for a TCP message, the bytes it took off its connection's stream.
     """
 
     seq: int
@@ -37,6 +44,8 @@ class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
     payload_digest: bytes | None = None
     draws: tuple[float, ...] = ()
     state: int = 0
+    transport: str = UDP
+    stream_bytes: int = 0
 
 
 def payload_digest(data: bytes) -> bytes:
@@ -44,12 +53,17 @@ def payload_digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def entry_for(seq: int, event: Event, draws: tuple[float, ...], state: int, *, with_payload: bool = True) -> LogEntry:
+def entry_for(
+    seq: int, event: Event, draws: tuple[float, ...], state: int, *, with_payload: bool = True, stream_bytes: int = 0
+) -> LogEntry:
     """The log entry of an event the primary just handled."""
-    if isinstance(event, DatagramReceived):
+    if isinstance(event, MessageReceived):
         host, port = event.source
-        if with_payload:
-            return LogEntry(seq, DATAGRAM, event.now, host, port, event.data, None, draws, state)
+        transport = event.transport
+        if with_payload or transport != UDP:
+            return LogEntry(
+                seq, DATAGRAM, event.now, host, port, event.data, None, draws, state, transport, stream_bytes
+            )
         return LogEntry(seq, DATAGRAM, event.now, host, port, None, payload_digest(event.data), draws, state)
     return LogEntry(seq, TIMER, event.now, draws=draws, state=state)
 
@@ -63,4 +77,4 @@ def event_for(entry: LogEntry, payload: bytes | None = None) -> Event:
     data = entry.payload if entry.payload is not None else payload
     if data is None:
         raise ValueError(f"log entry {entry.seq} has no payload and none was supplied")
-    return DatagramReceived(data, (entry.host, entry.port), entry.now)
+    return MessageReceived(data, (entry.host, entry.port), entry.now, entry.transport)

@@ -15,10 +15,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
-from sipshadow.core import DatagramReceived, Event, Gateway, SendDatagram
+from sipshadow.core import Event, Gateway, MessageReceived, SendMessage
+from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.replication.effects import Effects
-from sipshadow.replication.log import LogEntry, entry_for
+from sipshadow.replication.log import STREAM_CLOSED, STREAM_OPENED, LogEntry, entry_for
+from sipshadow.replication.streams import ConnectionBase, StreamLedger, encode_base
 from sipshadow.replication.wire import (
     ENTRY_BYTES_PER_FRAME,
     Ack,
@@ -71,25 +73,32 @@ class Recorder:
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._batch: list[LogEntry] = []
         #: (seq, logged at, outputs) held for the shadow's acknowledgement, oldest first.
-        self._pending: deque[tuple[int, float, list[SendDatagram]]] = deque()
+        self._pending: deque[tuple[int, float, list[SendMessage]]] = deque()
         #: Tap mode: the datagrams of unacknowledged entries, in case the shadow missed them.
         #: The released mark the shadow was last told (in an entries frame).
         self._released_sent = 0
         self._payloads: deque[tuple[int, bytes]] = deque()
+        #: Where each TCP connection stands, as the shadow counts it (`replication.streams`).
+        self.streams = StreamLedger()
 
     # -- the event path -------------------------------------------------------------------
 
-    def record(self, event: Event, outputs: list[SendDatagram]) -> list[SendDatagram]:
+    def record(self, event: Event, outputs: list[SendMessage], stream_bytes: int = 0) -> list[SendMessage]:
         """The core handled `event` and produced `outputs`: what may be sent now (the rest is
-        held for the shadow's acknowledgement, output commit)."""
+        held for the shadow's acknowledgement, output commit). `stream_bytes`: for a message
+        framed off a TCP connection, the stream bytes it took."""
         self.seq += 1
         draws = self.recorder.take()
+        if stream_bytes:
+            self.streams.received(event.source, stream_bytes)  # type: ignore[union-attr]
+        self.streams.sent(outputs, event.now)
         if not self.attached:
             self.released = self.seq
             return outputs
         state = self.gateway.state_digest()
-        self._batch.append(entry_for(self.seq, event, draws, state, with_payload=self.with_payload))
-        if not self.with_payload and type(event) is DatagramReceived:
+        entry = entry_for(self.seq, event, draws, state, with_payload=self.with_payload, stream_bytes=stream_bytes)
+        self._batch.append(entry)
+        if not self.with_payload and type(event) is MessageReceived:
             self._payloads.append((self.seq, event.data))
         if not self.output_commit:
             self.released = self.seq
@@ -97,6 +106,21 @@ class Recorder:
         if outputs:
             self._pending.append((self.seq, event.now, outputs))
         return []
+
+    def record_stream(self, peer: Address, base: ConnectionBase | None, now: float) -> None:
+        """A TCP connection to `peer` came up (`base`) or closed (None): an entry, in order with
+        the messages, so the shadow's ledger follows. Nothing to send comes of it."""
+        self.seq += 1
+        if base is not None:
+            self.streams.opened(peer, base)
+        else:
+            self.streams.closed(peer)
+        if not self.attached:
+            self.released = self.seq
+            return
+        kind, payload = (STREAM_OPENED, encode_base(base)) if base is not None else (STREAM_CLOSED, None)
+        entry = LogEntry(self.seq, kind, now, peer[0], peer[1], payload, state=self.gateway.state_digest())
+        self._batch.append(entry)
 
     def take_entries(self) -> list[Entries]:
         """The entries logged since the last call, as frames: a new frame starts after
@@ -135,13 +159,13 @@ class Recorder:
             return Effects(write=[Payloads(chunk) for chunk in chunks])
         return Effects()
 
-    def _acknowledged(self, seq: int) -> list[SendDatagram]:
+    def _acknowledged(self, seq: int) -> list[SendMessage]:
         """The shadow applied every entry up to `seq`; an ack beyond what was logged counts
         only up to the last entry (a forged or confused peer cannot release the future)."""
         self.stats["acks"] += 1
         seq = min(seq, self.seq)
         self.acked = max(self.acked, seq)
-        released: list[SendDatagram] = []
+        released: list[SendMessage] = []
         pending = self._pending
         while pending and pending[0][0] <= seq:
             released += pending.popleft()[2]
@@ -158,6 +182,7 @@ class Recorder:
         self._batch.clear()
         self._payloads.clear()
         state = self.gateway.export_state()
+        state["streams"] = self.streams.export_state()
         rows = state.pop("dialogs")
         parts = [
             rows[index : index + SNAPSHOT_ROWS_PER_FRAME] for index in range(0, len(rows), SNAPSHOT_ROWS_PER_FRAME)
@@ -169,7 +194,7 @@ class Recorder:
         self.stats["snapshots_sent"] += 1
         return Effects(send=send, write=write)
 
-    def detach(self) -> list[SendDatagram]:
+    def detach(self) -> list[SendMessage]:
         """The shadow is gone (its link closed, or declared dead): run solo, release all held."""
         if not self.attached:
             return []
@@ -179,7 +204,7 @@ class Recorder:
         self.stats["shadow_losses"] += 1
         return self.release_all()
 
-    def release_all(self) -> list[SendDatagram]:
+    def release_all(self) -> list[SendMessage]:
         """Everything held, to be sent now (a new shadow, no shadow, or the node stopping)."""
         released = [output for _, _, outputs in self._pending for output in outputs]
         self._pending.clear()

@@ -12,11 +12,13 @@ import itertools
 from collections import deque
 from collections.abc import Iterable
 
-from sipshadow.core import Gateway, GatewayConfig, SendDatagram
-from sipshadow.core.events import DatagramReceived
+from sipshadow.core import Gateway, GatewayConfig, SendMessage
+from sipshadow.core.actions import TCP
+from sipshadow.core.events import MessageReceived
 from sipshadow.core.resend import resend_plan
 from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
-from sipshadow.replication.log import LogEntry, event_for
+from sipshadow.replication.log import STREAM_CLOSED, STREAM_OPENED, LogEntry, event_for
+from sipshadow.replication.streams import StreamLedger, decode_base
 
 
 class Divergence(RuntimeError):
@@ -37,25 +39,31 @@ class Replica:
         self.gateway = Gateway(config, self.entropy)
         self.applied_seq = 0
         self.released_seq = 0
-        self._outputs: deque[tuple[int, float, list[SendDatagram]]] = deque(maxlen=keep_outputs)
+        self._outputs: deque[tuple[int, float, list[SendMessage]]] = deque(maxlen=keep_outputs)
         self._last_now = 0.0
         #: Responses received since the oldest output still kept: proof of what was delivered.
         self._responses: deque[tuple[int, bytes]] = deque(maxlen=keep_outputs)
+        #: Where each TCP connection stands (`replication.streams`), for a takeover to rebuild.
+        self.streams = StreamLedger()
 
     def restore(self, seq: int, state: dict[str, object]) -> None:
         """Start from a snapshot taken after entry `seq`."""
+        streams = state.pop("streams", [])
         self.gateway.import_state(state)
+        self.streams.import_state(streams)  # type: ignore[arg-type]
         self.applied_seq = self.released_seq = seq
         self._outputs.clear()
         self._responses.clear()
 
-    def apply(self, entry: LogEntry, payload: bytes | None = None) -> list[SendDatagram]:
+    def apply(self, entry: LogEntry, payload: bytes | None = None) -> list[SendMessage]:
         """Replay one entry; raises Divergence if it is out of order or the states differ."""
         if entry.seq != self.applied_seq + 1:
             raise Divergence(f"expected entry {self.applied_seq + 1}, got {entry.seq}")
+        if entry.kind == STREAM_OPENED or entry.kind == STREAM_CLOSED:
+            return self._apply_stream(entry)
         self.entropy.load(entry.draws)
         event = event_for(entry, payload)
-        if type(event) is DatagramReceived and event.data.startswith(b"SIP/2.0 "):
+        if type(event) is MessageReceived and event.data.startswith(b"SIP/2.0 "):
             self._responses.append((entry.seq, event.data))
         try:
             outputs = self.gateway.handle(event)
@@ -66,12 +74,37 @@ class Replica:
             outputs = []
         self.applied_seq = entry.seq
         self._last_now = entry.now
+        if entry.stream_bytes:
+            self.streams.received((entry.host, entry.port), entry.stream_bytes)
         if outputs:
+            self.streams.sent(outputs, entry.now)
             self._outputs.append((entry.seq, entry.now, outputs))
         digest = self.gateway.state_digest()
         if digest != entry.state:
             raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
         return outputs
+
+    def _apply_stream(self, entry: LogEntry) -> list[SendMessage]:
+        """A connection opened or closed on the primary: the ledger follows; the core never knows."""
+        peer = (entry.host, entry.port)
+        if entry.kind == STREAM_OPENED:
+            try:
+                self.streams.opened(peer, decode_base(entry.payload or b""))
+            except (ValueError, TypeError) as error:  # msgspec's errors are ValueErrors
+                raise Divergence(f"entry {entry.seq}: unreadable connection base: {error}") from error
+        else:
+            self.streams.closed(peer)
+        self.applied_seq = entry.seq
+        self._last_now = entry.now
+        digest = self.gateway.state_digest()
+        if digest != entry.state:
+            raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
+        return []
+
+    @property
+    def last_now(self) -> float:
+        """The primary's event clock at the last entry applied (s)."""
+        return self._last_now
 
     def released(self, seq: int) -> None:
         """The primary says it has sent the outputs of every entry up to `seq`."""
@@ -83,17 +116,20 @@ class Replica:
         while self._responses and self._responses[0][0] < oldest:
             self._responses.popleft()
 
-    def unreleased_outputs(self, seen_since: Iterable[bytes] = ()) -> list[SendDatagram]:
+    def unreleased_outputs(self, seen_since: Iterable[bytes] = ()) -> list[SendMessage]:
         """What a new primary re-sends: outputs the old one may not have sent (unreleased, or
         released in the last `RESEND_WINDOW_S`), less what the responses logged since (and
         `seen_since`, the unlogged tap) prove delivered and less stale provisionals
         (`core.resend`)."""
         recent = self._last_now - RESEND_WINDOW_S
+        live = self.streams.connections
         unreleased = [
             output
             for seq, now, outputs in self._outputs
             if seq > self.released_seq or now >= recent
             for output in outputs
+            # on a connection the takeover rebuilds, the send queue holds them (exactly once)
+            if output[2] != TCP or (output[1] not in live and output[3] not in live)
         ]
         seen = itertools.chain((data for _, data in self._responses), seen_since)
         return resend_plan(unreleased, seen)

@@ -3,10 +3,14 @@
 Layout (every key optional but `cluster.members`; flags given on the command line win):
 
     [service]   listen = "HOST:PORT", advertise = "HOST:PORT"
-    [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}]
+    [cluster]   policy = "round-robin", members = ["HOST:PORT", {address = "HOST:PORT", weight = 2}],
+                a member as a SIP URI picks its transport: "sip:HOST:PORT;transport=tcp" (HOST:PORT is UDP)
     [health]    probe_interval_ms = 1000, probe_misses = 3
     [dialogs]   early_timeout_s = 200 (Timer C; 180 or less is warned of), confirmed_timeout_s = 7200,
                 terminated_linger_s = 32
+    [tcp]       max_head_bytes = 16384, max_body_bytes = 65536, connections = 10000,
+                connections_per_source = 256, partial_timeout_s = 10, idle_timeout_s = 600,
+                large_requests_over_tcp = true (§18.1.1: over 1300 bytes, a UDP member gets TCP)
     [status]    file = "PATH", interval_s = 1.0
     [log]       level = "info"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
@@ -20,14 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from sipshadow.core.actions import Address
+from sipshadow.core.actions import TCP, UDP, Address
 from sipshadow.core.config import POLICIES, GatewayConfig, MemberSpec
 from sipshadow.runtime.addresses import is_ip_literal, parse_address
+from sipshadow.runtime.streams import StreamLimits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROLES = ("solo", "primary", "shadow")
@@ -78,6 +83,19 @@ class DialogsSection(_Strict):
     terminated_linger_s: float = 32.0
 
 
+_TCP_DEFAULTS = StreamLimits()
+
+
+class TcpSection(_Strict):
+    max_head_bytes: int = _TCP_DEFAULTS.max_head_bytes
+    max_body_bytes: int = _TCP_DEFAULTS.max_body_bytes
+    connections: int = _TCP_DEFAULTS.connections
+    connections_per_source: int = _TCP_DEFAULTS.connections_per_source
+    partial_timeout_s: float = _TCP_DEFAULTS.partial_timeout_s
+    idle_timeout_s: float = _TCP_DEFAULTS.idle_timeout_s
+    large_requests_over_tcp: bool = True
+
+
 class StatusSection(_Strict):
     file: str = ""
     interval_s: float = 1.0
@@ -117,6 +135,7 @@ class ConfigFile(_Strict):
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     health: HealthSection = msgspec.field(default_factory=HealthSection)
     dialogs: DialogsSection = msgspec.field(default_factory=DialogsSection)
+    tcp: TcpSection = msgspec.field(default_factory=TcpSection)
     status: StatusSection = msgspec.field(default_factory=StatusSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
@@ -155,6 +174,7 @@ class NodeConfig:
     status_interval_s: float
     log_level: str
     replication: ReplicationConfig | None = None
+    tcp: StreamLimits = field(default_factory=StreamLimits)
     #: Legal but risky settings, one line each, logged when the node starts.
     warnings: tuple[str, ...] = ()
 
@@ -216,6 +236,7 @@ def build(
             f"dialogs.early_timeout_s = {file.dialogs.early_timeout_s:g} is not above 180 s (RFC 3261 §16.6 item 11:"
             " Timer C exceeds 3 minutes): a call that rings longer without a provisional loses its route"
         )
+    tcp = _tcp_limits(file.tcp)
     _positive("status.interval_s", file.status.interval_s)
     if file.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
@@ -231,6 +252,7 @@ def build(
         terminated_linger_s=file.dialogs.terminated_linger_s,
         aliases=(listen_address,) if listen_address != advertise else (),
         branch_key=branch_key(replication.key if replication is not None else None),
+        large_requests_over_tcp=file.tcp.large_requests_over_tcp,
     )
     status_path = status_file if status_file is not None else file.status.file
     return NodeConfig(
@@ -240,6 +262,7 @@ def build(
         status_interval_s=file.status.interval_s,
         log_level=file.log.level,
         replication=replication,
+        tcp=tcp,
         warnings=tuple(warnings),
     )
 
@@ -349,18 +372,49 @@ def _address(key: str, text: str) -> Address:
         raise ConfigError(key, str(error)) from None
 
 
+def _tcp_limits(section: TcpSection) -> StreamLimits:
+    for name in ("max_head_bytes", "max_body_bytes", "connections", "connections_per_source",
+                 "partial_timeout_s", "idle_timeout_s"):  # fmt: skip
+        _positive(f"tcp.{name}", getattr(section, name))
+    return StreamLimits(
+        max_head_bytes=section.max_head_bytes, max_body_bytes=section.max_body_bytes,
+        connections=section.connections, connections_per_source=section.connections_per_source,
+        partial_timeout_s=section.partial_timeout_s, idle_timeout_s=section.idle_timeout_s,
+    )  # fmt: skip
+
+
+def _member(key: str, text: str, weight: int = 1) -> MemberSpec:
+    """A member as HOST:PORT (UDP) or a SIP URI, sip:HOST[:PORT][;transport=udp|tcp]."""
+    if text[:4].lower() != "sip:":
+        return MemberSpec(_address(key, text), weight)
+    hostport, _, params = text[4:].partition(";")
+    transport = UDP
+    for param in params.split(";") if params else ():
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "transport":
+            raise ConfigError(key, f"{text!r}: only the transport parameter is understood, not {name!r}")
+        transport = value.strip().lower()
+        if transport not in (UDP, TCP):
+            raise ConfigError(key, f"{text!r}: transport must be udp or tcp, not {value!r}")
+    if "@" in hostport:
+        raise ConfigError(key, f"{text!r}: a member URI names a host, not a user (sip:HOST:PORT;transport=tcp)")
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":5060"
+    return MemberSpec(_address(key, hostport), weight, transport)
+
+
 def _members(entries: list[str | MemberEntry], flags: list[str] | None) -> tuple[MemberSpec, ...]:
     specs: list[MemberSpec] = []
     if flags:
-        specs = [MemberSpec(_address("--member", text)) for text in flags]
+        specs = [_member("--member", text) for text in flags]
     else:
         for index, entry in enumerate(entries):
             key = f"cluster.members[{index}]"
             if isinstance(entry, str):
-                specs.append(MemberSpec(_address(key, entry)))
+                specs.append(_member(key, entry))
             else:
                 _positive(f"{key}.weight", entry.weight)
-                specs.append(MemberSpec(_address(f"{key}.address", entry.address), entry.weight))
+                specs.append(_member(f"{key}.address", entry.address, entry.weight))
     if not specs:
         raise ConfigError("cluster.members", "at least one member is required (or give --member)")
     seen: set[Address] = set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -32,8 +33,9 @@ from sipshadow.replication.follower import Handover
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
 from sipshadow.runtime.following import Following, TapSocket
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
-from sipshadow.runtime.serving import Serving
+from sipshadow.runtime.serving import Serving, bind_listener
 from sipshadow.runtime.status import StatusDocument, TakeoverRecord, ha_status
+from sipshadow.runtime.streams import rebuild
 
 log = logging.getLogger("sipshadow.ha")
 
@@ -185,7 +187,8 @@ class HaNode:
 
     async def _serve(
         self, gateway: Gateway, recorder: RecordingEntropy, handover: Handover | None = None,
-        tap_socket: TapSocket | None = None,
+        tap_socket: TapSocket | None = None, repaired: list[tuple[Address, socket.socket]] | None = None,
+        listener: socket.socket | None = None,
     ) -> Serving:  # fmt: skip
         """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`), on the
         shadow's tap socket if it had one."""
@@ -193,25 +196,38 @@ class HaNode:
             gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, peering=self.peering,
             tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
-            backlog=handover.unlogged if handover else None, tap_socket=tap_socket,
+            backlog=handover.unlogged if handover else None, tap_socket=tap_socket, stream_limits=self.config.tcp,
+            repaired=repaired, listener=listener,
         )  # fmt: skip
 
     async def _take_over(self, epoch: int) -> None:
         """Become the primary: the service address, the core as it stands, the unsent outputs."""
         started = time.perf_counter()
         verdict_wall = time.time()  # wall clock, so a lab can line it up with the fault it injected
-        network = self.identity.claim()
         recorder = RecordingEntropy(SystemEntropy())
         following, self.following = self.following, None
         handover = following.hand_over(recorder) if following is not None else None
         if following is not None and following.follower is not None:
             self.gated_before += following.follower.stats["gated_outputs"]
         gateway = handover.gateway if handover is not None else Gateway(self.config.gateway, recorder)
+        listener: socket.socket | None = None
         try:
+            # TCP first, before the VIP moves: the listener, then the old primary's connections
+            # rebuilt on its port (a segment from a peer must find its socket, or this kernel
+            # would answer it with a reset).
+            listener = await bind_listener(self.config.listen)
+            repair_started = time.perf_counter()
+            repaired, repair_failures = rebuild(handover.streams, handover.last_now) if handover else ([], 0)
+            repair_ms = (time.perf_counter() - repair_started) * 1000
+            network = self.identity.claim()
             tap_socket = following.take_tap_socket() if following is not None else None
-            self.serving = await self._serve(gateway, recorder, handover, tap_socket)
+            self.serving = await self._serve(gateway, recorder, handover, tap_socket, repaired, listener)
+            if self.serving.node.streams is not None:
+                self.serving.node.streams.counters["repair_failures"] += repair_failures
             elapsed_ms, serving_at = (time.perf_counter() - started) * 1000, time.time()
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
+            if listener is not None and self.serving is None:
+                listener.close()
             log.error("takeover aborted (%s): rejoining as the shadow", error)
             self.takeovers.append(TakeoverRecord(epoch=epoch, aborted=str(error)))
             self.input(roles.TakeoverFailed(str(error)))
@@ -228,8 +244,9 @@ class HaNode:
                                              serving_at=serving_at))  # fmt: skip
         log.warning(
             "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
-            "from entry %d", epoch, elapsed_ms, len(gateway.table), resent, unlogged,
-            handover.start_seq if handover else 0,
+            "from entry %d; %d TCP connections rebuilt in %.1f ms (%d could not be)", epoch, elapsed_ms,
+            len(gateway.table), resent, unlogged, handover.start_seq if handover else 0, len(repaired), repair_ms,
+            repair_failures,
         )  # fmt: skip
         self.input(roles.TakeoverDone())
 

@@ -1,8 +1,9 @@
-"""The asyncio UDP node: one socket on the service address, the core, and its one timer.
+"""The asyncio node: the service address (UDP and TCP), the core, and its one timer.
 
-The endpoint's callback hands each datagram straight to the core in arrival order (one
-ordered input stream, which is what replication records), sends what the core returns, and
-keeps a single `call_at` armed at the core's next deadline (aioquic's pattern).
+The UDP endpoint's callback and each TCP connection's framer hand every message straight to
+the core in arrival order (one ordered input stream, which is what replication records), the
+node sends what the core returns by the transport it names, and keeps a single `call_at`
+armed at the core's next deadline (aioquic's pattern).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from sipshadow.core import DatagramReceived, Event, Gateway, TimerExpired
-from sipshadow.core.actions import Address, SendDatagram
+from sipshadow.core import Event, Gateway, MessageReceived, TimerExpired
+from sipshadow.core.actions import TCP, UDP, Address, SendMessage
+from sipshadow.net import tcp_repair
+from sipshadow.replication.streams import ConnectionBase
 from sipshadow.runtime.primary_link import PrimaryLink
 from sipshadow.runtime.sender import DatagramSender
 from sipshadow.runtime.status import StatusDocument, snapshot
+from sipshadow.runtime.streams import StreamLimits, Streams
 
 log = logging.getLogger("sipshadow.node")
 
@@ -73,14 +77,14 @@ async def open_endpoint(
 class Node:
     """Wires a Gateway to a socket and the loop clock; makes no decisions of its own."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, stream_limits: StreamLimits | None = None) -> None:
         self.gateway = gateway
         self.internal_errors = 0
         self.sent_datagrams = 0
         #: On a primary, every event goes through the replicator, which decides when to send.
         self.replicator: PrimaryLink | None = None
         #: While fenced (`fence`), arriving datagrams wait here, with their arrival times.
-        self._fenced: deque[DatagramReceived] | None = None
+        self._fenced: deque[tuple[MessageReceived, int]] | None = None
         self._loop = asyncio.get_running_loop()
         #: The only way out to the SIP side: names resolved off the loop, failures counted.
         self.sender = DatagramSender(self._loop)
@@ -90,10 +94,25 @@ class Node:
         self._timer_at: float | None = None
         self._started_at = time.monotonic()
         self._all_down = False
+        #: TCP at the service address (`start_streams`); None until then.
+        self.streams: Streams | None = None
+        self._stream_limits = stream_limits
+        self._unrepairable_said = False
 
-    async def start(self, listen: Address) -> None:
+    async def start(self, listen: Address, listener: socket.socket | None = None) -> None:
         self.adopt(*await open_endpoint(listen, self.on_datagram))
-        log.info("serving on %s:%d, members %s", *listen, self.gateway.members)
+        await self.start_streams(listen, listener)
+        log.info("serving on %s:%d (UDP and TCP), members %s", *listen, self.gateway.members)
+
+    async def start_streams(self, listen: Address, listener: socket.socket | None = None) -> None:
+        """Listen on TCP at the service port too (RFC 3261 §18: every element speaks TCP), on
+        `listener` if a takeover bound it already."""
+        if self.streams is None:
+            streams = Streams(self.on_stream_message, self._stream_limits)
+            streams.needed = self._tcp_peers_in_dialogs
+            streams.on_established, streams.on_closed = self._stream_opened, self._stream_closed
+            await streams.start(listen, listener)
+            self.streams = streams
 
     def adopt(self, transport: asyncio.DatagramTransport, endpoint: DatagramEndpoint) -> None:
         """Serve on an already bound socket (the shadow's tap socket, at takeover)."""
@@ -107,13 +126,18 @@ class Node:
     def send_errors(self) -> int:
         return self._endpoint.errors if self._endpoint is not None else 0
 
-    def on_datagram(self, data: bytes, source: tuple[str, int]) -> None:
-        event = DatagramReceived(data, source[:2], self._loop.time())
+    def on_stream_message(self, data: bytes, source: Address, consumed: int) -> None:
+        """A message framed off a TCP connection; `consumed`: the stream bytes it took."""
+        self.on_datagram(data, source, TCP, consumed)
+
+    def on_datagram(self, data: bytes, source: tuple[str, int], transport: str = UDP, consumed: int = 0) -> None:
+        """One message in: from the UDP endpoint (any datagram), or framed off a TCP connection."""
+        event = MessageReceived(data, source[:2], self._loop.time(), transport)
         if self._fenced is not None:
             if len(self._fenced) < FENCE_QUEUE_LIMIT:
-                self._fenced.append(event)
+                self._fenced.append((event, consumed))
             return
-        self._take(event)
+        self._take(event, consumed)
         armed = self._timer_at
         wanted = self.gateway.next_deadline()
         if wanted is not None and (armed is None or wanted < armed):
@@ -137,7 +161,7 @@ class Node:
             else:
                 log.info("a member is back in service")
 
-    def _take(self, event: Event) -> None:
+    def _take(self, event: Event, stream_bytes: int = 0) -> None:
         try:
             outputs = self.gateway.handle(event)
         except Exception:
@@ -145,9 +169,31 @@ class Node:
             log.exception("core failed on %s; dropped", type(event).__name__)
             outputs = []
         if self.replicator is not None:
-            self.replicator.record(event, outputs)
+            self.replicator.record(event, outputs, stream_bytes)
         else:
             self.send(outputs)
+
+    def _stream_opened(self, peer: Address, sock: socket.socket) -> None:
+        """A TCP connection is established: a primary logs where it stands, so that its shadow
+        can rebuild it at a takeover (needs CAP_NET_ADMIN; without it the connection is not)."""
+        if self.replicator is None:
+            return
+        try:
+            state = tcp_repair.peek(sock)
+        except OSError as error:
+            if not self._unrepairable_said:
+                self._unrepairable_said = True
+                log.warning("cannot read TCP connections for the shadow (%s): they will not survive a takeover", error)
+            return
+        base = ConnectionBase(
+            state.local[0], state.local[1], state.send_seq, state.recv_seq, state.mss, state.send_wscale,
+            state.recv_wscale, state.sack, state.timestamps, state.timestamp, state.window, self._loop.time(),
+        )  # fmt: skip
+        self.replicator.record_stream(peer, base, self._loop.time())
+
+    def _stream_closed(self, peer: Address) -> None:
+        if self.replicator is not None:
+            self.replicator.record_stream(peer, None, self._loop.time())
 
     def fence(self) -> None:
         """Take no input: datagrams wait (up to `FENCE_QUEUE_LIMIT`), timers do not fire."""
@@ -157,16 +203,33 @@ class Node:
     def unfence(self) -> None:
         """Take what waited, in arrival order, then serve on."""
         waiting, self._fenced = self._fenced, None
-        for event in waiting or ():
-            self._take(event)
+        for event, consumed in waiting or ():
+            self._take(event, consumed)
         self._rearm()
 
-    def send(self, outputs: list[SendDatagram]) -> None:
+    def send(self, outputs: list[SendMessage]) -> None:
         """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
         if self._transport is None:
             return
         self.sent_datagrams += len(outputs)
-        self.sender.send(outputs)
+        streams = self.streams
+        datagrams = outputs
+        for output in outputs:
+            if output[2] != UDP:
+                datagrams = [o for o in outputs if o[2] == UDP]
+                for stream_output in outputs:
+                    if stream_output[2] != UDP and streams is not None:
+                        streams.send(stream_output)
+                break
+        self.sender.send(datagrams)
+
+    def _tcp_peers_in_dialogs(self) -> list[Address]:
+        """The TCP peers a call still needs (its caller, over TCP): kept open however idle."""
+        peers: list[Address] = []
+        for call in self.gateway.table.calls.values():
+            peers.extend(attempt.source for attempt in call.attempts.values() if attempt.transport == TCP)
+            peers.extend(dialog.caller for dialog in call.dialogs.values() if dialog.transport == TCP)
+        return peers
 
     def _rearm(self) -> None:
         if self._timer is not None:
@@ -179,11 +242,15 @@ class Node:
         replication = self.replicator.status() if self.replicator is not None else None
         return snapshot(self.gateway, started_at=self._started_at, now=time.monotonic(),
                         internal_errors=self.internal_errors, send_errors=self.send_errors,
-                        sender=self.sender.counters, replication=replication)  # fmt: skip
+                        sender=self.sender.counters, replication=replication,
+                        tcp_connections=self.streams.live if self.streams is not None else None,
+                        tcp=self.streams.counters if self.streams is not None else None)  # fmt: skip
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self.sender.close()
+        if self.streams is not None:
+            self.streams.close()
         if self._transport is not None:
             self._transport.close()

@@ -21,11 +21,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from sipshadow.core import Event, SendDatagram
+from sipshadow.core import Event, SendMessage
+from sipshadow.core.actions import Address
 from sipshadow.detect.throttle import ThrottledLog
 from sipshadow.link import NONCE_BYTES, Peering, Refused, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.recorder import Recorder
+from sipshadow.replication.streams import ConnectionBase
 from sipshadow.replication.wire import CODEC, Hello, Message
 from sipshadow.runtime.status import ReplicationStatus
 
@@ -41,7 +43,7 @@ HANDSHAKE_TIMEOUT_S = 2.0
 #: Connections still in their handshake; one more closes the oldest.
 MAX_UNAUTHENTICATED = 8
 
-Sender = Callable[[list[SendDatagram]], None]
+Sender = Callable[[list[SendMessage]], None]
 
 
 @contextlib.contextmanager
@@ -82,16 +84,22 @@ class PrimaryLink:
         self._notice: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
 
-    def record(self, event: Event, outputs: list[SendDatagram]) -> None:
+    def record(self, event: Event, outputs: list[SendMessage], stream_bytes: int = 0) -> None:
         """The core handled `event`: log it, and send what output commit lets out now."""
         recorder = self.recorder
-        released = recorder.record(event, outputs)
+        released = recorder.record(event, outputs, stream_bytes)
         if released:
             self._release(released)
         if recorder.attached:
             self._schedule_flush()
             if self._deadline is None:
                 self._arm()
+
+    def record_stream(self, peer: Address, base: ConnectionBase | None, now: float) -> None:
+        """A TCP connection came up (`base`) or closed (None): logged in order with the messages."""
+        self.recorder.record_stream(peer, base, now)
+        if self.recorder.attached:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         """One flush at the end of this loop turn, however many events and acks it holds."""
@@ -132,7 +140,7 @@ class PrimaryLink:
             log.error("%s: shadow declared dead, running SOLO", effects.drop)
             self.shadow_gone()
 
-    def _release(self, outputs: list[SendDatagram]) -> None:
+    def _release(self, outputs: list[SendMessage]) -> None:
         """Let outputs go; a failing send must never reach the replication link's callbacks."""
         try:
             self.send(outputs)

@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sipshadow.core import SendDatagram
+from sipshadow.core import SendMessage
 from sipshadow.core.actions import Address
 from sipshadow.runtime.addresses import IpAddress, ip_literal
 
@@ -46,7 +46,7 @@ class SendLimits:
 
 
 class DatagramSender:
-    """Sends a core's `SendDatagram`s on one UDP transport; `attach` (re)binds it to a socket."""
+    """Sends a core's `SendMessage`s on one UDP transport; `attach` (re)binds it to a socket."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: SendLimits | None = None) -> None:
         self.limits = limits or SendLimits()
@@ -93,12 +93,12 @@ class DatagramSender:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, outputs: Iterable[SendDatagram]) -> None:
+    def send(self, outputs: Iterable[SendMessage]) -> None:
         for output in outputs:
             try:
-                self._send_one(*output)
+                self._send_one(output[0], output[1])
             except Exception as error:  # a bug here must not cost the caller its socket or link
-                self._drop("send_failures", output[-1], f"{type(error).__name__}: {error}")
+                self._drop("send_failures", output[1], f"{type(error).__name__}: {error}")
 
     def _send_one(self, data: bytes, destination: Address) -> None:
         verdict = self._literals.get(destination)

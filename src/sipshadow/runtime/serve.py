@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> in
 async def _start(config: NodeConfig) -> tuple[Status, Callable[[], Any]]:
     """Start a solo node or an HA node; return its status function and its closer."""
     if config.replication is None:
-        node = Node(Gateway(config.gateway, SystemEntropy()))
+        node = Node(Gateway(config.gateway, SystemEntropy()), config.tcp)
         await node.start(config.listen)
 
         async def close_solo() -> None:
@@ -91,8 +92,23 @@ def _write(path: Path | None, document: StatusDocument) -> None:
 
 def run(config: NodeConfig) -> int:
     """Run `serve` on uvloop when it is installed (it is a pinned dependency)."""
+    _raise_file_limit(config)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; kept for odd platforms
         return asyncio.run(serve(config))
     return uvloop.run(serve(config))
+
+
+def _raise_file_limit(config: NodeConfig) -> None:
+    """Every TCP connection is a descriptor: take the hard limit, and say if it is below the
+    connections allowed (`tcp.connections`), which then cannot all be accepted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    wanted = config.tcp.connections + 256  # sockets, files and the replication links besides
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("open files limited to %d (RLIMIT_NOFILE): fewer than tcp.connections = %d can be open; "
+                    "raise LimitNOFILE or lower tcp.connections", soft, config.tcp.connections)  # fmt: skip

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import socket
 import time
 
-from sipshadow.core import Gateway, SendDatagram
+from sipshadow.core import Gateway, SendMessage
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.link import Peering
@@ -20,6 +21,7 @@ from sipshadow.runtime.config import ReplicationConfig
 from sipshadow.runtime.following import TapSocket
 from sipshadow.runtime.node import Node
 from sipshadow.runtime.primary_link import PrimaryLink, ShadowConnection
+from sipshadow.runtime.streams import StreamLimits, listen_socket
 
 log = logging.getLogger("sipshadow.ha")
 
@@ -38,12 +40,14 @@ class Serving:
     async def start(
         cls, gateway: Gateway, recorder: RecordingEntropy, replication: ReplicationConfig, listen: Address, *,
         epoch: int, peering: Peering, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
-        resend: list[SendDatagram] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
+        resend: list[SendMessage] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
+        stream_limits: StreamLimits | None = None, repaired: list[tuple[Address, socket.socket]] | None = None,
+        listener: socket.socket | None = None,
     ) -> Serving:  # fmt: skip
         """Serve: the socket (the tap's, or bound now), then what a takeover owes the world, then
         the replication server. In tap mode log entries carry digests, not payloads (the shadow
         has the bytes from the mirror). Raises OSError if the service address is still owned."""
-        node = Node(gateway)
+        node = Node(gateway, stream_limits)
         log_recorder = Recorder(
             gateway, recorder, epoch=epoch, start_seq=start_seq, output_commit=replication.output_commit,
             commit_timeout_s=replication.commit_timeout_s, with_payload=not tap_mode,
@@ -51,8 +55,11 @@ class Serving:
         link = node.replicator = PrimaryLink(log_recorder, node.send, peering=peering)
         if tap_socket is not None:
             node.adopt(*tap_socket)  # the socket that took the tap serves from now on
+            await node.start_streams(listen, listener)
         else:
-            await _bind(node, listen)
+            await _bind(node, listen, listener)
+        if repaired:  # the old primary's TCP connections, rebuilt: taken up together, not one loop turn each
+            await asyncio.gather(*(_adopt(node, peer, sock) for peer, sock in repaired))
         node.send(resend or [])
         for data, source in backlog or []:  # the detection window's messages, in arrival order
             node.on_datagram(data, source)
@@ -80,12 +87,34 @@ class Serving:
         self.node.close()
 
 
-async def _bind(node: Node, listen: Address) -> None:
+async def _adopt(node: Node, peer: Address, sock: socket.socket) -> None:
+    assert node.streams is not None
+    try:
+        await node.streams.adopt(peer, sock)
+    except OSError as error:
+        node.streams.counters["repair_failures"] += 1
+        sock.close()
+        log.warning("cannot carry on the TCP connection with %s:%d: %s", *peer, error)
+
+
+async def bind_listener(listen: Address) -> socket.socket:
+    """The TCP listener of the service address (`streams.listen_socket`), retried as `_bind`."""
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            return listen_socket(listen)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.002)
+
+
+async def _bind(node: Node, listen: Address, listener: socket.socket | None) -> None:
     """Bind the service address; right after a kill the old owner may hold it a moment."""
     deadline = time.monotonic() + BIND_RETRY_S
     while True:
         try:
-            await node.start(listen)
+            await node.start(listen, listener)
             return
         except OSError as error:
             if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:

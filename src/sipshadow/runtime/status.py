@@ -146,6 +146,9 @@ class StatusDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     resolution_overflow: int | None = None
     self_loops: int | None = None
     resolutions: int | None = None
+    #: TCP at the service address: connections live, and the counters of `runtime.streams.COUNTERS`
+    tcp_connections: int | None = None
+    tcp: dict[str, int] | None = None
     replication: ReplicationStatus | None = None  #: a primary with a replication link
     ha: HaStatus | None = None  #: a node of an HA pair
 
@@ -163,6 +166,8 @@ def snapshot(
     send_errors: int | None = None,
     sender: dict[str, int] | None = None,
     replication: ReplicationStatus | None = None,
+    tcp_connections: int | None = None,
+    tcp: dict[str, int] | None = None,
 ) -> StatusDocument:
     """Counters plus live state: dialogs held, active calls and health per member; the
     serving shell adds its own error counts, its sender's counters and replication."""
@@ -187,6 +192,8 @@ def snapshot(
         internal_errors=internal_errors,
         send_errors=send_errors,
         replication=replication,
+        tcp_connections=tcp_connections,
+        tcp=dict(tcp) if tcp is not None else None,
     )
     return msgspec.structs.replace(document, **sender) if sender else document
 

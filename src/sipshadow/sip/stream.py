@@ -15,7 +15,7 @@ buffered. A message that never completes is the shell's to time out (`pending_by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipshadow.sip.headers import COMPACT_FORMS
 
@@ -31,14 +31,20 @@ _HEAD_END = b"\r\n\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Framed:
-    """One whole message: its start line, headers and exactly Content-Length octets of body."""
+    """One whole message: its start line, headers and exactly Content-Length octets of body.
+
+    `consumed`: the stream bytes it took, the CRLFs ignored before it included (what a
+    replica counts to know where the stream stands)."""
 
     data: bytes
+    consumed: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class KeepAlive:
-    """A CRLFCRLF ping between messages: write `PONG` back."""
+    """A CRLFCRLF ping between messages: write `PONG` back. `consumed` as for `Framed`."""
+
+    consumed: int = field(default=len(PING), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,7 @@ class StreamFramer:
         self._head_end: int | None = None  # index past the blank line, once the head is in
         self._length = 0  # the body's Content-Length, once the head is in
         self._scanned = 0  # how far the head was searched for its end without finding it
+        self._skipped = 0  # lone CRLFs dropped since the last message or ping
 
     @property
     def pending_bytes(self) -> int:
@@ -93,11 +100,13 @@ class StreamFramer:
         while self._head_end is None:
             if buffer.startswith(PING):
                 del buffer[: len(PING)]
-                return KeepAlive()
+                consumed, self._skipped = self._skipped + len(PING), 0
+                return KeepAlive(consumed)
             if PING.startswith(buffer):
                 return None  # nothing yet, or perhaps a ping not whole yet
             if buffer.startswith(b"\r\n"):
                 del buffer[:2]  # a lone CRLF before a start line (§7.5)
+                self._skipped += 2
                 self._scanned = 0
                 continue
             end = buffer.find(_HEAD_END, self._scanned)
@@ -122,7 +131,8 @@ class StreamFramer:
         message = bytes(buffer[:whole])
         del buffer[:whole]
         self._head_end = None
-        return Framed(message)
+        consumed, self._skipped = self._skipped + whole, 0
+        return Framed(message, consumed)
 
 
 def content_length(head: bytes) -> int | str:
