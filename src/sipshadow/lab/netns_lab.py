@@ -60,10 +60,15 @@ class NetnsLab:
         heartbeat_interval_ms: int = 10,
         heartbeat_misses: int = 4,
         members: str = "sipp",
+        member_transport: str = "udp",
     ) -> None:
         if members not in MEMBER_KINDS:
             raise ValueError(f"members must be one of {', '.join(MEMBER_KINDS)}")
+        if member_transport not in ("udp", "tcp") or (member_transport == "tcp" and members != "sipp"):
+            raise ValueError("member_transport must be udp, or tcp with SIPp members")
         self.member_kind = members
+        #: How the ALG reaches its members: "tcp" makes each SIPp member listen on TCP (-t t1).
+        self.member_transport = member_transport
         self.workdir = workdir
         self.mode = mode
         self.testbed = Testbed(topology or Topology())
@@ -82,6 +87,13 @@ class NetnsLab:
     def member_addresses(self) -> list[tuple[str, int]]:
         return [(address, SIP_PORT) for address in self.topology.member_addresses]
 
+    @property
+    def member_uris(self) -> list[tuple[str, int] | str]:
+        """The members as the ALG is given them: HOST:PORT, or a SIP URI naming TCP."""
+        if self.member_transport == "udp":
+            return list(self.member_addresses)
+        return [f"sip:{host}:{port};transport=tcp" for host, port in self.member_addresses]
+
     def node_config(self, host: str, role: str) -> str:
         peer = "shadow" if host == "primary" else "primary"
         return NODE_CONFIG.format(
@@ -94,7 +106,7 @@ class NetnsLab:
 
     def _node(self, host: str, role: str, ready: str) -> AlgProcess:
         return AlgProcess(
-            self.service, self.member_addresses, self.workdir / host, config_text=self.node_config(host, role),
+            self.service, self.member_uris, self.workdir / host, config_text=self.node_config(host, role),
             ready=ready, netns=self.testbed.ns_name(host),
         )  # fmt: skip
 
@@ -115,7 +127,7 @@ class NetnsLab:
         address, netns = self.topology.address_of(member), self.testbed.ns_name(member)
         callee_port = SIP_PORT if self.member_kind == "sipp" else CALLEE_PORT
         uas = SippUas(self.workdir, name=f"member-{index + 1}", host=address, port=callee_port, netns=netns,
-                      timeout=3600)  # fmt: skip
+                      timeout=3600, transport="t1" if self.member_transport == "tcp" else "u1")  # fmt: skip
         self.members.append(uas.start())
         if self.member_kind == "kamailio":
             proxy = KamailioProcess((address, SIP_PORT), [(address, CALLEE_PORT)], self.workdir / f"proxy-{index + 1}",

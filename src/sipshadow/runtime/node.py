@@ -246,7 +246,37 @@ class Node:
                         tcp_connections=self.streams.live if self.streams is not None else None,
                         tcp=self.streams.counters if self.streams is not None else None)  # fmt: skip
 
+    def audit_streams(self) -> int:
+        """Compare, for each TCP connection, what the replication ledger counted with what the
+        kernel says was written and read (a primary only); log each mismatch, return how many."""
+        if self.replicator is None or self.streams is None:
+            return 0
+        ledger = self.replicator.recorder.streams
+        mismatches = 0
+        for peer, stream in self.streams.by_peer.items():
+            connection = ledger.connections.get(peer)
+            transport = stream.transport
+            if connection is None or transport is None or transport.is_closing():
+                continue
+            sock = transport.get_extra_info("socket")
+            try:
+                with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as duplicate:
+                    state = tcp_repair.peek(duplicate)
+            except OSError:
+                continue
+            written = (state.send_seq - connection.base.send_seq) & 0xFFFFFFFF
+            written += transport.get_write_buffer_size()
+            read = (state.recv_seq - connection.base.recv_seq) & 0xFFFFFFFF
+            if written != connection.sent or read != connection.received + stream.framer.pending_bytes:
+                mismatches += 1
+                pending = stream.framer.pending_bytes
+                log.warning("ledger of %s: sent %d (kernel %d), received %d + %d pending (kernel %d)", peer,
+                            connection.sent, written, connection.received, pending, read)  # fmt: skip
+        return mismatches
+
     def close(self) -> None:
+        if self.replicator is not None:
+            log.info("TCP ledger audit: %d mismatches", self.audit_streams())
         if self._timer is not None:
             self._timer.cancel()
         self.sender.close()
