@@ -62,7 +62,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ('[cluster]\nmembers = ["sip:h:5060;transport=sctp"]', "cluster.members[0]", "transport must be udp or tcp"),
         ('[cluster]\nmembers = ["sip:bob@h:5060"]', "cluster.members[0]", "names a host, not a user"),
         ('[cluster]\nmembers = ["sip:h;maddr=x"]', "cluster.members[0]", "only the transport parameter"),
-        ("[cluster]\nmembers = [\"h:1\"]\n[tcp]\nconnections_per_source = 0", "tcp.connections_per_source", "> 0"),
+        ('[cluster]\nmembers = ["h:1"]\n[tcp]\nconnections_per_source = 0', "tcp.connections_per_source", "> 0"),
         ('[cluster]\nmembers = ["h:1"]\n[tcp]\nidle_timeout = 5', "tcp.idle_timeout", "unknown key"),
     ],
 )
