@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -38,12 +39,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(skip)
 
 
-@pytest.fixture
-def members(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[SippUas]]:
-    """Two SIPp UAS members; a test may ask for a scenario with `@pytest.mark.uas_scenario`."""
-    marker = request.node.get_closest_marker("uas_scenario")
-    scenario = SCENARIOS / marker.args[0] if marker else "uas"
-    pair = [SippUas(tmp_path, name=f"member-{name}", scenario=scenario, timeout=120) for name in "ab"]
+@contextlib.contextmanager
+def sipp_members(tmp_path: Path, scenario: str | Path = "uas", transport: str = "u1") -> Iterator[list[SippUas]]:
+    """Two SIPp UAS members (a, b), always stopped on the way out."""
+    pair = [SippUas(tmp_path, name=f"member-{name}", scenario=scenario, timeout=120, transport=transport)
+            for name in "ab"]  # fmt: skip
     try:
         for uas in pair:
             uas.start()
@@ -51,6 +51,14 @@ def members(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Sip
     finally:
         for uas in pair:
             uas.stop()
+
+
+@pytest.fixture
+def members(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[SippUas]]:
+    """Two SIPp UAS members; a test may ask for a scenario with `@pytest.mark.uas_scenario`."""
+    marker = request.node.get_closest_marker("uas_scenario")
+    with sipp_members(tmp_path, SCENARIOS / marker.args[0] if marker else "uas") as pair:
+        yield pair
 
 
 @pytest.fixture

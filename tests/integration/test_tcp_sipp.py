@@ -11,7 +11,7 @@ import pytest
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_udp_port
 from sipshadow.runtime.status import StatusDocument
-from tests.conftest import FAST_PROBES, SCENARIOS
+from tests.conftest import FAST_PROBES, SCENARIOS, sipp_members
 
 pytestmark = pytest.mark.sipp
 
@@ -23,14 +23,8 @@ def tcp_member_uri(uas: SippUas) -> str:
 @pytest.fixture
 def tcp_members(tmp_path: Path) -> Iterator[list[SippUas]]:
     """Two SIPp UAS members listening on TCP (one connection each way: -t t1)."""
-    pair = [SippUas(tmp_path, name=f"member-{name}", transport="t1", timeout=120) for name in "ab"]
-    try:
-        for uas in pair:
-            uas.start()
+    with sipp_members(tmp_path, transport="t1") as pair:
         yield pair
-    finally:
-        for uas in pair:
-            uas.stop()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ __all__ = [
     "KamailioProcess",
     "MemManager",
     "Routing",
+    "Transport",
     "kamailio_available",
     "kamailio_binary",
     "render_config",
@@ -57,6 +58,23 @@ Routing = Literal["callid-hash", "dialog"]
 #: roughly doubles Kamailio's CPU per call and makes 3000 cps collapse into
 #: socket drops; fm (or tlsf) holds 4000 cps. None keeps the build default.
 MemManager = Literal["qm", "fm", "tlsf"]
+
+#: How Kamailio reaches the members (and what it listens on besides UDP).
+#: "udp": UDP only, TCP disabled (the historical setup).
+#: "tcp": it listens on UDP and TCP on the same port and forwards to the members over
+#:   TCP (dispatcher destinations `sip:HOST:PORT;transport=tcp`), `tcp_children` readers
+#:   as many as the UDP receivers.
+Transport = Literal["udp", "tcp"]
+
+#: TCP settings for transport "tcp". An idle connection is closed after this many seconds
+#: (a member's connection carries traffic all the time; SIPp's `-t tn` closes its own at
+#: each call's end, so the lifetime only reaps ones a client left open).
+TCP_CONNECTION_LIFETIME_S = 60
+#: Enough for a ladder up to 4000 cps of 0 s calls with a connection per call, even when
+#: closes lag seconds behind under overload; Kamailio's default (2048) is not.
+TCP_MAX_CONNECTIONS = 16384
+#: Descriptors on top of the connections: listen sockets, pipes between processes, logs.
+_OPEN_FILES_MARGIN = 4096
 
 # ds_select_dst() algorithm numbers from the Kamailio 5.6 dispatcher README.
 _DS_ALG_HASH_CALLID = 0
@@ -108,14 +126,44 @@ def config_template() -> ConfigTemplate:
     return ConfigTemplate(resources.files("sipshadow.lab").joinpath(CONFIG_TEMPLATE).read_text())
 
 
-def render_dispatcher_list(members: list[Member], set_id: int = DISPATCHER_SET) -> str:
-    """Dispatcher list file: dispatcher 5.6 cannot take destinations inline."""
+def _check_transport(transport: str) -> None:
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"unknown transport {transport!r}")
+
+
+def render_dispatcher_list(members: list[Member], set_id: int = DISPATCHER_SET, *, transport: Transport = "udp") -> str:
+    """Dispatcher list file: dispatcher 5.6 cannot take destinations inline.
+
+    With transport "tcp" every destination carries `;transport=tcp`, so t_relay() opens
+    (and then reuses) a TCP connection to each member.
+    """
     if not members:
         raise ValueError("at least one member is required")
+    _check_transport(transport)
+    suffix = ";transport=tcp" if transport == "tcp" else ""
     lines = ["# setid destination flags priority"]
     for host, port in members:
-        lines.append(f"{set_id} sip:{host}:{port} 0 0")
+        lines.append(f"{set_id} sip:{host}:{port}{suffix} 0 0")
     return "\n".join(lines) + "\n"
+
+
+def _tcp_settings(host: str, port: int, workers: int, transport: Transport, max_connections: int) -> tuple[str, str]:
+    """The comment over the socket settings and the TCP lines of the config."""
+    if transport == "udp":
+        return f"# UDP only: {workers} receiver process(es) on the single listen socket.", "disable_tcp=yes"
+    comment = (
+        f"# UDP and TCP on the same port: {workers} UDP receiver process(es) and as many TCP\n"
+        "# readers (tcp_children); the members are reached over TCP (the dispatcher list)."
+    )
+    lines = [
+        f"listen=tcp:{host}:{port}",
+        "disable_tcp=no",
+        f"tcp_children={workers}",
+        f"tcp_connection_lifetime={TCP_CONNECTION_LIFETIME_S}",
+        f"tcp_max_connections={max_connections}",
+        f"open_files_limit={max_connections + _OPEN_FILES_MARGIN}",
+    ]
+    return comment, "\n".join(lines)
 
 
 def render_config(
@@ -127,8 +175,10 @@ def render_config(
     routing: Routing = "callid-hash",
     dialog_hash_size: int = 16384,
     max_recv_buffer: int | None = 8 * 1024 * 1024,
+    transport: Transport = "udp",
+    tcp_max_connections: int = TCP_MAX_CONNECTIONS,
 ) -> str:
-    """Kamailio 5.6 config for a dialog-tracking UDP load balancer.
+    """Kamailio 5.6 config for a dialog-tracking load balancer, over UDP or TCP.
 
     `list_file` must name the file written from `render_dispatcher_list()`;
     give an absolute path, because Kamailio resolves relative paths against
@@ -139,6 +189,9 @@ def render_config(
     `maxbuffer`, 256 KB by default, which can overflow in SIPp's bursts);
     8 MB matches what sipshadow's own node asks for, so the
     comparison is not decided by socket buffers. None keeps the default.
+    `transport` "tcp" adds a TCP listen socket on the same port with `workers`
+    TCP readers (see `Transport`); the list file must then name TCP
+    destinations (`render_dispatcher_list(..., transport="tcp")`).
     """
     if not members:
         raise ValueError("at least one member is required")
@@ -148,16 +201,22 @@ def render_config(
         raise ValueError("dialog_hash_size must be a power of two")
     if routing not in ("callid-hash", "dialog"):
         raise ValueError(f"unknown routing {routing!r}")
+    _check_transport(transport)
+    if tcp_max_connections < 1:
+        raise ValueError("tcp_max_connections must be >= 1")
     list_path = os.fspath(list_file)
     if '"' in list_path:
         raise ValueError("list_file path must not contain double quotes")
     host, port = listen
+    sockets_comment, tcp = _tcp_settings(host, port, workers, transport, tcp_max_connections)
     return config_template().substitute(
         routing=routing,
         routing_symbol="ROUTING_DIALOG" if routing == "dialog" else "ROUTING_CALLID_HASH",
         host=host,
         port=port,
         workers=workers,
+        sockets_comment=sockets_comment,
+        tcp=tcp,
         maxbuffer="# maxbuffer: Kamailio's default" if max_recv_buffer is None else f"maxbuffer={int(max_recv_buffer)}",
         dialog_hash_size=dialog_hash_size,
         list_file=list_path,
@@ -189,6 +248,7 @@ class KamailioProcess:
         workers: int = 2,
         *,
         routing: Routing = "callid-hash",
+        transport: Transport = "udp",
         shm_mb: int = 2048,
         pkg_mb: int = 16,
         shm_manager: MemManager | None = "fm",
@@ -200,6 +260,8 @@ class KamailioProcess:
         self.workdir = Path(workdir).resolve()
         self.workers = workers
         self.routing: Routing = routing
+        _check_transport(transport)
+        self.transport: Transport = transport
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
         self.shm_manager = shm_manager
@@ -250,7 +312,7 @@ class KamailioProcess:
         """Write config and dispatcher list; separate so callers can inspect."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
-        self.list_path.write_text(render_dispatcher_list(self.members))
+        self.list_path.write_text(render_dispatcher_list(self.members, transport=self.transport))
         self.config_path.write_text(
             render_config(
                 self.listen,
@@ -258,6 +320,7 @@ class KamailioProcess:
                 self.workers,
                 list_file=self.list_path,
                 routing=self.routing,
+                transport=self.transport,
             )
         )
 
