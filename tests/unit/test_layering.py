@@ -9,7 +9,7 @@ import sys
 PRODUCTION = (
     "sipshadow.cli", "sipshadow.runtime.serve", "sipshadow.runtime.ha", "sipshadow.runtime.identity",
     "sipshadow.net.vip", "sipshadow.net.accept", "sipshadow.net.silent", "sipshadow.net.nft",
-    "sipshadow.net.tcp_repair",
+    "sipshadow.net.tcp_repair", "sipshadow.net.capture",
 )  # fmt: skip
 TEST_BED = ("sipshadow.lab.bed", "sipshadow.lab")
 

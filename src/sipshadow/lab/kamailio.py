@@ -12,6 +12,7 @@ Standard library only, so the lab can be used without extra dependencies.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import string
 import subprocess
@@ -31,6 +32,7 @@ __all__ = [
     "MemManager",
     "Routing",
     "Transport",
+    "fit_tcp_connections",
     "kamailio_available",
     "kamailio_binary",
     "render_config",
@@ -74,7 +76,7 @@ TCP_CONNECTION_LIFETIME_S = 60
 #: closes lag seconds behind under overload; Kamailio's default (2048) is not.
 TCP_MAX_CONNECTIONS = 16384
 #: Descriptors on top of the connections: listen sockets, pipes between processes, logs.
-_OPEN_FILES_MARGIN = 4096
+OPEN_FILES_MARGIN = 4096
 
 # ds_select_dst() algorithm numbers from the Kamailio 5.6 dispatcher README.
 _DS_ALG_HASH_CALLID = 0
@@ -147,7 +149,28 @@ def render_dispatcher_list(members: list[Member], set_id: int = DISPATCHER_SET, 
     return "\n".join(lines) + "\n"
 
 
-def _tcp_settings(host: str, port: int, workers: int, transport: Transport, max_connections: int) -> tuple[str, str]:
+def fit_tcp_connections(wanted: int, nofile: tuple[int, int]) -> tuple[int, int | None]:
+    """`tcp_max_connections` and `open_files_limit` (None: leave it) under the RLIMIT_NOFILE `nofile`.
+
+    Kamailio raises its own soft limit to `open_files_limit` and exits if that fails, which it
+    does above the hard limit without CAP_SYS_RESOURCE; so the limit asked for is never above
+    the hard one, and the connections shrink to what fits under it with OPEN_FILES_MARGIN left
+    for everything else (or half the descriptors, when the limit is small).
+    """
+    if wanted < 1:
+        raise ValueError("tcp_max_connections must be >= 1")
+    soft, hard = (float("inf") if value == resource.RLIM_INFINITY else value for value in nofile)
+    needed = wanted + OPEN_FILES_MARGIN
+    if needed <= soft:
+        return wanted, None
+    ceiling = int(min(needed, hard))
+    connections = max(1, min(wanted, max(ceiling - OPEN_FILES_MARGIN, ceiling // 2)))
+    return connections, ceiling if ceiling > soft else None
+
+
+def _tcp_settings(
+    host: str, port: int, workers: int, transport: Transport, max_connections: int, open_files_limit: int | None
+) -> tuple[str, str]:
     """The comment over the socket settings and the TCP lines of the config."""
     if transport == "udp":
         return f"# UDP only: {workers} receiver process(es) on the single listen socket.", "disable_tcp=yes"
@@ -161,8 +184,9 @@ def _tcp_settings(host: str, port: int, workers: int, transport: Transport, max_
         f"tcp_children={workers}",
         f"tcp_connection_lifetime={TCP_CONNECTION_LIFETIME_S}",
         f"tcp_max_connections={max_connections}",
-        f"open_files_limit={max_connections + _OPEN_FILES_MARGIN}",
     ]
+    if open_files_limit is not None:
+        lines.append(f"open_files_limit={open_files_limit}")
     return comment, "\n".join(lines)
 
 
@@ -177,6 +201,7 @@ def render_config(
     max_recv_buffer: int | None = 8 * 1024 * 1024,
     transport: Transport = "udp",
     tcp_max_connections: int = TCP_MAX_CONNECTIONS,
+    open_files_limit: int | None = None,
 ) -> str:
     """Kamailio 5.6 config for a dialog-tracking load balancer, over UDP or TCP.
 
@@ -192,6 +217,8 @@ def render_config(
     `transport` "tcp" adds a TCP listen socket on the same port with `workers`
     TCP readers (see `Transport`); the list file must then name TCP
     destinations (`render_dispatcher_list(..., transport="tcp")`).
+    `open_files_limit` (TCP only) is written when given: see
+    `fit_tcp_connections()` for a pair that Kamailio can apply.
     """
     if not members:
         raise ValueError("at least one member is required")
@@ -204,11 +231,13 @@ def render_config(
     _check_transport(transport)
     if tcp_max_connections < 1:
         raise ValueError("tcp_max_connections must be >= 1")
+    if open_files_limit is not None and open_files_limit <= tcp_max_connections:
+        raise ValueError("open_files_limit must exceed tcp_max_connections")
     list_path = os.fspath(list_file)
     if '"' in list_path:
         raise ValueError("list_file path must not contain double quotes")
     host, port = listen
-    sockets_comment, tcp = _tcp_settings(host, port, workers, transport, tcp_max_connections)
+    sockets_comment, tcp = _tcp_settings(host, port, workers, transport, tcp_max_connections, open_files_limit)
     return config_template().substitute(
         routing=routing,
         routing_symbol="ROUTING_DIALOG" if routing == "dialog" else "ROUTING_CALLID_HASH",
@@ -313,6 +342,7 @@ class KamailioProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.list_path.write_text(render_dispatcher_list(self.members, transport=self.transport))
+        connections, open_files = fit_tcp_connections(TCP_MAX_CONNECTIONS, resource.getrlimit(resource.RLIMIT_NOFILE))
         self.config_path.write_text(
             render_config(
                 self.listen,
@@ -321,6 +351,8 @@ class KamailioProcess:
                 list_file=self.list_path,
                 routing=self.routing,
                 transport=self.transport,
+                tcp_max_connections=connections,
+                open_files_limit=open_files,
             )
         )
 

@@ -30,6 +30,15 @@ def ruleset(ifname: str, vip: str) -> str:
     return nft.netdev_table(TABLE, CHAIN, "egress", ifname, 0, rules)
 
 
+def reset_guard(ifname: str, vip: str) -> str:
+    """Replace silent mode with a guard that drops only the VIP's TCP resets (a takeover serves
+    at once while it rebuilds the old primary's TCP connections: a segment of one not yet
+    rebuilt must not be answered with a reset; its peer sends it again). `teardown_commands`
+    removes it."""
+    _check(ifname, vip)
+    return nft.netdev_table(TABLE, CHAIN, "egress", ifname, 0, [f"ip saddr {vip} tcp flags rst counter drop"])
+
+
 def teardown_commands() -> str:
     """Commands that leave silent mode: remove the table, whether or not it exists."""
     return nft.drop_table("netdev", TABLE)

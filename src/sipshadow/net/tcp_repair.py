@@ -20,6 +20,7 @@ without a FIN or a reset (`close_silently`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import socket
 import struct
@@ -39,6 +40,7 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 IP_FREEBIND = 15  # <linux/in.h>
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>: past wmem_max, with CAP_NET_ADMIN
 MIN_BUFFER_BYTES = 256 * 1024
+_STABLE_TRIES = 8
 # <linux/sockios.h>: bytes in the receive queue, bytes in the send queue
 SIOCINQ, SIOCOUTQ = 0x541B, 0x5411
 #: struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup (u32 each).
@@ -116,6 +118,18 @@ def dump(sock: socket.socket) -> TcpState:
     )  # fmt: skip
 
 
+def _read_position(sock: socket.socket) -> int:
+    """The sequence number of the next byte the application reads: rcv_nxt less the unread
+    bytes. A segment may land between the two reads (repair mode does not stop reception), so
+    they are taken again until rcv_nxt stood still around the count of unread bytes."""
+    for _ in range(_STABLE_TRIES):
+        before = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
+        unread = _queue_size(sock, SIOCINQ)
+        if sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) == before:
+            return int(before - unread)
+    raise OSError(errno.EAGAIN, "the receive queue kept moving while it was read")
+
+
 def peek(sock: socket.socket) -> TcpState:
     """Where a live connection stands, read without disturbing it: repair mode for the few
     system calls it takes (a segment arriving meanwhile may be dropped, and comes again).
@@ -129,13 +143,12 @@ def peek(sock: socket.socket) -> TcpState:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     options, wscales = _INFO_HEAD.unpack_from(info)[5:7]
     mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-    unread_size = _queue_size(sock, SIOCINQ)
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         send_seq = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-        recv_seq = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) - unread_size
+        recv_seq = _read_position(sock)
         window = REPAIR_WINDOW.unpack(sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size))
         timestamp = sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
     finally:

@@ -277,8 +277,11 @@ class Takeover:
         spacing: float = 0.02,
         backoff: float = 5.0,
         lifetime_s: int | None = None,
+        guard_resets: bool = False,
     ) -> None:
         start = time.perf_counter()
+        #: Leave silent mode for `silent.reset_guard` rather than nothing (TCP to rebuild).
+        self.guard_resets = guard_resets
         self.ifname, self.vip, self.prefixlen, self.lo = ifname, vip, prefixlen, lo
         self.lifetime_s = lifetime_s  # None: a permanent address (nothing renews it)
         self.offsets = garp_offsets(count, spacing, backoff)
@@ -297,7 +300,8 @@ class Takeover:
             raise RuntimeError("this takeover already ran")
         self._done = True
         t0 = time.perf_counter()
-        self._nft.run(silent.teardown_commands())  # the tap accept table stays: `drop_tap_accept`
+        leave = silent.reset_guard(self.ifname, self.vip) if self.guard_resets else silent.teardown_commands()
+        self._nft.run(leave)  # the tap accept table stays: `drop_tap_accept`
         t1 = time.perf_counter()
         try:
             self._rtnl.change(

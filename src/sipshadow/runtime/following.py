@@ -7,14 +7,19 @@ stops following and gives the new primary the replica's core and what it owes th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import time
 from collections.abc import Callable
 
 from sipshadow.core import GatewayConfig
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.link import Peering
+from sipshadow.net.capture import PACKET_OUTGOING, open_capture
 from sipshadow.replication.follower import Follower, Handover
+from sipshadow.replication.segments import SegmentStore, parse
 from sipshadow.replication.tap import TapBuffer
 from sipshadow.runtime.config import ReplicationConfig
 from sipshadow.runtime.identity import ServiceIdentity
@@ -33,6 +38,49 @@ class Following:
         self.follower = follower
         self.link = link
         self.tap_socket = tap_socket
+        #: Tap mode: the mirror's TCP segments for the VIP (what the log may not have carried yet).
+        self.segments = SegmentStore()
+        self._capture: socket.socket | None = None
+        self._vip = ""
+
+    def capture_segments(self, interface: str, vip: str) -> None:
+        """Keep the mirror's TCP segments to `vip` (needs CAP_NET_RAW; without, a takeover
+        rebuilds connections from the log alone, and says so)."""
+        try:
+            self._capture = open_capture(interface, vip)
+        except OSError as error:
+            log.warning("cannot read the mirror's TCP segments on %s (%s): bytes the primary's kernel took "
+                        "and never logged are lost at a takeover", interface, error)  # fmt: skip
+            return
+        self._vip = vip
+        asyncio.get_running_loop().add_reader(self._capture.fileno(), self._read_segments)
+
+    def _read_segments(self) -> None:
+        capture, store = self._capture, self.segments
+        if capture is None:
+            return
+        now = time.monotonic()
+        for _ in range(256):  # a bounded batch per wake-up: the loop has other work
+            try:
+                packet, address = capture.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("mirror capture failed: %s", error)
+                self._stop_capture()
+                return
+            if address[2] == PACKET_OUTGOING:
+                continue
+            segment = parse(packet, self._vip)
+            if segment is not None:
+                store.add(segment, now)
+
+    def _stop_capture(self) -> None:
+        if self._capture is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._capture.fileno())
+            self._capture.close()
+            self._capture = None
 
     @classmethod
     async def start(
@@ -51,14 +99,19 @@ class Following:
             identity.silence()
             tapped = link.tapped if link is not None else _ignore
             tap_socket = await open_endpoint(listen, lambda data, source: tapped(data, source[:2]))
+        following = cls(follower, link, tap_socket)
+        if tap_mode and follower is not None and replication.vip_interface:
+            following.capture_segments(replication.vip_interface, listen[0])
         if link is not None:
             link.start()
         log.info("serving as SHADOW (%s mode) of %s:%d", replication.mode, *replication.peer)
-        return cls(follower, link, tap_socket)
+        return following
 
     def hand_over(self, recorder: RecordingEntropy) -> Handover | None:
         """Stop following; the replica's core and what the new primary owes (None: no replica).
         The link to the dead primary is closed afterwards (`close`), off the takeover's path."""
+        self._read_segments()  # what the mirror delivered up to now
+        self._stop_capture()
         return self.follower.hand_over(recorder) if self.follower is not None else None
 
     def take_tap_socket(self) -> TapSocket | None:
@@ -67,6 +120,7 @@ class Following:
         return tap_socket
 
     async def close(self) -> None:
+        self._stop_capture()
         if self.tap_socket is not None:
             self.tap_socket[0].close()
         if self.link is not None:

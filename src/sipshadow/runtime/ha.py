@@ -30,12 +30,13 @@ from sipshadow.ha import roles
 from sipshadow.ha.roles import Role, RoleMachine
 from sipshadow.link import Peering
 from sipshadow.replication.follower import Handover
+from sipshadow.replication.segments import SegmentStore
+from sipshadow.replication.streams import Connection
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
 from sipshadow.runtime.following import Following, TapSocket
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
 from sipshadow.runtime.serving import Serving, bind_listener
 from sipshadow.runtime.status import StatusDocument, TakeoverRecord, ha_status
-from sipshadow.runtime.streams import rebuild
 
 log = logging.getLogger("sipshadow.ha")
 
@@ -66,6 +67,8 @@ class HaNode:
             else LoopbackIdentity()
         )
         self.serving: Serving | None = None
+        #: The takeover's TCP rebuild, running while the node serves.
+        self._repairing: asyncio.Task[None] | None = None
         self.following: Following | None = None
         self.detector: HeartbeatDetector | None = None
         self.arbiter: HeartbeatDetector | None = None
@@ -187,7 +190,7 @@ class HaNode:
 
     async def _serve(
         self, gateway: Gateway, recorder: RecordingEntropy, handover: Handover | None = None,
-        tap_socket: TapSocket | None = None, repaired: list[tuple[Address, socket.socket]] | None = None,
+        tap_socket: TapSocket | None = None, expected: list[Address] | None = None,
         listener: socket.socket | None = None,
     ) -> Serving:  # fmt: skip
         """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`), on the
@@ -197,7 +200,7 @@ class HaNode:
             tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
             backlog=handover.unlogged if handover else None, tap_socket=tap_socket, stream_limits=self.config.tcp,
-            repaired=repaired, listener=listener,
+            expected=expected, listener=listener,
         )  # fmt: skip
 
     async def _take_over(self, epoch: int) -> None:
@@ -212,18 +215,20 @@ class HaNode:
         gateway = handover.gateway if handover is not None else Gateway(self.config.gateway, recorder)
         listener: socket.socket | None = None
         try:
-            # TCP first, before the VIP moves: the listener, then the old primary's connections
-            # rebuilt on its port (a segment from a peer must find its socket, or this kernel
-            # would answer it with a reset).
+            # The TCP listener first (so that a SYN finds it), then the VIP; the old primary's
+            # connections are rebuilt once serving (`_repair`), and until then this node's
+            # resets stay below the VIP: a segment of one not yet rebuilt comes again.
             listener = await bind_listener(self.config.listen)
-            repair_started = time.perf_counter()
-            repaired, repair_failures = rebuild(handover.streams, handover.last_now) if handover else ([], 0)
-            repair_ms = (time.perf_counter() - repair_started) * 1000
-            network = self.identity.claim()
+            connections = list(handover.streams.connections.values()) if handover else []
+            if handover is not None and following is not None:  # young ones the log never named
+                logged = {connection.peer: connection.base for connection in connections}
+                vip = self.config.listen[0]
+                found = following.segments.unlogged_connections(vip, logged, handover.last_now)
+                connections += [Connection(peer, base) for peer, base in found]
+            network = self.identity.claim(guard_resets=bool(connections))
             tap_socket = following.take_tap_socket() if following is not None else None
-            self.serving = await self._serve(gateway, recorder, handover, tap_socket, repaired, listener)
-            if self.serving.node.streams is not None:
-                self.serving.node.streams.counters["repair_failures"] += repair_failures
+            expected = [connection.peer for connection in connections]
+            self.serving = await self._serve(gateway, recorder, handover, tap_socket, expected, listener)
             elapsed_ms, serving_at = (time.perf_counter() - started) * 1000, time.time()
         except OSError as error:  # the address is still owned: the "dead" primary was only slow
             if listener is not None and self.serving is None:
@@ -244,11 +249,33 @@ class HaNode:
                                              serving_at=serving_at))  # fmt: skip
         log.warning(
             "TOOK OVER as primary (epoch %d) in %.1f ms: %d dialogs, resent %d, %d unlogged tapped datagrams, "
-            "from entry %d; %d TCP connections rebuilt in %.1f ms (%d could not be)", epoch, elapsed_ms,
-            len(gateway.table), resent, unlogged, handover.start_seq if handover else 0, len(repaired), repair_ms,
-            repair_failures,
+            "from entry %d; %d TCP connections to rebuild", epoch, elapsed_ms, len(gateway.table), resent, unlogged,
+            handover.start_seq if handover else 0, len(connections),
         )  # fmt: skip
         self.input(roles.TakeoverDone())
+        if connections:
+            segments = following.segments if following is not None else None
+            self._repairing = asyncio.get_running_loop().create_task(
+                self._repair(self.serving, connections, handover.last_now if handover else 0.0, segments)
+            )
+
+    async def _repair(
+        self, serving: Serving, connections: list[Connection], last_now: float, segments: SegmentStore | None
+    ) -> None:
+        """Rebuild the old primary's TCP connections while serving, then let resets out again."""
+        started = time.perf_counter()
+        rebuilt = failed = recovered = 0
+        try:
+            if serving.node.streams is not None:
+                unlogged = segments.after if segments is not None and len(segments) else None
+                rebuilt, failed, recovered = await serving.node.streams.repair(connections, last_now, unlogged)
+        except Exception:
+            log.exception("rebuilding the TCP connections failed")
+        finally:
+            self.identity.release_guard()
+        log.warning("rebuilt %d TCP connections in %.1f ms after the takeover (%d could not be; %d bytes the "
+                    "log had not carried taken from the mirror)", rebuilt, (time.perf_counter() - started) * 1000,
+                    failed, recovered)  # fmt: skip
 
     # -- status and stop ------------------------------------------------------------------
 

@@ -33,8 +33,12 @@ class ServiceIdentity(Protocol):
     def silence(self) -> None:
         """Shadow: keep the VIP for receiving the tap, send nothing from it, answer no ARP."""
 
-    def claim(self) -> dict[str, float]:
-        """Takeover: unsilence, own the VIP on the service interface, announce it; step timings."""
+    def claim(self, guard_resets: bool = False) -> dict[str, float]:
+        """Takeover: unsilence, own the VIP on the service interface, announce it; step timings.
+        With `guard_resets`, the VIP's TCP resets stay dropped until `release_guard`."""
+
+    def release_guard(self) -> None:
+        """The TCP connections are rebuilt: the VIP may send resets again."""
 
     def own(self) -> dict[str, float]:
         """A node that starts as primary: `claim`, any stale copy of the VIP replaced first."""
@@ -49,8 +53,11 @@ class LoopbackIdentity:
     def silence(self) -> None:
         return None
 
-    def claim(self) -> dict[str, float]:
+    def claim(self, guard_resets: bool = False) -> dict[str, float]:
         return {}
+
+    def release_guard(self) -> None:
+        return None
 
     def own(self) -> dict[str, float]:
         return {}
@@ -97,18 +104,26 @@ class LinuxIdentity:
             link.close()
         nft.run(silent.ruleset(self.interface, self.vip) + accept.accept_ruleset(self.interface, self.vip))
 
-    def claim(self) -> dict[str, float]:
+    def claim(self, guard_resets: bool = False) -> dict[str, float]:
         """Unsilence, VIP to the interface (with its lifetime, renewed from now on), first GARP
         burst now; later bursts on the loop, then the tap accept chain goes (frames sent to the
-        old MAC meanwhile are still served)."""
+        old MAC meanwhile are still served). `guard_resets`: see `ServiceIdentity.claim`."""
         from sipshadow.net.vip import Takeover, finish_takeover
 
-        result = Takeover(self.interface, self.vip, lifetime_s=self.lifetime_s).run()
+        result = Takeover(self.interface, self.vip, lifetime_s=self.lifetime_s, guard_resets=guard_resets).run()
         loop = asyncio.get_running_loop()
         self.announcements.append(loop.create_task(finish_takeover(result.announcement)))
         self._stop_renewal()
         self.renewal = loop.create_task(self._renew(since=loop.time()))
         return {name: round(ms, 3) for name, ms in result.steps_ms.items()}
+
+    def release_guard(self) -> None:
+        from sipshadow.net import nft, silent
+
+        try:
+            nft.shared().run(silent.teardown_commands())
+        except Exception as error:  # the guard only drops resets; serving goes on either way
+            log.error("cannot remove the TCP reset guard on %s: %s", self.interface, error)
 
     def own(self) -> dict[str, float]:
         """First start as primary: the VIP at any other prefix length goes (a permanent copy, put

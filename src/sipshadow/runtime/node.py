@@ -173,13 +173,14 @@ class Node:
         else:
             self.send(outputs)
 
-    def _stream_opened(self, peer: Address, sock: socket.socket) -> None:
-        """A TCP connection is established: a primary logs where it stands, so that its shadow
-        can rebuild it at a takeover (needs CAP_NET_ADMIN; without it the connection is not)."""
+    def _stream_opened(self, peer: Address, sock: socket.socket, rebuilt: tcp_repair.TcpState | None) -> None:
+        """A TCP connection is established (or `rebuilt` to that state at a takeover): a primary
+        logs where it stands, so that its shadow can rebuild it at a takeover (needs
+        CAP_NET_ADMIN; without it the connection is not)."""
         if self.replicator is None:
             return
         try:
-            state = tcp_repair.peek(sock)
+            state = rebuilt if rebuilt is not None else tcp_repair.peek(sock)
         except OSError as error:
             if not self._unrepairable_said:
                 self._unrepairable_said = True

@@ -41,7 +41,7 @@ class Serving:
         cls, gateway: Gateway, recorder: RecordingEntropy, replication: ReplicationConfig, listen: Address, *,
         epoch: int, peering: Peering, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
         resend: list[SendMessage] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
-        stream_limits: StreamLimits | None = None, repaired: list[tuple[Address, socket.socket]] | None = None,
+        stream_limits: StreamLimits | None = None, expected: list[Address] | None = None,
         listener: socket.socket | None = None,
     ) -> Serving:  # fmt: skip
         """Serve: the socket (the tap's, or bound now), then what a takeover owes the world, then
@@ -58,8 +58,8 @@ class Serving:
             await node.start_streams(listen, listener)
         else:
             await _bind(node, listen, listener)
-        if repaired:  # the old primary's TCP connections, rebuilt: taken up together, not one loop turn each
-            await asyncio.gather(*(_adopt(node, peer, sock) for peer, sock in repaired))
+        if expected and node.streams is not None:  # the old primary's connections: rebuilt next, sends wait
+            node.streams.expect(expected)
         node.send(resend or [])
         for data, source in backlog or []:  # the detection window's messages, in arrival order
             node.on_datagram(data, source)
@@ -85,16 +85,6 @@ class Serving:
         self.server.close()
         self.link.close()
         self.node.close()
-
-
-async def _adopt(node: Node, peer: Address, sock: socket.socket) -> None:
-    assert node.streams is not None
-    try:
-        await node.streams.adopt(peer, sock)
-    except OSError as error:
-        node.streams.counters["repair_failures"] += 1
-        sock.close()
-        log.warning("cannot carry on the TCP connection with %s:%d: %s", *peer, error)
 
 
 async def bind_listener(listen: Address) -> socket.socket:

@@ -30,7 +30,7 @@ from sipshadow.core.replies import salvage_reply
 from sipshadow.detect.throttle import ThrottledLog
 from sipshadow.net import tcp_repair
 from sipshadow.net.tcp_repair import TcpState
-from sipshadow.replication.streams import StreamLedger
+from sipshadow.replication.streams import Connection
 from sipshadow.runtime.addresses import ip_literal
 from sipshadow.sip.stream import MAX_BODY_BYTES, MAX_HEAD_BYTES, PING, Framed, KeepAlive, StreamFramer, Unframable
 
@@ -48,6 +48,8 @@ COUNTERS = (
 TIMESTAMP_MARGIN_MS = 10_000
 _U32 = 0xFFFFFFFF
 SWEEP_INTERVAL_S = 1.0
+#: Connections rebuilt per loop turn at a takeover.
+REPAIR_CHUNK = 64
 LISTEN_BACKLOG = 1024
 
 
@@ -84,8 +86,10 @@ class SipStream(asyncio.Protocol):
         self.last_activity = streams.loop.time()
         self.partial_since: float | None = None
         self.closed = False
-        #: Rebuilt at a takeover (TCP repair): admitted whatever the limits.
+        #: Rebuilt at a takeover (TCP repair): admitted whatever the limits; `repair_state` is
+        #: where it was rebuilt to (a primary logs it as the connection's base).
         self.repaired = False
+        self.repair_state: TcpState | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -178,9 +182,9 @@ class Streams:
         self._warn = ThrottledLog(log)
         #: Peers a dialog still needs (the node sets it): they are never closed for idleness.
         self.needed: Callable[[], Iterable[Address]] = tuple
-        #: Told of each connection established (its peer and socket) and closed (a primary
-        #: logs them for its shadow).
-        self.on_established: Callable[[Address, socket.socket], None] | None = None
+        #: Told of each connection established (its peer, socket, and the state it was rebuilt
+        #: to if it was) and closed (a primary logs them for its shadow).
+        self.on_established: Callable[[Address, socket.socket, TcpState | None], None] | None = None
         self.on_closed: Callable[[Address], None] | None = None
 
     async def start(self, listen: Address, listener: socket.socket | None = None) -> None:
@@ -237,7 +241,7 @@ class Streams:
             return
         try:  # a duplicate descriptor of the same socket: closing it closes nothing
             with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as duplicate:
-                hook(stream.peer, duplicate)
+                hook(stream.peer, duplicate, stream.repair_state)
         except Exception:
             log.exception("connection hook failed for %s", stream.peer)
 
@@ -265,17 +269,61 @@ class Streams:
             logging.WARNING, counter, "closed a TCP connection from %s: %s (counter tcp.%s)", peer, why, counter
         )
 
-    async def adopt(self, peer: Address, sock: socket.socket) -> None:
-        """Carry on a connection rebuilt by TCP repair (a takeover); raises OSError."""
-        stream = SipStream(self, peer)
-        stream.repaired = True
-        self.by_peer[peer] = stream
+    def expect(self, peers: Iterable[Address]) -> None:
+        """Connections a takeover is about to rebuild (`repair`): what is sent to them waits."""
+        for peer in peers:
+            if peer not in self.by_peer:
+                stream = self.by_peer[peer] = SipStream(self, peer)
+                stream.repaired = True
+
+    async def repair(
+        self, connections: list[Connection], now: float, unlogged: Callable[[Address, int], bytes] | None = None
+    ) -> tuple[int, int, int]:
+        """Rebuild the old primary's connections (TCP repair) and serve on them, `REPAIR_CHUNK`
+        at a time with the loop turning between chunks (the node serves meanwhile; what is sent
+        to one not yet rebuilt waits in it). `unlogged(peer, seq)`: the bytes the peer sent from
+        `seq` on that the log never carried (tap mode). Returns (rebuilt, failed, unlogged bytes)."""
+        rebuilt = failed = recovered = 0
+        for start in range(0, len(connections), REPAIR_CHUNK):
+            adopting = []
+            for connection in connections[start : start + REPAIR_CHUNK]:
+                gap = unlogged(connection.peer, connection.recv_seq) if unlogged is not None else b""
+                recovered += len(gap)
+                state = repair_state(connection, now, gap)
+                try:
+                    sock = tcp_repair.restore(state)
+                except OSError as error:
+                    failed += 1
+                    self._give_up(connection.peer, f"cannot rebuild it: {error}")
+                    continue
+                adopting.append(self._adopt(connection.peer, sock, state))
+            outcomes = await asyncio.gather(*adopting)
+            rebuilt += sum(outcomes)
+            failed += len(outcomes) - sum(outcomes)
+        self.counters["repair_failures"] += failed
+        return rebuilt, failed, recovered
+
+    async def _adopt(self, peer: Address, sock: socket.socket, state: TcpState) -> bool:
+        stream = self.by_peer.get(peer)
+        if stream is None or stream.transport is not None or not stream.repaired:
+            stream = self.by_peer[peer] = SipStream(self, peer)
+            stream.repaired = True
+        stream.repair_state = state
         try:
             await self.loop.create_connection(lambda: stream, sock=sock)
-        except OSError:
-            if self.by_peer.get(peer) is stream:
-                del self.by_peer[peer]
-            raise
+        except OSError as error:
+            sock.close()
+            self._give_up(peer, f"cannot serve on it: {error}")
+            return False
+        return True
+
+    def _give_up(self, peer: Address, why: str) -> None:
+        """A connection that could not be rebuilt: what waited for it is dropped and counted."""
+        stream = self.by_peer.get(peer)
+        if stream is not None and stream.transport is None:
+            del self.by_peer[peer]
+            self.counters["send_failures"] += len(stream.waiting)
+        log.warning("the TCP connection with %s:%d is lost: %s", *peer, why)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -380,31 +428,23 @@ def listen_socket(listen: Address) -> socket.socket:
     return sock
 
 
-def rebuild(ledger: StreamLedger, now: float) -> tuple[list[tuple[Address, socket.socket]], int]:
-    """Every connection in `ledger` on a new socket, where its peer expects it (TCP repair):
+def repair_state(connection: Connection, now: float, unlogged: bytes = b"") -> TcpState:
+    """Where the peer of a logged connection expects it to stand (for `tcp_repair.restore`):
     the sequence numbers the log counted, the recent bytes sent as unacknowledged (the kernel
     sends them again; the peer keeps only what it lacked), the base's options and window, the
     timestamp clock moved on by the time since the base (`now`: the primary's event clock at
-    its last entry) plus `TIMESTAMP_MARGIN_MS`. Returns the sockets and how many failed."""
-    rebuilt: list[tuple[Address, socket.socket]] = []
-    failed = 0
-    for connection in ledger.connections.values():
-        base = connection.base
-        recv_seq = connection.recv_seq
-        _wl1, snd_wnd, max_window, rcv_wnd, _wup = base.window
-        ahead_ms = max(0, round((now - base.opened_at) * 1000)) + TIMESTAMP_MARGIN_MS
-        state = TcpState(
-            local=(base.local_host, base.local_port), remote=connection.peer, send_seq=connection.send_seq,
-            recv_seq=recv_seq, unacked=connection.unacknowledged(), unread=b"", mss=base.mss,
-            send_wscale=base.send_wscale, recv_wscale=base.recv_wscale, sack=base.sack, timestamps=base.timestamps,
-            timestamp=(base.timestamp + ahead_ms) & _U32, window=(recv_seq, snd_wnd, max_window, rcv_wnd, recv_seq),
-        )  # fmt: skip
-        try:
-            rebuilt.append((connection.peer, tcp_repair.restore(state)))
-        except OSError as error:
-            failed += 1
-            log.warning("cannot rebuild the TCP connection with %s:%d: %s", *connection.peer, error)
-    return rebuilt, failed
+    its last entry) plus `TIMESTAMP_MARGIN_MS`; `unlogged`, the bytes the peer sent past the
+    logged position (from the mirror), as received and not yet read."""
+    base = connection.base
+    recv_seq = (connection.recv_seq + len(unlogged)) & _U32
+    _wl1, snd_wnd, max_window, rcv_wnd, _wup = base.window
+    ahead_ms = max(0, round((now - base.opened_at) * 1000)) + TIMESTAMP_MARGIN_MS
+    return TcpState(
+        local=(base.local_host, base.local_port), remote=connection.peer, send_seq=connection.send_seq,
+        recv_seq=recv_seq, unacked=connection.unacknowledged(), unread=unlogged, mss=base.mss,
+        send_wscale=base.send_wscale, recv_wscale=base.recv_wscale, sack=base.sack, timestamps=base.timestamps,
+        timestamp=(base.timestamp + ahead_ms) & _U32, window=(recv_seq, snd_wnd, max_window, rcv_wnd, recv_seq),
+    )  # fmt: skip
 
 
 def _unmapped(host: str) -> str:
