@@ -5,14 +5,22 @@ SIPp UAC run of at least `--seconds` seconds with no retransmissions (`-nr`); th
 with zero failed calls is the path's capacity. The ALG's CPU seconds per 1000 calls and its
 memory per held dialog (20 000 long calls) are measured in the same run. All on loopback.
 
+`--transport tcp` runs every path over TCP: the UAC opens a connection per call (SIPp -t tn),
+the members are SIPp UAS on TCP (-t t1), sipshadow and Kamailio reach them over TCP.
+`--transport tcp1` is the same with all the UAC's calls on one connection (-t t1). The memory
+figure over TCP holds its dialogs on one UAC connection (-t t1): a connection per held call
+would need 20 000 sockets.
+
     .venv/bin/python benchmarks/cps.py                # full run (several minutes)
     .venv/bin/python benchmarks/cps.py --quick        # a short look
+    .venv/bin/python benchmarks/cps.py --quick --transport tcp
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import tempfile
 import time
@@ -22,30 +30,43 @@ from typing import Any
 
 import psutil
 
-from harness import LADDER, Front, alg_front, capacity, direct_front, log, machine
+from harness import LADDER, SIPP_TRANSPORTS, Front, alg_front, capacity, direct_front, log, machine
 from sipshadow.lab.kamailio import KamailioProcess, kamailio_available
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 
 
 @contextlib.contextmanager
-def kamailio_front(members: list[tuple[str, int]], workdir: Path) -> Iterator[KamailioProcess]:
-    with KamailioProcess(("127.0.0.1", free_udp_port()), members, workdir, workers=2) as kamailio:
+def kamailio_front(members: list[tuple[str, int]], workdir: Path, transport: str = "udp") -> Iterator[KamailioProcess]:
+    # Over TCP (either UAC mode) Kamailio listens on UDP and TCP and reaches the members over TCP.
+    with KamailioProcess(
+        ("127.0.0.1", free_udp_port()), members, workdir, workers=2, transport="udp" if transport == "udp" else "tcp"
+    ) as kamailio:
         yield kamailio
 
 
-def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: int = 2) -> dict[str, Any]:
-    """RSS of the ALG holding `dialogs` long calls, per dialog; then again after they end."""
+def memory_per_dialog(
+    root: Path, dialogs: int, rate: int, hold_s: int, rounds: int = 2, transport: str = "udp"
+) -> dict[str, Any]:
+    """RSS of the ALG holding `dialogs` long calls, per dialog; then again after they end.
+
+    Over TCP the UAC holds all its calls on one connection (t1), whatever `transport` says.
+    """
     workdir = root / "memory"
     workdir.mkdir()
     ramp_s = dialogs / rate
     linger = 2.0
+    uac_transport, uas_transport = SIPP_TRANSPORTS[transport]
+    if uac_transport == "tn":
+        uac_transport = "t1"
     samples: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         uas = [
-            stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=rounds * (ramp_s + hold_s) + 120))
+            stack.enter_context(
+                SippUas(workdir, name=f"uas{i}", timeout=rounds * (ramp_s + hold_s) + 120, transport=uas_transport)
+            )
             for i in range(2)
         ]
-        alg = stack.enter_context(alg_front([m.address for m in uas], workdir, linger=linger))
+        alg = stack.enter_context(alg_front([m.address for m in uas], workdir, linger=linger, transport=transport))
         process = psutil.Process(alg.pid)
         time.sleep(1.0)
         baseline = process.memory_info().rss
@@ -53,7 +74,7 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
             uac = SippUac(
                 alg.listen, workdir, name=f"uac-hold{round_index}", calls=dialogs, rate=rate,
                 extra_args=["-nr", "-d", str(hold_s * 1000), "-l", str(dialogs)],
-                timeout=ramp_s + hold_s + 60, recv_timeout=10.0,
+                timeout=ramp_s + hold_s + 60, recv_timeout=10.0, transport=uac_transport,
             )  # fmt: skip
             uac.start()
             time.sleep(ramp_s + min(5.0, hold_s / 4))
@@ -73,7 +94,9 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
             })  # fmt: skip
             log(f"memory round {round_index + 1}: {samples[-1]}")
     first, last = samples[0], samples[-1]
+    over_tcp = {} if transport == "udp" else {"uac_transport": uac_transport}
     return {
+        **over_tcp,
         "dialogs": dialogs,
         "rss_baseline_mb": round(baseline / 2**20, 1),
         "bytes_per_dialog": first["bytes_per_dialog"],
@@ -84,20 +107,39 @@ def memory_per_dialog(root: Path, dialogs: int, rate: int, hold_s: int, rounds: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each rate step (>= 15 for the record)")
-    parser.add_argument("--ladder", type=lambda text: tuple(int(x) for x in text.split(",")), default=LADDER)
+    # --quick changes the defaults of --seconds, --ladder and --dialogs; an explicit value wins.
+    parser.add_argument("--seconds", type=float, help="length of each rate step (>= 15 for the record; default 15)")
+    parser.add_argument("--ladder", type=lambda text: tuple(int(x) for x in text.split(",")))
     parser.add_argument("--paths", default="direct,sipshadow,kamailio")
-    parser.add_argument("--dialogs", type=int, default=20000, help="long calls held for the memory figure (0: skip)")
-    parser.add_argument("--quick", action="store_true", help="5 s steps, short ladder, 2000 dialogs")
+    parser.add_argument("--dialogs", type=int, help="long calls held for the memory figure (0: skip; default 20000)")
+    parser.add_argument("--quick", action="store_true", help="by default 5 s steps, a short ladder, 2000 dialogs")
+    parser.add_argument(
+        "--transport",
+        choices=tuple(SIPP_TRANSPORTS),
+        default="udp",
+        help="udp; tcp: a TCP connection per call (SIPp -t tn), members over TCP; tcp1: one UAC connection (-t t1)",
+    )
     args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.ladder, args.dialogs = 5.0, (500, 1500), 2000
+    defaults = (5.0, (500, 1500), 2000) if args.quick else (15.0, LADDER, 20000)
+    for option, default in zip(("seconds", "ladder", "dialogs"), defaults, strict=True):
+        if getattr(args, option) is None:
+            setattr(args, option, default)
+    transport: str = args.transport
     fronts: dict[str, tuple[Front, int]] = {
         "direct": (direct_front, 1),
-        "sipshadow": (alg_front, 2),
-        "kamailio": (kamailio_front, 2),
+        "sipshadow": (functools.partial(alg_front, transport=transport), 2),
+        "kamailio": (functools.partial(kamailio_front, transport=transport), 2),
     }
-    report: dict[str, Any] = {"benchmark": "cps", "seconds_per_step": args.seconds, "machine": machine(), "paths": {}}
+    report: dict[str, Any] = {
+        "benchmark": "cps",
+        "transport": transport,
+        "seconds_per_step": args.seconds,
+        "machine": machine(),
+        "paths": {},
+    }
+    if transport != "udp":
+        uac_t, uas_t = SIPP_TRANSPORTS[transport]
+        report["sipp_transport"] = {"uac": uac_t, "members": uas_t}
     with tempfile.TemporaryDirectory(prefix="sipshadow-cps-") as tmp:
         root = Path(tmp)
         for name in args.paths.split(","):
@@ -105,9 +147,13 @@ def main() -> None:
                 report["paths"][name] = {"skipped": "kamailio is not installed (Debian package kamailio)"}
                 continue
             factory, members = fronts[name]
-            report["paths"][name] = capacity(name, factory, members, args.ladder, args.seconds, root)
+            report["paths"][name] = capacity(
+                name, factory, members, args.ladder, args.seconds, root, transport=transport
+            )
         if args.dialogs:
-            report["memory"] = memory_per_dialog(root, args.dialogs, rate=1000, hold_s=30 if not args.quick else 8)
+            report["memory"] = memory_per_dialog(
+                root, args.dialogs, rate=1000, hold_s=30 if not args.quick else 8, transport=transport
+            )
     paths = report["paths"]
     if "direct" in paths and "sipshadow" in paths:
         report["sipshadow_vs_direct_capacity"] = round(

@@ -19,6 +19,11 @@ from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 LADDER = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000)
 Front = Callable[[list[tuple[str, int]], Path], contextlib.AbstractContextManager[Any]]
 
+#: A benchmark transport -> SIPp's -t for the UAC and for the members (SippUas).
+#: "udp": one UDP socket each. "tcp": the UAC opens a TCP connection per call (tn), the
+#: members accept TCP (t1). "tcp1": the UAC carries every call on one TCP connection.
+SIPP_TRANSPORTS: dict[str, tuple[str, str]] = {"udp": ("u1", "u1"), "tcp": ("tn", "t1"), "tcp1": ("t1", "t1")}
+
 
 ALG_CONFIG = (
     "[health]\nprobe_interval_ms = 1000\n[dialogs]\nterminated_linger_s = {linger}\n[status]\ninterval_s = 0.5\n"
@@ -31,10 +36,22 @@ def direct_front(members: list[tuple[str, int]], workdir: Path) -> Iterator[Any]
     yield None
 
 
+def member_uris(members: list[tuple[str, int]], transport: str) -> list[tuple[str, int] | str]:
+    """The ALG's members: (host, port) for UDP, `sip:HOST:PORT;transport=tcp` for the TCP transports."""
+    if transport == "udp":
+        return list(members)
+    return [f"sip:{host}:{port};transport=tcp" for host, port in members]
+
+
 @contextlib.contextmanager
-def alg_front(members: list[tuple[str, int]], workdir: Path, linger: float = 2.0) -> Iterator[AlgProcess]:
+def alg_front(
+    members: list[tuple[str, int]], workdir: Path, linger: float = 2.0, transport: str = "udp"
+) -> Iterator[AlgProcess]:
     with AlgProcess(
-        ("127.0.0.1", free_udp_port()), members, workdir, config_text=ALG_CONFIG.format(linger=linger)
+        ("127.0.0.1", free_udp_port()),
+        member_uris(members, transport),
+        workdir,
+        config_text=ALG_CONFIG.format(linger=linger),
     ) as alg:
         yield alg
 
@@ -58,11 +75,21 @@ def per_1000(before: float | None, after: float | None, calls: int) -> float | N
     return None if before is None or after is None else round((after - before) / calls * 1000, 3)
 
 
-def trial(front_factory: Front, rate: int, seconds: float, workdir: Path, member_count: int) -> dict[str, Any]:
-    """One fresh run at `rate` for `seconds`; the UAC's verdict and the front's CPU."""
+def trial(
+    front_factory: Front, rate: int, seconds: float, workdir: Path, member_count: int, transport: str = "udp"
+) -> dict[str, Any]:
+    """One fresh run at `rate` for `seconds`; the UAC's verdict and the front's CPU.
+
+    `transport` (a key of SIPP_TRANSPORTS) sets SIPp's -t on both sides; the front factory
+    must have been made for the same transport.
+    """
+    uac_transport, uas_transport = SIPP_TRANSPORTS[transport]
     calls = int(rate * seconds)
     workdir.mkdir(parents=True)
-    uas = [SippUas(workdir, name=f"uas{index}", timeout=seconds + 90) for index in range(member_count)]
+    uas = [
+        SippUas(workdir, name=f"uas{index}", timeout=seconds + 90, transport=uas_transport)
+        for index in range(member_count)
+    ]
     with contextlib.ExitStack() as stack:
         for member in uas:
             stack.enter_context(member)
@@ -72,6 +99,7 @@ def trial(front_factory: Front, rate: int, seconds: float, workdir: Path, member
         uac = SippUac(
             target_of(front, [member.address for member in uas]), workdir, calls=calls, rate=rate,
             extra_args=["-nr", "-l", str(rate * 10)], timeout=seconds + 60, recv_timeout=5.0,
+            transport=uac_transport,
         )  # fmt: skip
         result = uac.start().wait()
         elapsed = time.monotonic() - started
@@ -102,6 +130,7 @@ def capacity(
     seconds: float,
     root: Path,
     collapse_ratio: float = 0.01,
+    transport: str = "udp",
 ) -> dict[str, Any]:
     """Climb the ladder; the capacity is the last rate before the first failure.
 
@@ -110,7 +139,7 @@ def capacity(
     """
     trials = []
     for rate in ladder:
-        outcome = trial(front_factory, rate, seconds, root / f"{name}-{rate}", members)
+        outcome = trial(front_factory, rate, seconds, root / f"{name}-{rate}", members, transport)
         causes = outcome["failure_causes"] or ""
         log(f"{name:10s} {rate:5d} cps: {outcome['successful']} ok, {outcome['failed']} failed {causes}")
         trials.append(outcome)
