@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--rates", default="20,50,100,200", help="calls per second, comma separated")
     experiment.add_argument("--call-duration", type=float, default=4.0, metavar="S", help="length of each call")
     experiment.add_argument("--fail-at", type=float, default=3.0, metavar="S", help="primary fails this long in")
+    experiment.add_argument("--after-failure", type=float, default=19.0, metavar="S",
+                            help="calls go on being offered this long after the failure")  # fmt: skip
     experiment.add_argument("--repeat", type=int, default=3, help="runs per (mode, rate)")
     experiment.add_argument(
         "--members", default="sipp", choices=("sipp", "kamailio"), help="kamailio: a proxy before each callee"
@@ -119,7 +121,8 @@ def _experiment(args: argparse.Namespace) -> int:
         return _refuse("--modes", f"expected a comma-separated subset of {','.join(MODES)}")
     if not rates or min(rates) <= 0:
         return _refuse("--rates", "must be positive")
-    positive = {"--repeat": args.repeat, "--parallel": args.parallel, "--call-duration": args.call_duration}
+    positive = {"--repeat": args.repeat, "--parallel": args.parallel, "--call-duration": args.call_duration,
+                "--after-failure": args.after_failure}  # fmt: skip
     for flag, value in positive.items():
         if not value > 0:
             return _refuse(flag, f"must be positive, got {value:g}")
@@ -132,6 +135,7 @@ def _experiment(args: argparse.Namespace) -> int:
     _interrupt_on(signal.SIGINT, signal.SIGTERM)  # even when started as a background job (SIGINT ignored)
     config = ExperimentConfig(
         modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
+        after_failure_s=args.after_failure,
         members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(), transports=transports,
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)

@@ -21,7 +21,8 @@ def namespaces() -> set[str]:
 
 
 def test_small_grid_writes_results_figure_and_report(netns_ok: None, tmp_path: Path) -> None:
-    config = ExperimentConfig(modes=("none", "active"), rates=(50,), repeat=1, parallel=2, out=tmp_path)
+    config = ExperimentConfig(modes=("none", "active"), rates=(50,), repeat=1, parallel=2, out=tmp_path,
+                              after_failure_s=1.5)  # fmt: skip
     assert run_experiment(config, measure_cost=False) == 0
     rows = {row["mode"]: row for row in csv.DictReader((tmp_path / "results.csv").open())}
     assert float(rows["active"]["loss_ratio"]) == 0.0 and float(rows["none"]["loss_ratio"]) == 1.0

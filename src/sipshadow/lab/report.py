@@ -139,8 +139,8 @@ def write_report(
         lines += ["", f"Network-level HA loses exactly the calls that were up at the failure: here "
                   f"{config['fail_at_s']:g} s of the {offered_s:g} s of offered calls, "
                   f"{config['fail_at_s'] / offered_s * 100:.1f} % of the active calls (plus any call whose message "
-                  "fell in the detection window). The paper's 13.62 % reflects a workload that offered many more calls "
-                  "after the failure; its active replication still lost 6.39 %, ours loses none."]  # fmt: skip
+                  "fell in the detection window); the paper's network-level HA lost 13.62 %, and its active "
+                  "replication still 6.39 %."]  # fmt: skip
     if cost:
         lines += ["", "## Failure-free cost (no HA vs active replication, side by side)", ""]
         lines += ["| mode | highest zero-failure rate (cps) | median response time (ms) |", "|---|---|---|"]
