@@ -124,3 +124,20 @@ def test_a_syn_the_primary_never_answered_is_not_a_connection() -> None:
     store = SegmentStore()
     store.add(parse(handshake_packet(0x02, 5000, 0, SYN_OPTIONS), VIP), 1.0)  # type: ignore[arg-type]
     assert store.unlogged_connections(VIP, {}, now=1.5) == []
+
+
+def test_the_peers_last_acknowledgement_trims_what_is_resent_to_what_it_lacks() -> None:
+    from sipshadow.replication.streams import Connection, ConnectionBase
+
+    base = ConnectionBase(VIP, 5060, 1000, 5001, 1460, 7, 7, True, True, 0, (0, 0, 0, 0, 0), 0.0)
+    connection = Connection(PEER, base)
+    connection.send(b"SIP/2.0 180 Ringing\r\n\r\n", 1.0)
+    connection.send(b"SIP/2.0 200 OK\r\n\r\n", 1.1)
+    assert connection.send_seq == 1000 + 23 + 18
+    store = SegmentStore()
+    assert store.acknowledged(PEER) is None and connection.unacknowledged(None) == connection.unacknowledged()
+    store.add(parse(handshake_packet(0x10, 5001, 1023), VIP), 1.2)  # type: ignore[arg-type]  # had the 180
+    assert connection.unacknowledged(store.acknowledged(PEER)) == b"SIP/2.0 200 OK\r\n\r\n"
+    store.add(parse(handshake_packet(0x10, 5001, 1041), VIP), 1.3)  # type: ignore[arg-type]  # had both
+    assert connection.unacknowledged(store.acknowledged(PEER)) == b""
+    assert connection.unacknowledged(999) == connection.unacknowledged()  # older than what is kept: all of it

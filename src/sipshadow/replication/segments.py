@@ -143,6 +143,8 @@ class SegmentStore:
         self._by_peer: dict[Address, deque[tuple[float, int, bytes]]] = {}
         self._bytes: dict[Address, int] = {}
         self._openings: dict[Address, _Opening] = {}
+        #: Each peer's latest acknowledgement number: what it had of our bytes.
+        self._acks: dict[Address, int] = {}
 
     def add(self, segment: Segment, now: float) -> None:
         self._track(segment)
@@ -178,13 +180,22 @@ class SegmentStore:
                 out += payload[len(out) - distance :]
         return bytes(out)
 
+    def acknowledged(self, peer: Address) -> int | None:
+        """The sequence number of our next byte `peer` last acknowledged, if the mirror saw one."""
+        return self._acks.get(peer)
+
     def _track(self, segment: Segment) -> None:
         """Openings (a SYN from a peer, or its SYN-ACK to a connection this side opened) and the
         peer's latest window and timestamp echo; a reset or a FIN forgets the opening."""
         flags, peer = segment.flags, segment.peer
         if flags & (_RST | _FIN):
             self._openings.pop(peer, None)
+            self._acks.pop(peer, None)
             return
+        if flags & _ACK:
+            self._acks[peer] = segment.ack
+            if len(self._acks) > MAX_OPENINGS:
+                self._acks.pop(next(iter(self._acks)))
         if flags & _SYN:
             opening = _Opening(segment.port, segment.seq, segment.options)
             if flags & _ACK:  # the peer answered our SYN: what it acknowledges is our ISN + 1

@@ -103,9 +103,14 @@ class Connection:
         """The sequence number of the next byte the peer sends (past all it sent that was logged)."""
         return (self.base.recv_seq + self.received) & _U32
 
-    def unacknowledged(self) -> bytes:
-        """The recent bytes sent, which the peer may still lack."""
-        return b"".join(data for _, data in self.recent)
+    def unacknowledged(self, acknowledged: int | None = None) -> bytes:
+        """The recent bytes sent, which the peer may still lack; with the sequence number the
+        peer last `acknowledged` (from the mirror), only those past it."""
+        recent = b"".join(data for _, data in self.recent)
+        if acknowledged is None:
+            return recent
+        outstanding = (self.send_seq - acknowledged) & _U32
+        return recent[len(recent) - outstanding :] if outstanding <= len(recent) else recent
 
 
 class StreamLedger:

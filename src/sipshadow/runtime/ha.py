@@ -267,8 +267,8 @@ class HaNode:
         rebuilt = failed = recovered = 0
         try:
             if serving.node.streams is not None:
-                unlogged = segments.after if segments is not None and len(segments) else None
-                rebuilt, failed, recovered = await serving.node.streams.repair(connections, last_now, unlogged)
+                mirror = segments if segments is not None and len(segments) else None
+                rebuilt, failed, recovered = await serving.node.streams.repair(connections, last_now, mirror)
         except Exception:
             log.exception("rebuilding the TCP connections failed")
         finally:

@@ -22,7 +22,7 @@ import logging
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from sipshadow.core import SendMessage
 from sipshadow.core.actions import Address
@@ -277,19 +277,22 @@ class Streams:
                 stream.repaired = True
 
     async def repair(
-        self, connections: list[Connection], now: float, unlogged: Callable[[Address, int], bytes] | None = None
+        self, connections: list[Connection], now: float, mirror: Mirror | None = None
     ) -> tuple[int, int, int]:
         """Rebuild the old primary's connections (TCP repair) and serve on them, `REPAIR_CHUNK`
         at a time with the loop turning between chunks (the node serves meanwhile; what is sent
-        to one not yet rebuilt waits in it). `unlogged(peer, seq)`: the bytes the peer sent from
-        `seq` on that the log never carried (tap mode). Returns (rebuilt, failed, unlogged bytes)."""
+        to one not yet rebuilt waits in it). `mirror` (tap mode) gives the bytes each peer sent
+        past the logged position, and what it had acknowledged. Returns (rebuilt, failed, bytes
+        taken from the mirror)."""
         rebuilt = failed = recovered = 0
         for start in range(0, len(connections), REPAIR_CHUNK):
             adopting = []
             for connection in connections[start : start + REPAIR_CHUNK]:
-                gap = unlogged(connection.peer, connection.recv_seq) if unlogged is not None else b""
+                peer = connection.peer
+                gap = mirror.after(peer, connection.recv_seq) if mirror is not None else b""
+                acknowledged = mirror.acknowledged(peer) if mirror is not None else None
                 recovered += len(gap)
-                state = repair_state(connection, now, gap)
+                state = repair_state(connection, now, gap, acknowledged)
                 try:
                     sock = tcp_repair.restore(state)
                 except OSError as error:
@@ -428,20 +431,31 @@ def listen_socket(listen: Address) -> socket.socket:
     return sock
 
 
-def repair_state(connection: Connection, now: float, unlogged: bytes = b"") -> TcpState:
+class Mirror(Protocol):
+    """What tap mode's mirror saw of the peers (`replication.segments.SegmentStore`)."""
+
+    def after(self, peer: Address, seq: int) -> bytes: ...
+
+    def acknowledged(self, peer: Address) -> int | None: ...
+
+
+def repair_state(
+    connection: Connection, now: float, unlogged: bytes = b"", acknowledged: int | None = None
+) -> TcpState:
     """Where the peer of a logged connection expects it to stand (for `tcp_repair.restore`):
     the sequence numbers the log counted, the recent bytes sent as unacknowledged (the kernel
     sends them again; the peer keeps only what it lacked), the base's options and window, the
     timestamp clock moved on by the time since the base (`now`: the primary's event clock at
     its last entry) plus `TIMESTAMP_MARGIN_MS`; `unlogged`, the bytes the peer sent past the
-    logged position (from the mirror), as received and not yet read."""
+    logged position (from the mirror), as received and not yet read; `acknowledged`, the peer's
+    last acknowledgement the mirror saw: only the bytes past it are unacknowledged."""
     base = connection.base
     recv_seq = (connection.recv_seq + len(unlogged)) & _U32
     _wl1, snd_wnd, max_window, rcv_wnd, _wup = base.window
     ahead_ms = max(0, round((now - base.opened_at) * 1000)) + TIMESTAMP_MARGIN_MS
     return TcpState(
         local=(base.local_host, base.local_port), remote=connection.peer, send_seq=connection.send_seq,
-        recv_seq=recv_seq, unacked=connection.unacknowledged(), unread=unlogged, mss=base.mss,
+        recv_seq=recv_seq, unacked=connection.unacknowledged(acknowledged), unread=unlogged, mss=base.mss,
         send_wscale=base.send_wscale, recv_wscale=base.recv_wscale, sack=base.sack, timestamps=base.timestamps,
         timestamp=(base.timestamp + ahead_ms) & _U32, window=(recv_seq, snd_wnd, max_window, rcv_wnd, recv_seq),
     )  # fmt: skip
