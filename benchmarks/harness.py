@@ -24,6 +24,14 @@ Front = Callable[[list[tuple[str, int]], Path], contextlib.AbstractContextManage
 #: members accept TCP (t1). "tcp1": the UAC carries every call on one TCP connection.
 SIPP_TRANSPORTS: dict[str, tuple[str, str]] = {"udp": ("u1", "u1"), "tcp": ("tn", "t1"), "tcp1": ("t1", "t1")}
 
+#: Before a TCP step, wait (at most SETTLE_MAX_WAIT_S) until fewer than this many loopback
+#: ephemeral ports hold a socket in TIME_WAIT. SIPp closes its end of a call's connection first, so every
+#: call leaves one for 60 s; SIPp's -t tn binds each new connection to 127.0.0.1:0, and that
+#: bind() costs milliseconds once a few thousand such ports are taken: a step that inherits the
+#: previous step's (or path's) would be throttled by the UAC, not by the path under test.
+SETTLE_TIME_WAIT = 1000
+SETTLE_MAX_WAIT_S = 75.0
+
 
 ALG_CONFIG = (
     "[health]\nprobe_interval_ms = 1000\n[dialogs]\nterminated_linger_s = {linger}\n[status]\ninterval_s = 0.5\n"
@@ -60,6 +68,35 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def loopback_time_wait() -> int | None:
+    """127.0.0.1 ephemeral ports holding a TCP socket in TIME_WAIT (None when /proc cannot tell).
+
+    Ports, not sockets: a server on an ephemeral port that closes first holds many on one port,
+    which costs a bind() nothing.
+    """
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except (OSError, ValueError):
+        return None
+    ports = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "06" and fields[1].startswith("0100007F:"):
+            ports.add(int(fields[1][9:], 16))
+    return sum(low <= port <= high for port in ports)
+
+
+def settle_loopback(threshold: int = SETTLE_TIME_WAIT, max_wait_s: float = SETTLE_MAX_WAIT_S) -> dict[str, Any]:
+    """Wait until the loopback TIME_WAIT left by earlier TCP steps drains below `threshold`."""
+    started = time.monotonic()
+    count = loopback_time_wait()
+    while count is not None and count >= threshold and time.monotonic() - started < max_wait_s:
+        time.sleep(1.0)
+        count = loopback_time_wait()
+    return {"settle_wait_s": round(time.monotonic() - started, 1), "loopback_time_wait_ports_at_start": count}
+
+
 def target_of(front: Any, members: list[tuple[str, int]]) -> tuple[str, int]:
     """Where the UAC sends: the front's service address, or the first member when direct."""
     return members[0] if front is None else front.listen
@@ -86,6 +123,7 @@ def trial(
     uac_transport, uas_transport = SIPP_TRANSPORTS[transport]
     calls = int(rate * seconds)
     workdir.mkdir(parents=True)
+    settled = {} if transport == "udp" else settle_loopback()
     uas = [
         SippUas(workdir, name=f"uas{index}", timeout=seconds + 90, transport=uas_transport)
         for index in range(member_count)
@@ -119,6 +157,7 @@ def trial(
         "front_cpu_s_per_1000_calls": per_1000(cpu_before, cpu_after, calls),
         "shadow_cpu_s_per_1000_calls": per_1000(shadow_before, shadow_after, calls),
         "response_time_ms": {k: round(v * 1000, 2) for k, v in result.response_times_s.items()},
+        **settled,
     }
 
 
