@@ -80,3 +80,20 @@ def test_unlogged_tapped_copies_are_handed_over_in_arrival_order() -> None:
     handover = pair.take_over()
     assert handover.start_seq == 1 and handover.stranded == 0
     assert handover.unlogged == [(DATAGRAMS[2], CALLER), (DATAGRAMS[1], CALLER)]
+
+
+def test_a_copy_that_comes_after_its_entry_took_the_primarys_payload_is_not_handed_over() -> None:
+    """The tap was slow: entry 2 was applied with the payload the primary sent; its copy comes
+    after all. It is entry 2's copy, not a message the log never took: a takeover must not
+    process it again (a second 180 or 200 in a caller's call fails the call)."""
+    pair = synced_tap_pair()
+    pair.datagram(DATAGRAMS[0], CALLER)
+    pair.datagram(DATAGRAMS[1], CALLER, tapped=False)
+    pair.deliver()
+    pair.advance(0.02)
+    pair.deliver()
+    assert pair.follower.replica.applied_seq == 2 and pair.follower.stats["payloads_received"] == 1
+    pair.tap(DATAGRAMS[1], CALLER)  # late
+    pair.tap(DATAGRAMS[2], CALLER)  # reached the primary, never logged
+    handover = pair.take_over()
+    assert handover.unlogged == [(DATAGRAMS[2], CALLER)]

@@ -81,6 +81,7 @@ class Follower:
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._waiting: deque[LogEntry] = deque()
         self._payloads: dict[int, bytes] = {}
+        self._last_tap_now = 0.0  # the event clock of the last tapped copy (tap horizon arithmetic)
         self._requested: set[int] = set()
         self._request_at: float | None = None
         self._snapshot: Snapshot | None = None
@@ -144,6 +145,7 @@ class Follower:
         """A copy of a datagram sent to the primary, from the switch's mirror."""
         if self.tap is None:
             return Effects()
+        self._last_tap_now = now
         self.tap.add(data, source, now)
         return self._drain(now) if self.synced and self._waiting else Effects()
 
@@ -222,7 +224,7 @@ class Follower:
                 entry = waiting[0]
                 payload = None
                 if entry.kind == DATAGRAM and entry.payload is None:
-                    payload = self._payload_for(entry)
+                    payload = self._payload_for(entry, now)
                     if payload is None:
                         if self._request_at is None and now is not None:
                             self._request_at = now + self.payload_wait_s
@@ -240,11 +242,15 @@ class Follower:
         self.stats["entries_applied"] += applied
         return Effects(write=[Ack(replica.applied_seq)])
 
-    def _payload_for(self, entry: LogEntry) -> bytes | None:
-        payload = self._payloads.pop(entry.seq, None)
-        if payload is None and self.tap is not None and entry.payload_digest is not None:
-            payload = self.tap.claim(entry.payload_digest, (entry.host, entry.port))
-        return payload
+    def _payload_for(self, entry: LogEntry, now: float | None) -> bytes | None:
+        requested = self._payloads.pop(entry.seq, None)
+        tap, digest, source = self.tap, entry.payload_digest, (entry.host, entry.port)
+        if tap is None or digest is None:
+            return requested
+        payload = tap.claim(digest, source)
+        if payload is None and requested is not None:
+            tap.taken_without_copy(digest, source, now if now is not None else self._last_tap_now)
+        return payload if payload is not None else requested
 
     def _at_hand(self, entry: LogEntry) -> bool:
         if entry.seq in self._payloads or entry.seq in self._requested:

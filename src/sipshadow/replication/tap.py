@@ -27,13 +27,24 @@ class TapBuffer:
         self._arrivals: OrderedDict[int, tuple[float, bytes, bytes, Address]] = OrderedDict()
         self._by_digest: dict[bytes, deque[int]] = {}
         self._next = 0
+        #: Entries applied with a payload the primary sent (their copy was late): when the copy
+        #: comes after all, it is that entry's, not a message the log never took. By (digest,
+        #: source), with when it was applied.
+        self._owed: OrderedDict[int, tuple[float, bytes, Address]] = OrderedDict()
+        self._owed_next = 0
+        self.late = 0
 
     def __len__(self) -> int:
         return len(self._arrivals)
 
     def add(self, data: bytes, source: Address, now: float) -> None:
-        """A copy arrived from the tap."""
+        """A copy arrived from the tap (one an entry already took by request is dropped)."""
         digest = payload_digest(data)
+        for number, (_, owed_digest, owed_source) in self._owed.items():
+            if owed_digest == digest and owed_source == source:
+                del self._owed[number]
+                self.late += 1
+                return
         number = self._next
         self._next += 1
         self.received += 1
@@ -46,6 +57,15 @@ class TapBuffer:
     def has(self, digest: bytes, source: Address) -> bool:
         numbers = self._by_digest.get(digest, ())
         return any(self._arrivals[number][3] == source for number in numbers)
+
+    def taken_without_copy(self, digest: bytes, source: Address, now: float) -> None:
+        """An entry was applied with the payload the primary sent, its copy not yet here: if
+        the copy comes within the horizon it is dropped on arrival (`add`), never taken at a
+        takeover for a message the log did not carry."""
+        self._owed[self._owed_next] = (now, digest, source)
+        self._owed_next += 1
+        while self._owed and (next(iter(self._owed.values()))[0] < now - self.horizon_s or len(self._owed) > 4096):
+            self._owed.popitem(last=False)
 
     def claim(self, digest: bytes, source: Address) -> bytes | None:
         """The payload of the oldest unclaimed copy with this digest from this source, if any."""
@@ -76,6 +96,7 @@ class TapBuffer:
     def clear(self) -> None:
         self._arrivals.clear()
         self._by_digest.clear()
+        self._owed.clear()
 
     def _forget(self, number: int) -> None:
         _, digest, _, _ = self._arrivals.pop(number)
