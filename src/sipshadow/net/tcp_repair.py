@@ -95,27 +95,32 @@ def _read_queue(sock: socket.socket, queue: int, size: int) -> tuple[int, bytes]
     return seq & 0xFFFFFFFF, data
 
 
+def _read_out(sock: socket.socket, send_seq: int, recv_seq: int, unacked: bytes, unread: bytes) -> TcpState:
+    """The connection in repair mode on `sock` with these queue positions and bytes: its
+    negotiated options, window and timestamp clock read from the kernel."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    options, wscales = _INFO_HEAD.unpack_from(info)[5:7]
+    return TcpState(
+        local=sock.getsockname()[:2], remote=sock.getpeername()[:2], send_seq=send_seq & 0xFFFFFFFF,
+        recv_seq=recv_seq & 0xFFFFFFFF, unacked=unacked, unread=unread,
+        mss=sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), send_wscale=wscales & 0xF,
+        recv_wscale=wscales >> 4, sack=bool(options & TCPI_OPT_SACK), timestamps=bool(options & TCPI_OPT_TIMESTAMPS),
+        timestamp=sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF,
+        window=REPAIR_WINDOW.unpack(sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size)),
+    )  # fmt: skip
+
+
 def dump(sock: socket.socket) -> TcpState:
     """Read an established connection out of `sock`, which is left in repair mode (close it
     with `close_silently`, or take it out with `sock.setsockopt(IPPROTO_TCP, TCP_REPAIR, 0)`).
 
     Raises OSError (EPERM without CAP_NET_ADMIN; EINVAL when not established).
     """
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    options, wscales = _INFO_HEAD.unpack_from(info)[5:7]
-    mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
     unread_size, unacked_size = _queue_size(sock, SIOCINQ), _queue_size(sock, SIOCOUTQ)
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     send_seq, unacked = _read_queue(sock, TCP_SEND_QUEUE, unacked_size)
     recv_seq, unread = _read_queue(sock, TCP_RECV_QUEUE, unread_size)
-    window = REPAIR_WINDOW.unpack(sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size))
-    return TcpState(
-        local=sock.getsockname()[:2], remote=sock.getpeername()[:2], send_seq=send_seq, recv_seq=recv_seq,
-        unacked=unacked, unread=unread, mss=mss, send_wscale=wscales & 0xF, recv_wscale=wscales >> 4,
-        sack=bool(options & TCPI_OPT_SACK), timestamps=bool(options & TCPI_OPT_TIMESTAMPS),
-        timestamp=sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF,
-        window=window,
-    )  # fmt: skip
+    return _read_out(sock, send_seq, recv_seq, unacked, unread)
 
 
 def _read_position(sock: socket.socket) -> int:
@@ -132,33 +137,21 @@ def _read_position(sock: socket.socket) -> int:
 
 def peek(sock: socket.socket) -> TcpState:
     """Where a live connection stands, read without disturbing it: repair mode for the few
-    system calls it takes (a segment arriving meanwhile may be dropped, and comes again).
+    system calls it takes (a segment arriving meanwhile is still received).
 
     `send_seq` is the sequence number of the next byte the application writes, `recv_seq`
     that of the next byte it reads (the unread bytes come after it): where the application's
-    own count of bytes begins. The
-    queues' bytes are not read (`unacked`, `unread` empty). Raises OSError (EPERM without
-    CAP_NET_ADMIN).
+    own count of bytes begins. The queues' bytes are not read (`unacked`, `unread` empty).
+    Raises OSError (EPERM without CAP_NET_ADMIN).
     """
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    options, wscales = _INFO_HEAD.unpack_from(info)[5:7]
-    mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         send_seq = sock.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ)
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-        recv_seq = _read_position(sock)
-        window = REPAIR_WINDOW.unpack(sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, REPAIR_WINDOW.size))
-        timestamp = sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
+        return _read_out(sock, send_seq, _read_position(sock), b"", b"")
     finally:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
-    return TcpState(
-        local=sock.getsockname()[:2], remote=sock.getpeername()[:2], send_seq=send_seq & 0xFFFFFFFF,
-        recv_seq=recv_seq & 0xFFFFFFFF, unacked=b"", unread=b"", mss=mss, send_wscale=wscales & 0xF,
-        recv_wscale=wscales >> 4, sack=bool(options & TCPI_OPT_SACK), timestamps=bool(options & TCPI_OPT_TIMESTAMPS),
-        timestamp=timestamp, window=window,
-    )  # fmt: skip
 
 
 def close_silently(sock: socket.socket) -> None:

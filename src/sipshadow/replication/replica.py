@@ -18,7 +18,7 @@ from sipshadow.core.events import MessageReceived
 from sipshadow.core.resend import resend_plan
 from sipshadow.determinism import ReplayingEntropy, ReplayMismatch
 from sipshadow.replication.log import STREAM_CLOSED, STREAM_OPENED, LogEntry, event_for
-from sipshadow.replication.streams import StreamLedger, decode_base
+from sipshadow.replication.streams import StreamLedger, decode_base, peer_for
 
 
 class Divergence(RuntimeError):
@@ -60,7 +60,19 @@ class Replica:
         if entry.seq != self.applied_seq + 1:
             raise Divergence(f"expected entry {self.applied_seq + 1}, got {entry.seq}")
         if entry.kind == STREAM_OPENED or entry.kind == STREAM_CLOSED:
-            return self._apply_stream(entry)
+            self._follow_stream(entry)
+            outputs: list[SendMessage] = []
+        else:
+            outputs = self._replay(entry, payload)
+        self.applied_seq = entry.seq
+        self._last_now = entry.now
+        digest = self.gateway.state_digest()
+        if digest != entry.state:
+            raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
+        return outputs
+
+    def _replay(self, entry: LogEntry, payload: bytes | None) -> list[SendMessage]:
+        """An event of the primary's core: the same event into this core, with its draws."""
         self.entropy.load(entry.draws)
         event = event_for(entry, payload)
         if type(event) is MessageReceived and event.data.startswith(b"SIP/2.0 "):
@@ -72,34 +84,23 @@ class Replica:
             raise Divergence(f"entry {entry.seq}: {error}") from error
         except Exception:  # the primary's core failed the same way on this event (a bug, logged there)
             outputs = []
-        self.applied_seq = entry.seq
-        self._last_now = entry.now
         if entry.stream_bytes:
             self.streams.received((entry.host, entry.port), entry.stream_bytes)
         if outputs:
             self.streams.sent(outputs, entry.now)
             self._outputs.append((entry.seq, entry.now, outputs))
-        digest = self.gateway.state_digest()
-        if digest != entry.state:
-            raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
         return outputs
 
-    def _apply_stream(self, entry: LogEntry) -> list[SendMessage]:
+    def _follow_stream(self, entry: LogEntry) -> None:
         """A connection opened or closed on the primary: the ledger follows; the core never knows."""
         peer = (entry.host, entry.port)
-        if entry.kind == STREAM_OPENED:
-            try:
-                self.streams.opened(peer, decode_base(entry.payload or b""))
-            except (ValueError, TypeError) as error:  # msgspec's errors are ValueErrors
-                raise Divergence(f"entry {entry.seq}: unreadable connection base: {error}") from error
-        else:
+        if entry.kind == STREAM_CLOSED:
             self.streams.closed(peer)
-        self.applied_seq = entry.seq
-        self._last_now = entry.now
-        digest = self.gateway.state_digest()
-        if digest != entry.state:
-            raise Divergence(f"entry {entry.seq}: state digest {digest:#x} != primary's {entry.state:#x}")
-        return []
+            return
+        try:
+            self.streams.opened(peer, decode_base(entry.payload or b""))
+        except (ValueError, TypeError) as error:  # msgspec's errors are ValueErrors
+            raise Divergence(f"entry {entry.seq}: unreadable connection base: {error}") from error
 
     @property
     def last_now(self) -> float:
@@ -129,7 +130,7 @@ class Replica:
             if seq > self.released_seq or now >= recent
             for output in outputs
             # on a connection the takeover rebuilds, the send queue holds them (exactly once)
-            if output[2] != TCP or (output[1] not in live and output[3] not in live)
+            if output[2] != TCP or peer_for(output, live) not in live
         ]
         seen = itertools.chain((data for _, data in self._responses), seen_since)
         return resend_plan(unreleased, seen)

@@ -18,6 +18,7 @@ any order of events (a message on an unknown connection is ignored: its base was
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container
 from typing import Any
 
 import msgspec
@@ -32,6 +33,16 @@ RECENT_BYTES = 256 * 1024
 #: Outputs waiting for a connection being opened, per peer (the primary queues as many).
 PENDING_LIMIT = 64
 _U32 = 0xFFFFFFFF
+
+
+def peer_for(output: SendMessage, live: Container[Address]) -> Address:
+    """The peer whose connection a TCP output goes on: its destination's if `live`, else its
+    fallback's if live, else the one to open (the fallback if given, §18.2.2). The node writes
+    by this rule and both replicas count by it, so they agree on every connection's bytes."""
+    destination, fallback = output[1], output[3]
+    if destination in live or fallback is None:
+        return destination
+    return fallback
 
 
 class ConnectionBase(msgspec.Struct, array_like=True, frozen=True):
@@ -140,17 +151,14 @@ class StreamLedger:
         for output in outputs:
             if output[2] != TCP:
                 continue
-            data, destination, _transport, fallback = output
-            connection = self.connections.get(destination)
-            if connection is None and fallback is not None:
-                destination = fallback
-                connection = self.connections.get(fallback)
+            peer = peer_for(output, self.connections)
+            connection = self.connections.get(peer)
             if connection is not None:
-                connection.send(data, now)
+                connection.send(output[0], now)
                 continue
-            waiting = self.pending.setdefault(destination, [])
+            waiting = self.pending.setdefault(peer, [])
             if len(waiting) < PENDING_LIMIT:
-                waiting.append(data)
+                waiting.append(output[0])
 
     # -- state transfer -------------------------------------------------------------------
 

@@ -259,10 +259,9 @@ class Node:
             transport = stream.transport
             if connection is None or transport is None or transport.is_closing():
                 continue
-            sock = transport.get_extra_info("socket")
             try:
-                with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as duplicate:
-                    state = tcp_repair.peek(duplicate)
+                with stream.duplicate_socket() as sock:
+                    state = tcp_repair.peek(sock)
             except OSError:
                 continue
             written = (state.send_seq - connection.base.send_seq) & 0xFFFFFFFF

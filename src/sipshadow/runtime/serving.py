@@ -11,6 +11,8 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sipshadow.core import Gateway, SendMessage
 from sipshadow.core.actions import Address
@@ -24,6 +26,8 @@ from sipshadow.runtime.primary_link import PrimaryLink, ShadowConnection
 from sipshadow.runtime.streams import StreamLimits, listen_socket
 
 log = logging.getLogger("sipshadow.ha")
+
+T = TypeVar("T")
 
 BIND_RETRY_S = 0.1  # a killed owner frees the port at once; a live one means no takeover
 
@@ -89,23 +93,24 @@ class Serving:
 
 async def bind_listener(listen: Address) -> socket.socket:
     """The TCP listener of the service address (`streams.listen_socket`), retried as `_bind`."""
-    deadline = time.monotonic() + BIND_RETRY_S
-    while True:
-        try:
-            return listen_socket(listen)
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.002)
+
+    async def listen_now() -> socket.socket:
+        return listen_socket(listen)
+
+    return await _while_in_use(listen_now)
 
 
 async def _bind(node: Node, listen: Address, listener: socket.socket | None) -> None:
     """Bind the service address; right after a kill the old owner may hold it a moment."""
+    await _while_in_use(lambda: node.start(listen, listener))
+
+
+async def _while_in_use(bind: Callable[[], Awaitable[T]]) -> T:
+    """`bind()`, tried again for `BIND_RETRY_S` while the address is in use (EADDRINUSE)."""
     deadline = time.monotonic() + BIND_RETRY_S
     while True:
         try:
-            await node.start(listen, listener)
-            return
+            return await bind()
         except OSError as error:
             if error.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise

@@ -18,6 +18,7 @@ queued for a peer that does not read. Each breach closes that one connection and
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from sipshadow.core.replies import salvage_reply
 from sipshadow.detect.throttle import ThrottledLog
 from sipshadow.net import tcp_repair
 from sipshadow.net.tcp_repair import TcpState
-from sipshadow.replication.streams import Connection
+from sipshadow.replication.streams import Connection, peer_for
 from sipshadow.runtime.addresses import ip_literal
 from sipshadow.sip.stream import MAX_BODY_BYTES, MAX_HEAD_BYTES, PING, Framed, KeepAlive, StreamFramer, Unframable
 
@@ -156,6 +157,14 @@ class SipStream(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def duplicate_socket(self) -> socket.socket:
+        """A duplicate descriptor of the connection's socket, for socket options (use it in a
+        `with`: closing it closes nothing). Raises OSError when there is none (not connected)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            raise OSError(errno.ENOTCONN, "no socket")
+        return socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM)
+
     def _unframable(self, fault: Unframable) -> None:
         """§18.3: a stream that cannot be framed gets a 400 when the head is a request, then closes."""
         salvaged = salvage_reply(fault.head, 400, fault.reason) if fault.head[:4].upper() != b"ACK " else None
@@ -236,12 +245,9 @@ class Streams:
         hook, transport = self.on_established, stream.transport
         if hook is None or transport is None or stream.peer is None:
             return
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return
-        try:  # a duplicate descriptor of the same socket: closing it closes nothing
-            with socket.fromfd(sock.fileno(), sock.family, socket.SOCK_STREAM) as duplicate:
-                hook(stream.peer, duplicate, stream.repair_state)
+        try:
+            with stream.duplicate_socket() as sock:
+                hook(stream.peer, sock, stream.repair_state)
         except Exception:
             log.exception("connection hook failed for %s", stream.peer)
 
@@ -332,16 +338,13 @@ class Streams:
 
     def send(self, output: SendMessage) -> None:
         """Write one message on the connection to its destination, opening one if there is none."""
-        data, destination, _transport, fallback = output
-        stream = self.by_peer.get(destination)
-        if stream is None and fallback is not None:
-            destination = fallback
-            stream = self.by_peer.get(destination)
+        peer = peer_for(output, self.by_peer)
+        stream = self.by_peer.get(peer)
         if stream is None:
-            stream = self._open(destination)
+            stream = self._open(peer)
             if stream is None:
                 return
-        stream.write(data)
+        stream.write(output[0])
 
     def _open(self, destination: Address) -> SipStream | None:
         host, port = destination
