@@ -100,7 +100,8 @@ def test_a_solo_nodes_document_round_trips_with_todays_keys(tmp_path: Path) -> N
     assert document.counters is not None and document.counters.rejected == {483: 1}
     raw = round_trip(document, tmp_path / "status.json")
     assert list(raw) == NODE_KEYS  # a solo node: no replication, no ha
-    assert list(raw["members"][0]) == ["address", "up", "calls", "active_calls", "missed_probes"]
+    assert list(raw["members"][0]) == ["address", "up", "calls", "active_calls", "missed_probes", "weight", "transport",
+                                       "draining", "retired"]
     assert raw["counters"]["rejected"] == {"483": 1}
 
 

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+#: The methods counted by name (RFC 3261 and its extensions); any other is counted as "other",
+#: so a sender cannot grow the table (or a metric's label set) without bound.
+COUNTED_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+    "INFO", "REFER", "MESSAGE", "UPDATE",
+})  # fmt: skip
+
 
 @dataclass(slots=True)
 class Counters:
@@ -19,6 +26,10 @@ class Counters:
     #: SUBSCRIBE and REFER attempts that opened a Call-ID (routed like calls, not counted as one).
     subscriptions: int = 0
     calls_per_member: list[int] = field(default_factory=list)
+    #: Requests that parsed, by method (`COUNTED_METHODS`, else "other").
+    requests_by_method: dict[str, int] = field(default_factory=dict)
+    #: Responses that parsed, by status class: "1xx" ... "6xx".
+    responses_by_class: dict[str, int] = field(default_factory=dict)
     rejected: dict[int, int] = field(default_factory=dict)
     malformed_requests: int = 0
     malformed_responses: int = 0
@@ -39,6 +50,16 @@ class Counters:
     member_up_events: int = 0
     #: Probe answers from the wrong address or for a probe no longer outstanding.
     stray_probe_answers: int = 0
+
+    def request(self, method: str) -> None:
+        self.requests += 1
+        name = method if method in COUNTED_METHODS else "other"
+        self.requests_by_method[name] = self.requests_by_method.get(name, 0) + 1
+
+    def response(self, status: int) -> None:
+        self.responses += 1
+        name = f"{status // 100}xx"
+        self.responses_by_class[name] = self.responses_by_class.get(name, 0) + 1
 
     def reject(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1

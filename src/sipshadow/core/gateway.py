@@ -246,7 +246,7 @@ class Gateway:
 
     def _on_request(self, request: SipMessage, event: MessageReceived) -> Outputs:
         """Validate the whole request, then route it; state changes only for one that passes."""
-        self.counters.requests += 1
+        self.counters.request(request.method or "")
         via, max_forwards = check_request(request)
         self._preprocess_route(request)
         method = request.method
@@ -530,7 +530,7 @@ class Gateway:
     # -- responses (§16.7) ----------------------------------------------------------------
 
     def _on_response(self, response: SipMessage, event: MessageReceived) -> Outputs:
-        self.counters.responses += 1
+        self.counters.response(response.status)
         via = response.top_via
         cseq = response.cseq
         if via is None or cseq is None or not response.call_id:

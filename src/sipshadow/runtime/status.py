@@ -36,6 +36,10 @@ class MemberStatus(msgspec.Struct, kw_only=True):
     calls: int = 0  #: calls routed to it
     active_calls: int = 0  #: calls it holds now
     missed_probes: int = 0  #: probe rounds in a row with no answer at all
+    weight: int = 1  #: its share of new calls under weighted-random
+    transport: str = "udp"  #: udp | tcp: how the ALG reaches it
+    draining: bool = False  #: `sipshadow ctl drain`: no new calls; its calls finish
+    retired: bool = False  #: gone from the config at a reload: no new calls; its calls finish
 
 
 class ReplicationStatus(msgspec.Struct, kw_only=True):
@@ -54,6 +58,8 @@ class ReplicationStatus(msgspec.Struct, kw_only=True):
     refused_frames: int = 0  #: frames from a shadow that failed authentication or decoding
     release_errors: int = 0  #: released outputs the sender raised on
     last_snapshot_ms: float = 0.0  #: time to build the last snapshot, ms
+    lag_entries: int = 0  #: entries recorded that the shadow has not acknowledged yet
+    lag_bytes: int = 0  #: their encoded size, bytes
 
 
 class TapStatus(msgspec.Struct, kw_only=True):
