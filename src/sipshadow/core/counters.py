@@ -50,6 +50,9 @@ class Counters:
     member_up_events: int = 0
     #: Probe answers from the wrong address or for a probe no longer outstanding.
     stray_probe_answers: int = 0
+    #: Reloads taken (`Reconfigure`) and drains or undrains that changed a member (`SetDraining`).
+    reconfigurations: int = 0
+    drain_changes: int = 0
 
     def request(self, method: str) -> None:
         self.requests += 1

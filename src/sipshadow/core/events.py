@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 from sipshadow.core.actions import UDP, Address
+from sipshadow.core.config import MemberSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,4 +34,35 @@ class TimerExpired:
     now: float
 
 
-Event = MessageReceived | TimerExpired
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """An operator's reload: the cluster's members (the config's list, in order), the policy
+    (one of `core.config.POLICIES`) and the health settings (`GatewayConfig`'s meaning).
+
+    Members are matched by address (`core.membership.Membership.reconcile`): kept ones keep
+    their calls and index, new ones are appended, absent ones retire (no new calls, theirs
+    finish). The shell validates before it builds one; the core takes any as given. `now` as
+    in `MessageReceived`. An event, not a method call, so the shadow applies it at the same
+    point of the log.
+    """
+
+    members: tuple[MemberSpec, ...]
+    policy: str
+    probe_interval_s: float
+    probe_misses: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetDraining:
+    """Drain (`draining` True) or undrain the member at `member`: a drained member takes no new
+    call and keeps the ones it holds. An address that is no member changes nothing."""
+
+    member: Address
+    draining: bool
+    now: float
+
+
+#: What an operator changes in a running core (`sipshadow ctl reload | drain | undrain`).
+Control = Reconfigure | SetDraining
+Event = MessageReceived | TimerExpired | Reconfigure | SetDraining

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from sipshadow.core.actions import TCP, UDP, UDP_REQUEST_LIMIT_BYTES, Address, SendMessage, format_address, uri_host
@@ -17,8 +18,9 @@ from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
 from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable
 from sipshadow.core.entropy import Entropy
-from sipshadow.core.events import Event, MessageReceived
+from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetDraining, TimerExpired
 from sipshadow.core.health import HealthMonitor
+from sipshadow.core.membership import Membership
 from sipshadow.core.policies import make_policy, stable_hash
 from sipshadow.core.replies import build_reply, lenient_via, salvage_reply
 from sipshadow.core.validation import Rejection, check_request, unsupported_extensions
@@ -38,6 +40,8 @@ _HEX = frozenset("0123456789abcdef")
 _INVITE_CLASS = frozenset({"INVITE", "CANCEL", "ACK"})
 #: Requests that open a dialog when they carry no To tag (RFC 3261 §12, RFC 6665, RFC 3515).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+#: With a 503 when every member is drained or retired (§21.5.4): try again after a while.
+_RETRY_AFTER = "Retry-After: 5"
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -93,14 +97,18 @@ class Gateway:
         own = {(host.lower(), port)} | {(h.lower(), p) for h, p in config.aliases}
         #: As a destination (bare) and as written in a Via or URI (an IPv6 host in brackets).
         self.own_addresses = own | {(uri_host(h), p) for h, p in own}
-        self.members: list[Address] = [member.address for member in config.members]
-        self.member_index = {address: index for index, address in enumerate(self.members)}
-        self.member_transports: list[str] = [member.transport for member in config.members]
-        self._all_members = list(range(len(self.members)))
-        self.table = DialogTable(len(self.members))
-        self.health = HealthMonitor(len(self.members), config.probe_interval_s, config.probe_misses)
+        self._entropy = entropy
+        #: Every member ever configured, by index; `members` and the rest below follow it.
+        self.membership = Membership(config.members)
+        self.members: list[Address] = []
+        self.member_index: dict[Address, int] = {}
+        self.member_transports: list[str] = []
+        count = len(config.members)
+        self.table = DialogTable(count)
+        self.health = HealthMonitor(count, config.probe_interval_s, config.probe_misses)
+        self.counters = Counters(calls_per_member=[0] * count)
         self.policy = make_policy(config.policy, config.members, entropy)
-        self.counters = Counters(calls_per_member=[0] * len(self.members))
+        self._follow_membership()
 
     # -- the one entry point --------------------------------------------------------------
 
@@ -121,7 +129,11 @@ class Gateway:
         """
         if type(event) is MessageReceived:
             return self._on_datagram(event)
-        return self._on_timer(event.now)
+        if type(event) is TimerExpired:
+            return self._on_timer(event.now)
+        if type(event) is Reconfigure:
+            return self._on_reconfigure(event)
+        return self._on_set_draining(event)  # type: ignore[arg-type]
 
     def next_deadline(self) -> float | None:
         """When the core next needs a `TimerExpired` (dialog expiry or a probe round), or None.
@@ -150,6 +162,7 @@ class Gateway:
         summary = (
             f"{self.table.digest}\x1f{self.policy.cursor}\x1f{self.health.summary()}"
             f"\x1f{counters.calls}\x1f{counters.requests}\x1f{counters.responses}"
+            f"\x1f{self.config.policy}\x1f{self.membership.summary()}"
         )
         return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
 
@@ -159,7 +172,9 @@ class Gateway:
             {"dialogs": [Call.as_row(), ...], "dialogs_digest": int, "cursor": int,
              "health": {"next_round_at": float | None,
                         "members": [(up, misses, outstanding, sequence), ...]},
-             "counters": Counters.as_dict()}
+             "counters": Counters.as_dict(),
+             "membership": {"members": Membership.export_state(), "policy": str,
+                            "probe_interval_s": float, "probe_misses": int}}
 
         Times in it are absolute seconds on the primary's event clock.
         """
@@ -169,6 +184,9 @@ class Gateway:
             "cursor": self.policy.cursor,
             "health": self.health.export_state(),
             "counters": self.counters.as_dict(),
+            "membership": {"members": self.membership.export_state(), "policy": self.config.policy,
+                           "probe_interval_s": self.config.probe_interval_s,
+                           "probe_misses": self.config.probe_misses},
         }
 
     def import_state(self, state: dict[str, Any]) -> None:
@@ -180,6 +198,11 @@ class Gateway:
         KeyError, TypeError or IndexError on any other misfit; the state is then half replaced
         and the gateway must be discarded.
         """
+        membership = state.get("membership")
+        if membership is not None:  # the exporter's cluster, reloads and drains included
+            self.membership.import_state(membership["members"])
+            self._reconfigured(membership["policy"], membership["probe_interval_s"], membership["probe_misses"],
+                               now=None)  # fmt: skip
         self.table.import_state(state["dialogs"], state.get("dialogs_digest"))
         self.policy.cursor = state["cursor"]
         self.health.import_state(state["health"])
@@ -289,7 +312,10 @@ class Gateway:
         method: str = request.method  # type: ignore[assignment]
         call = self.table.get(call_id)
         if call is None:
-            member = self._choose_member(call_id)
+            candidates = self._candidates()
+            if not candidates:  # every member drained or retired: nobody takes new calls
+                return self._reply(request, via, event, 503, "Service Unavailable", (_RETRY_AFTER,))
+            member = self.policy.choose(candidates, call_id, self.table.active_per_member)
             call = self.table.open(call_id, member, event.source, counted=method == "INVITE",
                                    transport=event.transport)  # fmt: skip
             if method == "INVITE":
@@ -320,6 +346,8 @@ class Gateway:
             return []
         else:
             candidates = self._candidates()
+            if not candidates:
+                return self._reply(request, via, event, 503, "Service Unavailable", (_RETRY_AFTER,))
             member = candidates[stable_hash(call_id) % len(candidates)]
         return self._forward(request, event, via, max_forwards, self.members[member], self.member_transports[member])
 
@@ -392,16 +420,23 @@ class Gateway:
                 return call.dialogs[(subscriber_tag, notifier_tag)]
         return None
 
-    def _choose_member(self, call_id: str) -> int:
-        return self.policy.choose(self._candidates(), call_id, self.table.active_per_member)
-
     def _candidates(self) -> list[int]:
-        """Members in service; all of them when every one looks down (better than refusing all)."""
+        """Members that may take a new call and are in service; all of those when every one
+        looks down (better than refusing all); empty when every member is drained or retired."""
         healthy = self.health.healthy()
+        membership = self.membership
+        if not membership.all_eligible:
+            eligible = membership.eligible()
+            healthy = [member for member in healthy if member in eligible]
+            if not eligible:
+                return eligible
+            if not healthy:
+                self.counters.routed_all_down += 1
+                return eligible
         if healthy:
             return healthy
         self.counters.routed_all_down += 1
-        return self._all_members
+        return membership.eligible()
 
     # -- forwarding (§16.6) ---------------------------------------------------------------
 
@@ -611,6 +646,48 @@ class Gateway:
         except SipParseError:
             return False
 
+    # -- the operator's changes (reload, drain) -------------------------------------------
+
+    def _on_reconfigure(self, event: Reconfigure) -> Outputs:
+        """A reload: members reconciled by address (`Membership.reconcile`), policy and health
+        settings replaced; dialogs keep their members. Sends nothing (new members are probed
+        at the next round)."""
+        self.membership.reconcile(event.members)
+        self._reconfigured(event.policy, event.probe_interval_s, event.probe_misses, now=event.now)
+        self.counters.reconfigurations += 1
+        return []
+
+    def _on_set_draining(self, event: SetDraining) -> Outputs:
+        index = self.membership.index_of(event.member)
+        if index is not None and self.membership.set_draining(index, event.draining):
+            self.counters.drain_changes += 1
+        return []
+
+    def _reconfigured(self, policy: str, probe_interval_s: float, probe_misses: int, *, now: float | None) -> None:
+        """The config and everything sized by the member count follow `membership`; the policy
+        is built anew (round-robin keeps its cursor). `now` None: a snapshot's import, whose
+        health state comes next."""
+        specs = tuple(self.membership.specs)
+        self.config = replace(self.config, members=specs, policy=policy, probe_interval_s=probe_interval_s,
+                              probe_misses=probe_misses)  # fmt: skip
+        cursor = self.policy.cursor
+        self.policy = make_policy(policy, specs, self._entropy)
+        self.policy.cursor = cursor % len(specs) if policy == "round-robin" and specs else 0
+        self.health.reconfigure(probe_interval_s, probe_misses, now)
+        self._follow_membership()
+
+    def _follow_membership(self) -> None:
+        """Resize what is indexed by member (new members are appended, never removed)."""
+        specs = self.membership.specs
+        self.members = [spec.address for spec in specs]
+        self.member_index = {address: index for index, address in enumerate(self.members)}
+        self.member_transports = [spec.transport for spec in specs]
+        for _ in range(len(specs) - len(self.table.active_per_member)):
+            self.table.active_per_member.append(0)
+        for _ in range(len(specs) - len(self.counters.calls_per_member)):
+            self.counters.calls_per_member.append(0)
+        self.health.grow(len(specs))
+
     # -- timers and health ----------------------------------------------------------------
 
     def _on_timer(self, now: float) -> Outputs:
@@ -622,7 +699,8 @@ class Gateway:
         if self.health.next_round_at is None or now < self.health.next_round_at:
             return []
         was_up = [member.up for member in self.health.members]
-        probes = [self._probe(index) for index in self.health.start_round(now)]
+        retired = self.membership.retired
+        probes = [self._probe(index) for index in self.health.start_round(now) if not retired[index]]
         self.counters.member_down_events += sum(
             1 for up, member in zip(was_up, self.health.members, strict=True) if up and not member.up
         )

@@ -42,6 +42,23 @@ class HealthMonitor:
         self._healthy: list[int] | None = None
         self._summary: str | None = None
 
+    def grow(self, member_count: int) -> None:
+        """Members appended by a reload: in service until their probes say otherwise."""
+        for _ in range(member_count - len(self.members)):
+            self.members.append(MemberHealth())
+        self._changed()
+
+    def reconfigure(self, interval_s: float, misses_allowed: int, now: float | None) -> None:
+        """New probe settings: interval 0 stops probing; probing switched on is due at `now`; a
+        running schedule keeps its next round. `now` None: a snapshot's state follows."""
+        self.interval_s = interval_s
+        self.misses_allowed = misses_allowed
+        if interval_s <= 0:
+            self.next_round_at = None
+        elif self.next_round_at is None and now is not None:
+            self.next_round_at = now
+        self._changed()
+
     def _changed(self) -> None:
         self._healthy = self._summary = None
 

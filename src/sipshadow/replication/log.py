@@ -11,8 +11,9 @@ import hashlib
 
 import msgspec
 
-from sipshadow.core import Event, MessageReceived, TimerExpired
+from sipshadow.core import Event, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.actions import UDP
+from sipshadow.core.events import Control, Reconfigure, SetDraining
 
 DATAGRAM = 0
 TIMER = 1
@@ -20,6 +21,9 @@ TIMER = 1
 #: or closed; `host`, `port` name its peer. The core never sees these: the ledger does.
 STREAM_OPENED = 2
 STREAM_CLOSED = 3
+#: An operator's change to the core (`core.events.Control`: a reload, a drain); payload:
+#: `encode_control`. Always carried in the entry, in tap mode too (no wire copy exists).
+CONTROL = 4
 
 
 class LogEntry(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -57,6 +61,8 @@ def entry_for(
     seq: int, event: Event, draws: tuple[float, ...], state: int, *, with_payload: bool = True, stream_bytes: int = 0
 ) -> LogEntry:
     """The log entry of an event the primary just handled."""
+    if isinstance(event, (Reconfigure, SetDraining)):
+        return LogEntry(seq, CONTROL, event.now, payload=encode_control(event), draws=draws, state=state)
     if isinstance(event, MessageReceived):
         host, port = event.source
         transport = event.transport
@@ -74,7 +80,38 @@ def event_for(entry: LogEntry, payload: bytes | None = None) -> Event:
     Raises ValueError for a datagram entry with no payload in it and none supplied."""
     if entry.kind == TIMER:
         return TimerExpired(entry.now)
+    if entry.kind == CONTROL:
+        if entry.payload is None:
+            raise ValueError(f"control entry {entry.seq} has no payload")
+        return decode_control(entry.payload, entry.now)
     data = entry.payload if entry.payload is not None else payload
     if data is None:
         raise ValueError(f"log entry {entry.seq} has no payload and none was supplied")
     return MessageReceived(data, (entry.host, entry.port), entry.now, entry.transport)
+
+
+def encode_control(event: Control) -> bytes:
+    """msgpack of ["reconfigure", [[host, port, weight, transport], ...], policy, probe_interval_s,
+    probe_misses] or ["drain", host, port, draining]; `now` travels in the entry."""
+    if isinstance(event, Reconfigure):
+        members = [[*spec.address, spec.weight, spec.transport] for spec in event.members]
+        return msgspec.msgpack.encode(["reconfigure", members, event.policy, event.probe_interval_s,
+                                       event.probe_misses])  # fmt: skip
+    return msgspec.msgpack.encode(["drain", *event.member, event.draining])
+
+
+def decode_control(payload: bytes, now: float) -> Control:
+    """The event `encode_control` encoded, at `now`; ValueError for anything else."""
+    try:
+        fields = msgspec.msgpack.decode(payload)
+        if fields[0] == "reconfigure":
+            _, members, policy, interval_s, misses = fields
+            specs = tuple(MemberSpec((str(host), int(port)), int(weight), str(transport))
+                          for host, port, weight, transport in members)  # fmt: skip
+            return Reconfigure(specs, str(policy), float(interval_s), int(misses), now)
+        if fields[0] == "drain":
+            _, host, port, draining = fields
+            return SetDraining((str(host), int(port)), bool(draining), now)
+    except (msgspec.DecodeError, TypeError, ValueError, IndexError, KeyError) as error:
+        raise ValueError(f"not a control entry: {error}") from None
+    raise ValueError(f"not a control entry: {fields[0]!r}")

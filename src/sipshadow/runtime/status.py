@@ -177,15 +177,20 @@ def snapshot(
 ) -> StatusDocument:
     """Counters plus live state: dialogs held, active calls and health per member; the
     serving shell adds its own error counts, its sender's counters and replication."""
+    membership = gateway.membership
     members = [
         MemberStatus(
-            address=format_address(address),
+            address=format_address(spec.address),
             up=health.up,
             calls=gateway.counters.calls_per_member[index],
             active_calls=gateway.table.active_per_member[index],
             missed_probes=health.misses,
+            weight=spec.weight,
+            transport=spec.transport,
+            draining=membership.draining[index],
+            retired=membership.retired[index],
         )
-        for index, (address, health) in enumerate(zip(gateway.members, gateway.health.members, strict=True))
+        for index, (spec, health) in enumerate(zip(membership.specs, gateway.health.members, strict=True))
     ]
     document = StatusDocument(
         pid=os.getpid(),
