@@ -276,3 +276,29 @@ def test_a_peer_that_is_only_taking_over_does_not_make_the_primary_step_down() -
     node.step(roles.Started(True))
     node.step(roles.ListenElapsed())
     assert node.step(roles.PeerBeat("b", "taking-over", 1)) == [] and node.role is Role.PRIMARY
+
+
+def test_an_ordered_takeover_needs_no_silence_and_a_standby_order_steps_down() -> None:
+    shadow = RoleMachine(node_id="b", configured_primary=False, mode="active", window_s=0.04)
+    shadow.step(roles.Started(configured_primary=False))
+    shadow.step(roles.PeerBeat("a", "primary", 2))
+    actions = shadow.step(roles.TakeoverOrdered("handoff"))
+    assert actions == [roles.TakeOver(3)] and shadow.role is Role.TAKING_OVER
+    shadow.step(roles.TakeoverDone())
+    assert shadow.step(roles.StandbyOrdered("keepalived BACKUP")) == [roles.StepDown(3), roles.Follow()]
+    assert shadow.role is Role.SHADOW and shadow.step(roles.StandbyOrdered("again")) == []
+
+
+def test_with_an_external_detector_silence_never_takes_over() -> None:
+    shadow = RoleMachine(node_id="b", configured_primary=False, mode="active", window_s=0.04, detects=False)
+    shadow.step(roles.Started(configured_primary=False))
+    shadow.step(roles.PeerBeat("a", "primary", 2))
+    assert shadow.step(roles.PeerSilent()) == [] and shadow.role is Role.SHADOW
+    assert shadow.step(roles.PeerBeat("a", "shadow", 2)) == []  # two shadows: keepalived decides
+    assert shadow.step(roles.TakeoverOrdered("keepalived MASTER")) == [roles.TakeOver(3)]
+
+
+def test_mode_none_ignores_an_ordered_takeover() -> None:
+    shadow = RoleMachine(node_id="b", configured_primary=False, mode="none", window_s=0.04)
+    shadow.step(roles.Started(configured_primary=False))
+    assert shadow.step(roles.TakeoverOrdered("handoff")) == [] and shadow.role is Role.SHADOW

@@ -43,6 +43,7 @@ from sipshadow.replication.wire import (
     MAX_BODY_BYTES,
     Ack,
     Entries,
+    Handoff,
     Hello,
     PayloadRequest,
     Payloads,
@@ -65,6 +66,7 @@ MESSAGES = [
     Ack(8),
     PayloadRequest([8, 9]),
     Payloads([(8, b"INVITE ..."), (9, b"")]),
+    Handoff(9, 3, b"t" * 32),
 ]
 BEAT = Heartbeat("node-b", 1, "primary", 9, sent_at=12.5)
 

@@ -16,7 +16,10 @@ timers and the outcome of the actions it ran; it decides nothing itself. The tab
     shadow        PeerBeat(shadow), lower node id → TakeOver (unless holding)     taking-over
     taking-over   TakeoverDone                   → —                             primary
     taking-over   TakeoverFailed                 → Follow, Hold(ABORT_HOLD_S)    shadow
+    shadow        TakeoverOrdered                → TakeOver(claimed epoch)       taking-over
     primary       PeerSilent                     → DropShadow                    primary
+    primary       StandbyOrdered                 → StepDown, Follow              shadow
+    fenced        StandbyOrdered                 → StepDown, Follow              shadow
     primary       PeerBeat(primary, newer)       → StepDown, Follow              shadow
     primary       Stalled(longer than window)    → Fence, Hold(window)           fenced
     fenced        PeerBeat(primary, newer)       → StepDown, Follow              shadow
@@ -24,9 +27,10 @@ timers and the outcome of the actions it ran; it decides nothing itself. The tab
     fenced        HoldElapsed                    → Unfence                       primary
 
 Any other (role, input) pair changes nothing but what the node knows (peer alive, arbiter
-alive, highest epoch seen). "Newer" compares (epoch, node id): a higher epoch wins, and at
-equal epochs (two nodes both configured primary) the lower node id keeps serving. Two
-shadows serve no one: the one with the lower node id takes over.
+alive, highest epoch seen). With an external detector (`detects=False`: keepalived decides),
+silence never starts a takeover; only `TakeoverOrdered` does. "Newer" compares (epoch,
+node id): a higher epoch wins, and at equal epochs (two nodes both configured primary)
+the lower node id keeps serving. Two shadows serve no one: the one with the lower node id takes over.
 
 Epochs: a node claims only epochs of its rank's parity (rank 0 = configured primary, rank 1 =
 configured shadow), always above any epoch it has seen, so two correctly configured nodes can
@@ -117,9 +121,24 @@ class Stalled:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class TakeoverOrdered:
+    """Take over now, whatever the heartbeats say: the primary handed off (a planned
+    switchover), or the operator's detector (keepalived, MASTER) says so. `reason` is logged."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StandbyOrdered:
+    """Stop serving and follow: the operator's detector (keepalived, BACKUP or FAULT) says so."""
+
+    reason: str
+
+
 Input = (
     Started | ListenElapsed | PeerBeat | PeerSilent | ArbiterBeat | ArbiterSilent | TakeoverDone | TakeoverFailed
-    | HoldElapsed | Stalled
+    | HoldElapsed | Stalled | TakeoverOrdered | StandbyOrdered
 )  # fmt: skip
 
 # -- actions ------------------------------------------------------------------------------
@@ -193,7 +212,7 @@ class RoleMachine:
     """
 
     def __init__(self, *, node_id: str, configured_primary: bool, mode: str, window_s: float,
-                 listen_s: float | None = None, has_arbiter: bool = False) -> None:  # fmt: skip
+                 listen_s: float | None = None, has_arbiter: bool = False, detects: bool = True) -> None:  # fmt: skip
         self.node_id = node_id
         self.rank = 0 if configured_primary else 1
         self.mode = mode
@@ -204,6 +223,8 @@ class RoleMachine:
         self.peer_alive = False
         self.arbiter_alive = False
         self.has_arbiter = has_arbiter
+        #: False: another detector (keepalived) orders takeovers; silence alone never does.
+        self.detects = detects
         self.holding = False
         self.primary_heard = False
         self.counters = {"held_by_arbiter": 0, "step_downs": 0, "fences": 0, "aborted_takeovers": 0}
@@ -268,7 +289,7 @@ class RoleMachine:
 
     def _shadow_input(self, event: Input) -> list[Action]:
         self._note(event)
-        if self.mode == "none" or self.holding:
+        if self.mode == "none" or self.holding or not self.detects:
             return []
         if not isinstance(event, PeerBeat):  # the peer fell silent: is it gone?
             if self.peer_alive:
@@ -280,6 +301,19 @@ class RoleMachine:
         self.epoch = self._claim()
         self.role = Role.TAKING_OVER
         return [TakeOver(self.epoch)]
+
+    def _takeover_ordered(self, event: TakeoverOrdered) -> list[Action]:
+        if self.mode == "none":
+            return []
+        self.holding = False
+        self.epoch = self._claim()
+        self.role = Role.TAKING_OVER
+        return [TakeOver(self.epoch)]
+
+    def _standby_ordered(self, event: StandbyOrdered) -> list[Action]:
+        self.role = Role.SHADOW
+        self.counters["step_downs"] += 1
+        return [StepDown(self.epoch), Follow()]
 
     def _takeover_done(self, event: TakeoverDone) -> list[Action]:
         self.role = Role.PRIMARY
@@ -320,6 +354,9 @@ _TABLE: dict[tuple[Role, type], Callable[[RoleMachine, Any], list[Action]]] = {
     (Role.SHADOW, PeerSilent): RoleMachine._shadow_input,
     (Role.SHADOW, ArbiterSilent): RoleMachine._shadow_input,
     (Role.SHADOW, HoldElapsed): RoleMachine._shadow_input,
+    (Role.SHADOW, TakeoverOrdered): RoleMachine._takeover_ordered,
+    (Role.PRIMARY, StandbyOrdered): RoleMachine._standby_ordered,
+    (Role.FENCED, StandbyOrdered): RoleMachine._standby_ordered,
     (Role.TAKING_OVER, TakeoverDone): RoleMachine._takeover_done,
     (Role.TAKING_OVER, TakeoverFailed): RoleMachine._takeover_failed,
     (Role.PRIMARY, PeerSilent): RoleMachine._primary_peer_silent,

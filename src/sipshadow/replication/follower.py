@@ -29,6 +29,7 @@ from sipshadow.replication.tap import TapBuffer
 from sipshadow.replication.wire import (
     Ack,
     Entries,
+    Handoff,
     Hello,
     Message,
     PayloadRequest,
@@ -78,6 +79,8 @@ class Follower:
         self.payload_wait_s = payload_wait_s
         self.synced = False
         self.primary_epoch = 0
+        #: The primary's planned handoff, once it came (the shell then takes over).
+        self.handoff: Handoff | None = None
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._waiting: deque[LogEntry] = deque()
         self._payloads: dict[int, bytes] = {}
@@ -135,6 +138,9 @@ class Follower:
             effects = self._drain(now)
             self.note_released(message.released)
             return effects
+        if isinstance(message, Handoff) and self.synced:
+            self.handoff = message  # the shell takes over once it sees it (`ShadowLink.execute`)
+            return self._drain(now)
         if isinstance(message, Payloads) and self.synced:
             self.stats["payloads_received"] += len(message.items)
             self._payloads.update(message.items)

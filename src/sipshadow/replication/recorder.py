@@ -80,6 +80,26 @@ class Recorder:
         self._payloads: deque[tuple[int, bytes]] = deque()
         #: Where each TCP connection stands, as the shadow counts it (`replication.streams`).
         self.streams = StreamLedger()
+        #: Bytes of entries written so far, and (last seq, running total) per frame written,
+        #: for the replication lag in bytes (`lag_bytes`): one tuple per frame, not per entry.
+        self._bytes_written = 0
+        self._frame_marks: deque[tuple[int, int]] = deque()
+        self._bytes_acked = 0
+
+    @property
+    def lag_entries(self) -> int:
+        """Entries logged for the shadow and not yet acknowledged (0 with no shadow)."""
+        return self.seq - self.acked if self.attached else 0
+
+    @property
+    def lag_bytes(self) -> int:
+        """Their encoded size, bytes (frame granularity; those still in this turn's batch excluded)."""
+        return self._bytes_written - self._bytes_acked if self.attached else 0
+
+    def pending_since(self, seq: int) -> list[float]:
+        """When (loop clock) each entry up to `seq` still holding outputs was logged: an ack for
+        `seq` releases them, and the difference is output commit's delay."""
+        return [logged_at for held_seq, logged_at, _ in self._pending if held_seq <= seq]
 
     # -- the event path -------------------------------------------------------------------
 
@@ -136,6 +156,8 @@ class Recorder:
             return [Entries([], self.released)]
         batch, self._batch = self._batch, []
         self.stats["entries_sent"] += len(batch)
+        self._bytes_written += sum(_entry_bytes(entry) for entry in batch)
+        self._frame_marks.append((batch[-1].seq, self._bytes_written))
         frames = [Entries(chunk, self.released) for chunk in _chunks(batch, _entry_bytes)]
         self._released_sent = self.released
         self.stats["frames_sent"] += len(frames)
@@ -173,6 +195,9 @@ class Recorder:
         payloads = self._payloads
         while payloads and payloads[0][0] <= seq:
             payloads.popleft()
+        marks = self._frame_marks
+        while marks and marks[0][0] <= seq:
+            self._bytes_acked = marks.popleft()[1]
         return released
 
     def attach(self) -> Effects:
@@ -191,6 +216,8 @@ class Recorder:
         write += [SnapshotRows(part) for part in parts]
         self.attached = True
         self.acked = self.seq
+        self._frame_marks.clear()
+        self._bytes_acked = self._bytes_written
         self.stats["snapshots_sent"] += 1
         return Effects(send=send, write=write)
 

@@ -70,9 +70,19 @@ class Payloads(msgspec.Struct, array_like=True, tag=7):
     items: list[tuple[int, bytes]]
 
 
-Message = Hello | Snapshot | Entries | Ack | PayloadRequest | Payloads | SnapshotRows
+class Handoff(msgspec.Struct, array_like=True, tag=9):
+    """A planned switchover: the primary took no input after entry `seq`, every output up to
+    it is out, and the shadow is to take over now. `token` (forward mode, one host) lets the
+    shadow collect the service sockets from the primary (`runtime.handover`); empty in tap mode."""
+
+    seq: int
+    epoch: int
+    token: bytes = b""
+
+
+Message = Hello | Snapshot | Entries | Ack | PayloadRequest | Payloads | SnapshotRows | Handoff
 CODEC = MessageCodec(
-    {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8},
+    {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8, Handoff: 9},
     Message,
     MAX_BODY_BYTES,
 )

@@ -12,12 +12,15 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
                 connections_per_source = 256, partial_timeout_s = 10, idle_timeout_s = 600,
                 large_requests_over_tcp = true (§18.1.1: over 1300 bytes, a UDP member gets TCP)
     [status]    file = "PATH", interval_s = 1.0
-    [log]       level = "info"
+    [control]   socket = "PATH" (`sipshadow ctl`; off when empty)
+    [metrics]   listen = "HOST:PORT" (Prometheus exposition at /metrics; off when empty)
+    [log]       level = "info", format = "text" | "json"
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
                    key = "..." or key_file = "PATH", output_commit = true, commit_timeout_ms = 200,
                    heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "...", peer_node_id = "...",
                    input = "forward" | "tap", vip_interface = "IFNAME", vip_lifetime_ms = 3000,
-                   tap_horizon_ms = 2000, arbiter_listen = "HOST:PORT", arbiter_peer = "HOST:PORT"
+                   tap_horizon_ms = 2000, arbiter_listen = "HOST:PORT", arbiter_peer = "HOST:PORT",
+                   detector = "heartbeat" | "keepalived", handover_timeout_ms = 2000
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from sipshadow.runtime.addresses import is_ip_literal, parse_address
 from sipshadow.runtime.streams import StreamLimits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+#: Who declares the primary dead: our heartbeats, or keepalived's VRRP (which then tells the
+#: node through `sipshadow ctl takeover | standby`).
+DETECTORS = ("heartbeat", "keepalived")
 ROLES = ("solo", "primary", "shadow")
 #: The paper's three cases, in its order (no HA, network-level HA, active replication).
 HA_MODES = ("none", "network", "active")
@@ -103,6 +110,15 @@ class StatusSection(_Strict):
 
 class LogSection(_Strict):
     level: str = "info"
+    format: str = "text"
+
+
+class ControlSection(_Strict):
+    socket: str = ""
+
+
+class MetricsSection(_Strict):
+    listen: str = ""
 
 
 class ReplicationSection(_Strict):
@@ -128,6 +144,9 @@ class ReplicationSection(_Strict):
     arbiter_listen: str = ""
     arbiter_peer: str = ""
     tap_horizon_ms: int = 2000
+    detector: str = "heartbeat"
+    #: A switchover or SIGTERM waits this long for the shadow to acknowledge the log's end.
+    handover_timeout_ms: int = 2000
 
 
 class ConfigFile(_Strict):
@@ -138,6 +157,8 @@ class ConfigFile(_Strict):
     tcp: TcpSection = msgspec.field(default_factory=TcpSection)
     status: StatusSection = msgspec.field(default_factory=StatusSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
+    control: ControlSection = msgspec.field(default_factory=ControlSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
 
 
@@ -162,6 +183,8 @@ class ReplicationConfig:
     tap_horizon_s: float = 2.0
     peer_node_id: str | None = None  #: None: any node id but this node's own
     vip_lifetime_s: int = 3
+    detector: str = "heartbeat"  #: one of `DETECTORS`
+    handover_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +198,9 @@ class NodeConfig:
     log_level: str
     replication: ReplicationConfig | None = None
     tcp: StreamLimits = field(default_factory=StreamLimits)
+    log_format: str = "text"
+    control_socket: Path | None = None
+    metrics_listen: Address | None = None
     #: Legal but risky settings, one line each, logged when the node starts.
     warnings: tuple[str, ...] = ()
 
@@ -240,6 +266,9 @@ def build(
     _positive("status.interval_s", file.status.interval_s)
     if file.log.level not in LOG_LEVELS:
         raise ConfigError("log.level", f"expected one of {', '.join(LOG_LEVELS)}")
+    if file.log.format not in LOG_FORMATS:
+        raise ConfigError("log.format", f"expected one of {', '.join(LOG_FORMATS)}")
+    metrics_listen = _address("metrics.listen", file.metrics.listen) if file.metrics.listen else None
     replication = _replication(file.replication, role, peer, listen_address)
     gateway = GatewayConfig(
         service=advertise,
@@ -263,6 +292,9 @@ def build(
         log_level=file.log.level,
         replication=replication,
         tcp=tcp,
+        log_format=file.log.format,
+        control_socket=Path(file.control.socket) if file.control.socket else None,
+        metrics_listen=metrics_listen,
         warnings=tuple(warnings),
     )
 
@@ -293,6 +325,9 @@ def _replication(
     _positive("replication.heartbeat_misses", section.heartbeat_misses)
     _positive("replication.tap_horizon_ms", section.tap_horizon_ms)
     _vip_lifetime(section)
+    _positive("replication.handover_timeout_ms", section.handover_timeout_ms)
+    if section.detector not in DETECTORS:
+        raise ConfigError("replication.detector", f"expected one of {', '.join(DETECTORS)}")
     if section.input not in INPUTS:
         raise ConfigError("replication.input", f"expected one of {', '.join(INPUTS)}")
     if section.input == "tap" and not section.vip_interface:
@@ -319,6 +354,8 @@ def _replication(
         arbiter_peer=arbiter_peer,
         tap_horizon_s=section.tap_horizon_ms / 1000,
         vip_lifetime_s=section.vip_lifetime_ms // 1000,
+        detector=section.detector,
+        handover_timeout_s=section.handover_timeout_ms / 1000,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -32,9 +33,12 @@ from sipshadow.link import Peering
 from sipshadow.replication.follower import Handover
 from sipshadow.replication.segments import SegmentStore
 from sipshadow.replication.streams import Connection
+from sipshadow.replication.wire import Handoff
+from sipshadow.runtime import handover as service_handover
 from sipshadow.runtime.config import NodeConfig, ReplicationConfig
 from sipshadow.runtime.following import Following, TapSocket
 from sipshadow.runtime.identity import LinuxIdentity, LoopbackIdentity, ServiceIdentity
+from sipshadow.runtime.node import adopt_endpoint
 from sipshadow.runtime.serving import Serving, bind_listener
 from sipshadow.runtime.status import StatusDocument, TakeoverRecord, ha_status
 
@@ -57,6 +61,7 @@ class HaNode:
             window_s=window_s * MAX_WIDENING,  # the longest the peer's detector may wait for us
             listen_s=window_s + replication.heartbeat_interval_s,
             has_arbiter=replication.arbiter_listen is not None and replication.arbiter_peer is not None,
+            detects=replication.detector == "heartbeat",
         )
         self.tap_mode = replication.input == "tap"
         #: Who may talk to this node on every link, and what was refused (shared by all links).
@@ -78,6 +83,14 @@ class HaNode:
         self._worker: asyncio.Task[None] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._settled = asyncio.Event()
+        #: The primary's handoff that this shadow is taking over from (a planned switchover).
+        self._handoff: Handoff | None = None
+        #: Leaving (SIGTERM after a handoff): a step-down does not rejoin as the shadow.
+        self.leaving = False
+        self._planned_step_down = False
+        #: Metrics' hooks: a takeover's duration (s), an output commit delay (s).
+        self.on_takeover: Callable[[float], None] | None = None
+        self.on_commit_delay: Callable[[float], None] | None = None
 
     @property
     def role(self) -> str:
@@ -161,10 +174,14 @@ class HaNode:
             self.serving = await self._serve(Gateway(self.config.gateway, recorder), recorder)
             self._settled.set()
         elif isinstance(action, roles.Follow):
+            if self.leaving:
+                return
             self.following = await Following.start(
                 self.config.gateway, self.replication, self.config.listen, tap_mode=self.tap_mode,
                 identity=self.identity, epoch=lambda: self.epoch, peering=self.peering,
             )  # fmt: skip
+            if self.following.link is not None:
+                self.following.link.on_handoff = self._handed_off
             self._settled.set()
         elif isinstance(action, roles.TakeOver):
             await self._take_over(action.epoch)
@@ -172,7 +189,11 @@ class HaNode:
             if self.serving is not None:
                 self.serving.link.shadow_gone()
         elif isinstance(action, roles.StepDown):
-            log.error("a primary serves in epoch %d: stepping down to rejoin as the shadow", action.epoch)
+            if self._planned_step_down:  # a switchover or the external detector's order
+                self._planned_step_down = False
+                log.warning("stepping down as planned (epoch %d)", action.epoch)
+            else:
+                log.error("a primary serves in epoch %d: stepping down to rejoin as the shadow", action.epoch)
             serving, self.serving = self.serving, None
             if serving is not None:
                 await serving.stop()
@@ -195,13 +216,15 @@ class HaNode:
     ) -> Serving:  # fmt: skip
         """Serve with `gateway`: fresh, or the replica's after a takeover (`handover`), on the
         shadow's tap socket if it had one."""
-        return await Serving.start(
+        serving = await Serving.start(
             gateway, recorder, self.replication, self.config.listen, epoch=self.epoch, peering=self.peering,
             tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
             backlog=handover.unlogged if handover else None, tap_socket=tap_socket, stream_limits=self.config.tcp,
             expected=expected, listener=listener,
         )  # fmt: skip
+        serving.link.on_commit_delay = self.on_commit_delay
+        return serving
 
     async def _take_over(self, epoch: int) -> None:
         """Become the primary: the service address, the core as it stands, the unsent outputs."""
@@ -218,15 +241,28 @@ class HaNode:
             # The TCP listener first (so that a SYN finds it), then the VIP; the old primary's
             # connections are rebuilt once serving (`_repair`), and until then this node's
             # resets stay below the VIP: a segment of one not yet rebuilt comes again.
-            listener = await bind_listener(self.config.listen)
-            connections = list(handover.streams.connections.values()) if handover else []
-            if handover is not None and following is not None:  # young ones the log never named
+            handoff, self._handoff = self._handoff, None
+            if handoff is not None and handoff.token:  # one host: the primary's own sockets
+                sockets = service_handover.take(self.replication.peer, handoff.token)
+                tap_socket = await adopt_endpoint(sockets.udp) if sockets.udp is not None else None
+                listener = sockets.listener
+                if handover is not None:  # read by the old primary, never handled: first in line
+                    handover.unlogged[:0] = sockets.held
+            else:
+                listener = await bind_listener(self.config.listen)
+                tap_socket = None
+            # One host's handoff: the old primary's TCP connections stay its own (it closes
+            # them when it steps down); their peers connect again.
+            rebuild = handover is not None and not (handoff is not None and handoff.token)
+            connections = list(handover.streams.connections.values()) if handover and rebuild else []
+            if rebuild and handover is not None and following is not None:  # young ones the log never named
                 logged = {connection.peer: connection.base for connection in connections}
                 vip = self.config.listen[0]
                 found = following.segments.unlogged_connections(vip, logged, handover.last_now)
                 connections += [Connection(peer, base) for peer, base in found]
             network = self.identity.claim(guard_resets=bool(connections))
-            tap_socket = following.take_tap_socket() if following is not None else None
+            if tap_socket is None and following is not None:
+                tap_socket = following.take_tap_socket()
             expected = [connection.peer for connection in connections]
             self.serving = await self._serve(gateway, recorder, handover, tap_socket, expected, listener)
             elapsed_ms, serving_at = (time.perf_counter() - started) * 1000, time.time()
@@ -253,6 +289,8 @@ class HaNode:
             handover.start_seq if handover else 0, len(connections),
         )  # fmt: skip
         self.input(roles.TakeoverDone())
+        if self.on_takeover is not None:
+            self.on_takeover(elapsed_ms / 1000)
         if connections:
             segments = following.segments if following is not None else None
             self._repairing = asyncio.get_running_loop().create_task(
@@ -276,6 +314,72 @@ class HaNode:
         log.warning("rebuilt %d TCP connections in %.1f ms after the takeover (%d could not be; %d bytes the "
                     "log had not carried taken from the mirror)", rebuilt, (time.perf_counter() - started) * 1000,
                     failed, recovered)  # fmt: skip
+
+    # -- planned switchover and an external detector's orders ---------------------------
+
+    def _handed_off(self, handoff: Handoff) -> None:
+        """The primary handed off (a planned switchover): take over now."""
+        log.warning("the primary handed off at entry %d: taking over", handoff.seq)
+        self._handoff = handoff
+        self.input(roles.TakeoverOrdered("handoff"))
+
+    def order_takeover(self, reason: str) -> str:
+        """`sipshadow ctl takeover` (keepalived MASTER): a shadow takes over now."""
+        if self.machine.role is not Role.SHADOW:
+            return f"nothing to do: this node is {self.role}"
+        self.input(roles.TakeoverOrdered(reason))
+        return f"taking over ({reason})"
+
+    def order_standby(self, reason: str) -> str:
+        """`sipshadow ctl standby` (keepalived BACKUP or FAULT): a serving node steps down."""
+        if self.machine.role not in (Role.PRIMARY, Role.FENCED):
+            return f"nothing to do: this node is {self.role}"
+        self._planned_step_down = True
+        self.input(roles.StandbyOrdered(reason))
+        return f"stepping down to shadow ({reason})"
+
+    async def hand_off(self, *, leaving: bool) -> str:
+        """A planned switchover: take no input, wait until the shadow has acknowledged every
+        entry and every output is out, tell it to take over (`Handoff`; in forward mode it also
+        collects the service sockets, `runtime.handover`), and step back. Tap mode silences
+        the VIP here at once; the shadow claims it. `leaving` (SIGTERM): this node then exits
+        instead of rejoining as the shadow. Returns one line for the operator; raises
+        `HandoffRefused` when there is no synced shadow to hand to (nothing has changed then)."""
+        serving = self.serving
+        if self.machine.role is not Role.PRIMARY or serving is None:
+            raise HandoffRefused(f"this node is {self.role}, not the primary")
+        recorder, link = serving.link.recorder, serving.link
+        if self.replication.mode != "active" or not recorder.attached or link.connection is None:
+            raise HandoffRefused("no shadow is attached and in sync: a handoff would lose the calls")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeout_s = self.replication.handover_timeout_s
+        serving.node.fence()  # no input from here on, no timers: the log ends here
+        link.flush_now()
+        if not await _until(lambda: recorder.acked >= recorder.seq and recorder.released >= recorder.seq, timeout_s):
+            serving.node.unfence()
+            raise HandoffRefused(f"the shadow did not acknowledge entry {recorder.seq} within {timeout_s:g} s; "
+                                 "serving on")  # fmt: skip
+        token = secrets.token_bytes(service_handover.TOKEN_BYTES) if not self.tap_mode else b""
+        giving = None
+        if token:
+            node = serving.node
+            giving = loop.create_task(
+                service_handover.give(self.replication.listen, token, node.give_up_service_sockets, timeout_s)
+            )
+            await asyncio.sleep(0)  # listening before the shadow hears of it
+        self.leaving, self._planned_step_down = leaving, True
+        link.hand_off(Handoff(recorder.seq, self.epoch, token))
+        if self.tap_mode:
+            self.identity.silence()  # the shadow claims the VIP; copies of what comes meanwhile reach it
+        given = await giving if giving is not None else True
+        stepped = await _until(lambda: self.machine.role is not Role.PRIMARY, timeout_s)
+        elapsed_ms = (loop.time() - started) * 1000
+        if not (given and stepped):
+            log.error("handoff at entry %d: the shadow did not take over within %g s", recorder.seq, timeout_s)
+            return f"handoff at entry {recorder.seq} sent; the shadow has not taken over after {elapsed_ms:.0f} ms"
+        log.warning("handed off to the shadow at entry %d in %.1f ms", recorder.seq, elapsed_ms)
+        return f"handed off at entry {recorder.seq} in {elapsed_ms:.0f} ms; the peer serves (epoch {self.epoch})"
 
     # -- status and stop ------------------------------------------------------------------
 
@@ -309,3 +413,17 @@ class HaNode:
             await self.following.close()
         if self.serving is not None:
             self.serving.close()
+
+
+class HandoffRefused(Exception):
+    """A switchover that cannot be done now; the message says why (nothing was changed)."""
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.001) -> bool:
+    """Poll `condition` on the loop until it holds (True) or `timeout_s` passes (False)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(poll_s)
+    return True

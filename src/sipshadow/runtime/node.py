@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -17,8 +18,10 @@ from collections.abc import Callable
 
 from sipshadow.core import Event, Gateway, MessageReceived, TimerExpired
 from sipshadow.core.actions import TCP, UDP, Address, SendMessage
+from sipshadow.core.events import Control
 from sipshadow.net import tcp_repair
 from sipshadow.replication.streams import ConnectionBase
+from sipshadow.runtime.handover import ServiceSockets
 from sipshadow.runtime.primary_link import PrimaryLink
 from sipshadow.runtime.sender import DatagramSender
 from sipshadow.runtime.status import StatusDocument, snapshot
@@ -71,6 +74,15 @@ async def open_endpoint(
     loop = asyncio.get_running_loop()
     endpoint = DatagramEndpoint(handler)
     transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=bind_udp(listen))
+    return transport, endpoint
+
+
+async def adopt_endpoint(sock: socket.socket) -> tuple[asyncio.DatagramTransport, DatagramEndpoint]:
+    """An endpoint on a bound UDP socket handed over by the old primary (`runtime.handover`);
+    its handler is set when a node adopts it (`Node.adopt`)."""
+    loop = asyncio.get_running_loop()
+    endpoint = DatagramEndpoint(lambda data, source: None)
+    transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
     return transport, endpoint
 
 
@@ -207,6 +219,32 @@ class Node:
         for event, consumed in waiting or ():
             self._take(event, consumed)
         self._rearm()
+
+    def control(self, event: Control) -> None:
+        """An operator's change (reload, drain) into the core, in order with the traffic (so
+        the primary logs it and the shadow applies it at the same point)."""
+        self._take(event)
+        self._rearm()
+
+    def now(self) -> float:
+        """The event clock (the loop's), for an event built outside the node."""
+        return self._loop.time()
+
+    def give_up_service_sockets(self) -> ServiceSockets:
+        """A handoff on one host (`runtime.handover`): duplicates of the UDP socket and the TCP
+        listener, this node's copies closed, and the datagrams that arrived while fenced
+        (held for the next primary, in order). Call once fenced (`fence`)."""
+        sockets = ServiceSockets()
+        if self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            sockets.udp = socket.socket(fileno=os.dup(sock.fileno()))
+            self._transport.close()
+            self._transport = None
+        if self.streams is not None:
+            sockets.listener = self.streams.release_listener()
+        waiting, self._fenced = self._fenced or deque(), deque()
+        sockets.held = [(event.data, event.source) for event, _ in waiting if event.transport == UDP]
+        return sockets
 
     def send(self, outputs: list[SendMessage]) -> None:
         """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""

@@ -28,7 +28,7 @@ from sipshadow.link import NONCE_BYTES, Peering, Refused, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.recorder import Recorder
 from sipshadow.replication.streams import ConnectionBase
-from sipshadow.replication.wire import CODEC, Hello, Message
+from sipshadow.replication.wire import CODEC, Ack, Handoff, Hello, Message
 from sipshadow.runtime.status import ReplicationStatus
 
 log = logging.getLogger("sipshadow.replication")
@@ -83,6 +83,8 @@ class PrimaryLink:
         self._deadline: asyncio.TimerHandle | None = None
         self._notice: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        #: Called with each held output's commit delay (s) when the shadow's ack releases it.
+        self.on_commit_delay: Callable[[float], None] | None = None
 
     def record(self, event: Event, outputs: list[SendMessage], stream_bytes: int = 0) -> None:
         """The core handled `event`: log it, and send what output commit lets out now."""
@@ -100,6 +102,16 @@ class PrimaryLink:
         self.recorder.record_stream(peer, base, now)
         if self.recorder.attached:
             self._schedule_flush()
+
+    def flush_now(self) -> None:
+        """Write what is logged now, not at the end of the turn (a handoff waits for its ack)."""
+        self._flush()
+
+    def hand_off(self, handoff: Handoff) -> None:
+        """Tell the shadow to take over (after the last entry, which it has acknowledged)."""
+        self._flush()
+        if self.connection is not None:
+            self.connection.write([handoff])
 
     def _schedule_flush(self) -> None:
         """One flush at the end of this loop turn, however many events and acks it holds."""
@@ -172,6 +184,10 @@ class PrimaryLink:
                 return
             self.attach(connection, message)
         elif connection is self.connection:
+            if isinstance(message, Ack) and self.on_commit_delay is not None:
+                now = self._loop.time()
+                for logged_at in self.recorder.pending_since(message.seq):
+                    self.on_commit_delay(now - logged_at)
             self.execute(self.recorder.receive(message))
 
     def refuse(self, connection: ShadowConnection, refused: Refused) -> None:
@@ -219,7 +235,8 @@ class PrimaryLink:
         return ReplicationStatus(seq=recorder.seq, released=recorder.released, shadow_attached=recorder.attached,
                                  **recorder.stats, refused_frames=self.refused_frames,
                                  release_errors=self.release_errors,
-                                 last_snapshot_ms=self.last_snapshot_ms)  # fmt: skip
+                                 last_snapshot_ms=self.last_snapshot_ms, lag_entries=recorder.lag_entries,
+                                 lag_bytes=recorder.lag_bytes)  # fmt: skip
 
     def abandon(self) -> None:
         """Stop without sending what is held: a newer primary owns these calls now."""

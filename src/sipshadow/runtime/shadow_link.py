@@ -19,7 +19,7 @@ from sipshadow.detect.throttle import ThrottledLog
 from sipshadow.link import NONCE_BYTES, Peering, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.follower import Follower
-from sipshadow.replication.wire import CODEC
+from sipshadow.replication.wire import CODEC, Handoff
 from sipshadow.runtime.primary_link import set_nodelay
 
 log = logging.getLogger("sipshadow.replication")
@@ -43,6 +43,8 @@ class ShadowLink(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        #: Called (once, on the loop) when the primary hands off: a planned switchover.
+        self.on_handoff: Callable[[Handoff], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_connected())
@@ -90,6 +92,10 @@ class ShadowLink(asyncio.Protocol):
         if effects.drop:
             log.error("shadow %s", effects.drop)
             self.drop()
+        on_handoff = self.on_handoff
+        if self.follower.handoff is not None and on_handoff is not None:
+            self.on_handoff = None  # once: the takeover it starts closes this link
+            self._loop.call_soon(on_handoff, self.follower.handoff)
         deadline = self.follower.next_deadline()
         if deadline is not None and self._timer is None:
             self._timer = self._loop.call_at(deadline, self._on_timer)

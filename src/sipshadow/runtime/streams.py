@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -401,6 +402,17 @@ class Streams:
         except Exception:
             log.exception("TCP sweep failed")
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def release_listener(self) -> socket.socket | None:
+        """A handoff on one host: a duplicate of the listening socket for the next primary;
+        this node accepts no more (its queue of connections waiting stays, for the next)."""
+        server, self._server = self._server, None
+        listening = getattr(server, "sockets", None) if server is not None else None  # asyncio's and uvloop's
+        if server is None or not listening:
+            return None
+        sock = socket.socket(fileno=os.dup(listening[0].fileno()))
+        server.close()
+        return sock
 
     def close(self) -> None:
         """Stop listening and close every connection (a FIN each)."""
