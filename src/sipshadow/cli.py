@@ -15,6 +15,9 @@ from sipshadow import __version__
 from sipshadow.core.config import POLICIES
 from sipshadow.runtime.config import HA_MODES
 
+#: Where `ctl` looks for a node's control socket unless told (the systemd unit's RuntimeDirectory).
+DEFAULT_CONTROL_SOCKET = "/run/sipshadow/control.sock"
+
 if TYPE_CHECKING:
     from sipshadow.runtime.config import NodeConfig
 
@@ -38,6 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="print a running node's status file")
     stats.add_argument("file", type=Path, help="the node's status.file (--status-file)")
     stats.add_argument("--json", action="store_true", help="raw JSON instead of a table")
+
+    ctl = commands.add_parser("ctl", help="control a running node through its control.socket")
+    ctl.add_argument("--socket", type=Path, default=Path(DEFAULT_CONTROL_SOCKET), help="the node's control.socket")
+    ctl.add_argument("--json", action="store_true", help="the answer as JSON")
+    ctl_commands = ctl.add_subparsers(dest="ctl_command", required=True)
+    ctl_commands.add_parser("status", help="the node's status document")
+    dialogs = ctl_commands.add_parser("dialogs", help="count and list the calls held")
+    dialogs.add_argument("--member", metavar="HOST:PORT", help="only this member's calls")
+    dialogs.add_argument("--limit", type=int, default=100, help="list at most this many")
+    ctl_commands.add_parser("members", help="members: health, drain, calls")
+    for name, text in (("drain", "no new calls to MEMBER; its calls finish"), ("undrain", "MEMBER takes new calls")):
+        command = ctl_commands.add_parser(name, help=text)
+        command.add_argument("member", metavar="MEMBER", help="HOST:PORT as in the config")
+    ctl_commands.add_parser("reload", help="members, weights, policy and health settings from the config file")
+    ctl_commands.add_parser("switchover", help="hand the service to the shadow (planned; no call lost)")
+    for name, text in (("takeover", "a shadow takes over now (keepalived MASTER)"),
+                       ("standby", "a serving node steps down to shadow (keepalived BACKUP/FAULT)")):  # fmt: skip
+        command = ctl_commands.add_parser(name, help=text)
+        command.add_argument("--reason", default="", help="logged by the node")
 
     lab = commands.add_parser("lab", help="experiments with real SIPp")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
@@ -83,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "stats":
         return _stats(args)
+    if args.command == "ctl":
+        from sipshadow.runtime.ctl import run_ctl
+
+        return run_ctl(args)
     return _lab(args)
 
 
@@ -171,6 +197,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 def _serve(args: argparse.Namespace) -> int:
     from sipshadow.runtime.config import ConfigError
+    from sipshadow.runtime.logformat import configure_logging
     from sipshadow.runtime.serve import run
 
     try:
@@ -178,10 +205,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"sipshadow: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     for warning in config.warnings:
         logging.getLogger("sipshadow.config").warning("%s", warning)
-    return run(config)
+    return run(config, load_config=(lambda: node_config(args)) if args.config else None)
 
 
 def _stats(args: argparse.Namespace) -> int:

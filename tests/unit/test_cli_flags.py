@@ -12,11 +12,14 @@ covered by test_config.py (`--listen`, `--config`) and test_experiment_cli.py (`
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -274,6 +277,64 @@ def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.strip() == f"sipshadow {importlib.metadata.version('sipshadow')}"
 
 
+# -- ctl: every flag reaches the control socket ------------------------------------------------
+
+CTL = [  # (argv after `ctl --socket PATH`, the command the node receives, its arguments)
+    (["dialogs", "--member", "192.0.2.7:5060", "--limit", "7"], "dialogs", {"member": "192.0.2.7:5060", "limit": 7}),
+    (["drain", "192.0.2.7:5060"], "drain", {"member": "192.0.2.7:5060"}),
+    (["undrain", "192.0.2.8:5060"], "undrain", {"member": "192.0.2.8:5060"}),
+    (["takeover", "--reason", "keepalived MASTER"], "takeover", {"reason": "keepalived MASTER"}),
+    (["standby", "--reason", "keepalived BACKUP"], "standby", {"reason": "keepalived BACKUP"}),
+]
+
+
+@contextlib.contextmanager
+def echoing_control_socket(path: Path) -> Iterator[None]:
+    """A real control server whose every command answers with its name and arguments."""
+    from sipshadow.runtime.control import ControlServer
+
+    loop = asyncio.new_event_loop()
+
+    def echo(name: str):
+        async def command(arguments: dict[str, object]) -> object:
+            return {"command": name, "arguments": arguments}
+
+        return command
+
+    names = ("status", "dialogs", "members", "drain", "undrain", "reload", "switchover", "takeover", "standby")
+    server = ControlServer(path, {name: echo(name) for name in names})
+    loop.run_until_complete(server.start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        server.close()
+        pending = asyncio.all_tasks(loop)  # a connection's coroutine still waiting for its next line
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending))
+        loop.close()
+
+
+@pytest.mark.parametrize(("argv", "command", "arguments"), CTL, ids=[row[0][0] for row in CTL])
+def test_ctl_flags_reach_the_control_socket(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                            command: str, arguments: dict[str, object]) -> None:  # fmt: skip
+    path = tmp_path / "control.sock"
+    with echoing_control_socket(path):
+        assert main(["ctl", "--socket", str(path), "--json", *argv]) == 0
+    assert json.loads(capsys.readouterr().out) == {"command": command, "arguments": arguments}
+
+
+def test_ctl_without_a_node_says_so_in_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ctl", "--socket", str(tmp_path / "none.sock"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the node" in err
+
+
 # -- every flag has a row; every help documents its flags ------------------------------------
 
 PROVED = {
@@ -281,6 +342,13 @@ PROVED = {
     **{(row.command, row.flag): "test_lab_flag_reaches_the_function_that_does_the_work" for row in LAB if row.flag},
     **{("stats", row[0]): "test_stats_prints_the_status_file_as_asked" for row in STATS},
     ("sipshadow", "--version"): "test_version_prints_the_installed_package_version",
+    **{("ctl", flag): "test_ctl_flags_reach_the_control_socket" for flag in ("--socket", "--json")},
+    ("ctl dialogs", "--member"): "test_ctl_flags_reach_the_control_socket",
+    ("ctl dialogs", "--limit"): "test_ctl_flags_reach_the_control_socket",
+    ("ctl drain", "member"): "test_ctl_flags_reach_the_control_socket",
+    ("ctl undrain", "member"): "test_ctl_flags_reach_the_control_socket",
+    ("ctl takeover", "--reason"): "test_ctl_flags_reach_the_control_socket",
+    ("ctl standby", "--reason"): "test_ctl_flags_reach_the_control_socket",
 }
 
 

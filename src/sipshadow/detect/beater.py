@@ -4,8 +4,10 @@ A thread in the node's own interpreter stops whenever the interpreter lock is he
 decode, a snapshot's encoding or a garbage collection pause silenced it for 61 ms once, and
 the shadow took over a live primary. This child has its own interpreter and its own socket.
 The node sends it, over a UNIX seqpacket pair, the session's send key whenever a session comes
-up and the latest beat once per loop turn; the child seals the beat (it is the only sender on
-that session key, so counters never repeat) and sends it every interval, stamped as it leaves.
+up and the latest beat once per loop turn, with the stamp of the peer's last beat and when it
+arrived; the child seals the beat (it is the only sender on that session key, so counters never
+repeat) and sends it every interval, stamped as it leaves, with how long it held the peer's beat
+(only the sender knows when it sends: the peer's round trip, `heartbeat.round_trip_s`).
 
 What still stops the beat, on purpose:
 - the node is dying: the kernel has flagged it exiting (`exiting`, checked before every beat),
@@ -71,9 +73,10 @@ class Beater:
         else:
             self._send(["session", session.session_id, session.send_key])
 
-    def beat(self, fields: tuple[str, int, str, int]) -> None:
-        """The latest (node_id, epoch, role, released): also says the loop turned just now."""
-        self._send(["beat", *fields])
+    def beat(self, fields: tuple[str, int, str, int], echo: float = 0.0, received_at: float = 0.0) -> None:
+        """The latest (node_id, epoch, role, released), and the `sent_at` of the peer's last beat
+        with when it arrived (`time.monotonic()`; 0.0, 0.0: none yet): also says the loop turned."""
+        self._send(["beat", *fields, echo, received_at])
 
     def now(self) -> None:
         """Send a beat at once (the node starts listening for its peer)."""
@@ -132,6 +135,7 @@ def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float
     control.send(_encoder.encode(["ready", 0.0]))
     session: Session | None = None
     fields: tuple[str, int, str, int] | None = None
+    echo = received_at = 0.0  # the peer's last beat: its stamp, and when the node got it
     ticked = last_sent = time.monotonic()
     next_at = ticked + interval_s
 
@@ -146,7 +150,7 @@ def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float
                 control.send(_encoder.encode(["stalled", now - last_sent]))
         last_sent = now
         with contextlib.suppress(OSError):  # no route while a link is down: silence says the same
-            sock.sendto(session.seal(CODEC.encode(stamped(Heartbeat(*fields)))), peer)
+            sock.sendto(session.seal(CODEC.encode(stamped(Heartbeat(*fields, echo=echo), received_at))), peer)
 
     while True:
         readable, _, _ = select.select([control], [], [], max(0.0, next_at - time.monotonic()))
@@ -160,6 +164,7 @@ def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float
             message = _decoder.decode(data)
             if message[0] == "beat":
                 fields, ticked = (message[1], message[2], message[3], message[4]), time.monotonic()
+                echo, received_at = float(message[5]), float(message[6])
             elif message[0] == "session":
                 session = Session(message[1], "", b"", message[2], message[2]) if len(message) == 3 else None
             elif message[0] == "now":

@@ -23,6 +23,11 @@ waited in our socket buffer while our own loop was stalled are not taken for the
 (such a stall once held the window at 318 ms for 10 s: issue 10's slow takeovers). The window
 never exceeds `max_window_s`, so a verdict comes at most that long, plus a tick or two of the
 watch loop, after the peer's last beat, whatever happened before.
+
+The beats also time the round trip to the peer without synchronized clocks: each one echoes the
+`sent_at` of the last beat received from the peer and says how long it was held before this one
+left, so the node whose beat is echoed subtracts its own two readings of its own clock
+(`round_trip_s`). What it measures is what the nodes see: the network plus both sockets' queues.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -46,13 +52,21 @@ from sipshadow.link.session import Session
 
 class Heartbeat(msgspec.Struct, array_like=True, tag=5):
     """One UDP datagram on the heartbeat link: who I am, my role, how far I have released, and
-    when it left (`sent_at`: the sender's `time.monotonic()`, s; 0.0 when not stamped)."""
+    when it left (`sent_at`: the sender's `time.monotonic()`, s; 0.0 when not stamped).
+
+    `echo` is the `sent_at` of the last beat the sender received from its peer (0.0: none yet),
+    `held` how long (s) the sender had it when this beat left: so the peer times its round trip.
+    Trailing fields with defaults: a beat of an older node decodes (it echoes nothing), and an
+    older node drops them from ours (msgspec ignores extra trailing items of an array-like struct).
+    """
 
     node_id: str
     epoch: int
     role: str
     released: int
     sent_at: float = 0.0
+    echo: float = 0.0
+    held: float = 0.0
 
 
 #: Heartbeats are message kind 5 of the pair's format; a sealed one is well under 512 bytes.
@@ -64,9 +78,22 @@ ROLES = frozenset({"starting", "shadow", "taking-over", "primary", "fenced"})
 MAX_EPOCH = 2**32
 
 
-def stamped(message: Heartbeat) -> Heartbeat:
-    """`message` as it leaves now: stamped with this host's monotonic clock."""
-    return msgspec.structs.replace(message, sent_at=time.monotonic())
+def stamped(message: Heartbeat, received_at: float = 0.0) -> Heartbeat:
+    """`message` as it leaves now: stamped with this host's monotonic clock and, when it echoes
+    a beat that arrived at `received_at` (same clock), how long that beat was held."""
+    now = time.monotonic()
+    held = max(0.0, now - received_at) if message.echo > 0 else 0.0
+    return msgspec.structs.replace(message, sent_at=now, held=held)
+
+
+def round_trip_s(beat: Heartbeat, arrived: float) -> float | None:
+    """The round trip (s) a beat measures, arriving at `arrived` (our monotonic clock): from our
+    beat it echoes leaving to this one arriving, less the time the peer held ours. None when it
+    echoes nothing, or the result is negative or not finite (not our clock's: no measurement)."""
+    if beat.echo <= 0:
+        return None
+    rtt = arrived - beat.echo - beat.held
+    return rtt if 0 <= rtt < math.inf else None
 
 
 def check_beat(beat: Heartbeat, peer_id: str) -> Refused | None:
@@ -170,7 +197,9 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
     `MAX_WIDENING` times `interval_s * misses`); it bounds the detection time. `on_stall`, if
     given, hears how long (s) our own beats stopped whenever they stopped for more than two
     intervals (the loop stood still past the beat process's stall limit: a freeze, SIGSTOP, a
-    starved host), so the peer may have declared us dead meanwhile.
+    starved host), so the peer may have declared us dead meanwhile. `on_rtt`, if given, hears
+    each round trip (s) to the peer that its beats measure (`round_trip_s`); the last one is
+    kept in `last_rtt_s`.
     """
 
     def __init__(
@@ -185,6 +214,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         on_peer_dead: Callable[[], None],
         max_window_s: float | None = None,
         on_stall: Callable[[float], None] | None = None,
+        on_rtt: Callable[[float], None] | None = None,
     ) -> None:
         self.channel = DatagramChannel(CODEC, peering, nonce=secrets.token_bytes(NONCE_BYTES))
         self.peer = peer
@@ -194,6 +224,8 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.on_peer_beat = on_peer_beat
         self.on_peer_dead = on_peer_dead
         self.on_stall = on_stall
+        self.on_rtt = on_rtt
+        self.last_rtt_s: float | None = None
         self.last_peer_beat: Heartbeat | None = None
         self.last_seen: float | None = None
         self.peer_alive = False
@@ -206,6 +238,9 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self._beater: Beater | None = None
         self._sealing: Session | None = None  #: the session the beat process seals with
         self._beater_ready = asyncio.Event()
+        #: The peer's last stamped beat: its `sent_at` and when it arrived (our monotonic clock).
+        self._echo: tuple[float, float] = (0.0, 0.0)
+        self._measured_echo = 0.0  #: the echo of our last round trip measured: one per beat of ours
 
     async def start(self, listen: Address) -> None:
         loop = asyncio.get_running_loop()
@@ -236,11 +271,12 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             self._sealing = session
             beater.session(session)
         message = self.beat()
-        beater.beat((message.node_id, message.epoch, message.role, message.released))
+        beater.beat((message.node_id, message.epoch, message.role, message.released), *self._echo)
         if session is None and self._transport is not None:
             self._transport.sendto(self.channel.offer(), self.peer)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        arrived = time.monotonic()  # not the loop's time: uvloop's has a 1 ms resolution
         received = self.channel.receive(data)
         now = asyncio.get_running_loop().time()
         if received.write and self._transport is not None and now - self._answered_at >= self.interval_s:
@@ -255,7 +291,7 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             if refused is not None:
                 self._refuse(self.channel.peering.refuse(refused), addr)
             else:
-                self._heard(message, now)
+                self._heard(message, now, arrived)
         if received.refused is not None:
             self._refuse(received.refused, addr)
 
@@ -263,9 +299,11 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
         self.refused += 1
         throttled.refusal("beat", f"heartbeat frame from {addr[0]}:{addr[1]}", refused, self.channel.peering)
 
-    def _heard(self, message: Heartbeat, now: float) -> None:
+    def _heard(self, message: Heartbeat, now: float, arrived: float) -> None:
         if message.sent_at > 0:
             self._measure(message.sent_at, now)
+            self._echo = (message.sent_at, arrived)
+        self._round_trip(message, arrived)
         self.last_seen = now
         self.last_peer_beat = message
         self.peer_alive = True
@@ -279,6 +317,18 @@ class HeartbeatDetector(asyncio.DatagramProtocol):
             capped = " (capped)" if JITTER_MARGIN * gap > window else ""
             log.info("peer %s:%d beat %.0f ms after the last: detection window %.0f ms%s", *self.peer,
                      gap * 1000, window * 1000, capped)  # fmt: skip
+
+    def _round_trip(self, message: Heartbeat, arrived: float) -> None:
+        """Measure the round trip once per beat of ours the peer echoes (it may echo one twice)."""
+        if message.echo == self._measured_echo:
+            return
+        rtt = round_trip_s(message, arrived)
+        if rtt is None:
+            return
+        self._measured_echo = message.echo
+        self.last_rtt_s = rtt
+        if self.on_rtt is not None:
+            self.on_rtt(rtt)
 
     @property
     def window_s(self) -> float:

@@ -107,7 +107,8 @@ class LoopbackPair:
         return self.nodes[name].status()
 
     def stop(self) -> None:
-        for node in self.nodes.values():
+        """The shadow first: a primary stopped while its shadow runs hands the service over."""
+        for node in sorted(self.nodes.values(), key=_serving_first_last):
             node.stop()
 
     def __enter__(self) -> LoopbackPair:
@@ -119,3 +120,12 @@ class LoopbackPair:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _serving_first_last(node: AlgProcess) -> int:
+    """Sort key: 1 for the node serving as primary (stopped last), 0 for the others."""
+    try:
+        ha = node.status().ha
+    except (OSError, ValueError):
+        return 0
+    return 1 if ha is not None and ha.role == "primary" else 0

@@ -91,6 +91,7 @@ class HaNode:
         #: Metrics' hooks: a takeover's duration (s), an output commit delay (s).
         self.on_takeover: Callable[[float], None] | None = None
         self.on_commit_delay: Callable[[float], None] | None = None
+        self.on_heartbeat_rtt: Callable[[float], None] | None = None
 
     @property
     def role(self) -> str:
@@ -136,9 +137,14 @@ class HaNode:
             on_peer_beat=on_beat,
             on_peer_dead=on_dead,
             on_stall=lambda seconds: self.input(roles.Stalled(seconds)),
+            on_rtt=self._heard_round_trip,
         )
         await detector.start(listen)
         return detector
+
+    def _heard_round_trip(self, seconds: float) -> None:
+        if self.on_heartbeat_rtt is not None:
+            self.on_heartbeat_rtt(seconds)
 
     def _beat(self) -> Heartbeat:
         released = self.serving.link.recorder.released if self.serving is not None else 0

@@ -8,55 +8,105 @@ import json
 import logging
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
 from sipshadow.runtime.config import NodeConfig
-from sipshadow.runtime.ha import HaNode
+from sipshadow.runtime.control import CommandError, ControlServer
+from sipshadow.runtime.ha import HandoffRefused, HaNode
+from sipshadow.runtime.metrics import Metrics
 from sipshadow.runtime.node import Node
+from sipshadow.runtime.operator import Operator
 from sipshadow.runtime.status import StatusDocument, write_atomically
+from sipshadow.runtime.systemd import Notifier
 
 log = logging.getLogger("sipshadow.serve")
 
 Status = Callable[[], StatusDocument]
 
 
-async def serve(config: NodeConfig, shutdown: asyncio.Event | None = None) -> int:
-    """Serve until `shutdown` is set (tests) or a SIGTERM/SIGINT arrives; returns an exit code."""
+async def serve(
+    config: NodeConfig, shutdown: asyncio.Event | None = None, load_config: Callable[[], NodeConfig] | None = None
+) -> int:
+    """Serve until `shutdown` is set (tests) or a SIGTERM/SIGINT arrives; returns an exit code.
+
+    SIGTERM on a primary with a synced shadow hands the service over first (`HaNode.hand_off`):
+    a restart or an upgrade loses no call. `load_config` reads the config file again for
+    `ctl reload` (and SIGHUP). With `control.socket`, `metrics.listen` and a systemd
+    `NOTIFY_SOCKET`, the node serves `sipshadow ctl`, Prometheus and systemd's readiness and
+    watchdog protocol."""
     loop = asyncio.get_running_loop()
     stop = shutdown or asyncio.Event()
+    notifier = Notifier.from_environment()
     try:
-        status, close = await _start(config)
+        running = await _start(config)
     except OSError as error:
         log.error("cannot start: %s", error)
+        notifier.close()
         return 1
-    handled = (signal.SIGTERM, signal.SIGINT)
-    for signum in handled:
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", _as_json(status())))
-    publisher = asyncio.create_task(_publish(status, config.status_file, config.status_interval_s))
+    extras: list[Callable[[], None]] = []
+    try:
+        operator = Operator(
+            config, running.status, node=running.node, ha=running.ha, load_config=load_config,
+            reloading=lambda started: notifier.reloading() if started else notifier.reloaded(),
+        )  # fmt: skip
+        extras += await _operate(config, running, operator)
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        for close_extra in extras:
+            close_extra()
+        await running.close()
+        notifier.close()
+        return 1
+    leaving: list[asyncio.Task[None]] = []
+
+    def terminate() -> None:
+        if not leaving:
+            leaving.append(loop.create_task(_leave(running.ha, stop)))
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", _as_json(running.status())))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_signal(operator)))
+    publisher = asyncio.create_task(_publish(running.status, config.status_file, config.status_interval_s))
+    notifier.ready(f"serving as {running.ha.role if running.ha is not None else 'solo'}")
+    notifier.start_watchdog()
     try:
         await stop.wait()
     finally:
+        notifier.stopping("stopping")
         publisher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await publisher
-        for signum in (*handled, signal.SIGUSR1):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
             loop.remove_signal_handler(signum)
-        await close()
-        final = status()
+        for close_extra in extras:
+            close_extra()
+        await running.close()
+        final = running.status()
         _write(config.status_file, final)
         log.info("stopped; final status %s", _as_json(final))
+        notifier.close()
     return 0
 
 
-async def _start(config: NodeConfig) -> tuple[Status, Callable[[], Any]]:
-    """Start a solo node or an HA node; return its status function and its closer."""
+class Running:
+    """A started node: solo (`node`) or one of a pair (`ha`), its status and its closer."""
+
+    def __init__(self, status: Status, close: Callable[[], Awaitable[None]], *, node: Node | None = None,
+                 ha: HaNode | None = None) -> None:  # fmt: skip
+        self.status = status
+        self.close = close
+        self.node = node
+        self.ha = ha
+
+
+async def _start(config: NodeConfig) -> Running:
+    """Start a solo node or an HA node."""
     if config.replication is None:
         node = Node(Gateway(config.gateway, SystemEntropy()), config.tcp)
         await node.start(config.listen)
@@ -64,10 +114,50 @@ async def _start(config: NodeConfig) -> tuple[Status, Callable[[], Any]]:
         async def close_solo() -> None:
             node.close()
 
-        return node.status, close_solo
+        return Running(node.status, close_solo, node=node)
     ha = HaNode(config)
     await ha.start()
-    return ha.status, ha.close
+    return Running(ha.status, ha.close, ha=ha)
+
+
+async def _operate(config: NodeConfig, running: Running, operator: Operator) -> list[Callable[[], None]]:
+    """The control socket and the metrics endpoint, when configured; their closers."""
+    closers: list[Callable[[], None]] = []
+    if config.metrics_listen is not None:
+        metrics = Metrics(running.status)
+        await metrics.start(config.metrics_listen)
+        closers.append(metrics.close)
+        if running.ha is not None:
+            running.ha.on_takeover = metrics.observe_takeover
+            running.ha.on_commit_delay = metrics.observe_commit_delay
+            running.ha.on_heartbeat_rtt = metrics.observe_heartbeat_rtt
+            if running.ha.serving is not None:  # started as primary before the hook was set
+                running.ha.serving.link.on_commit_delay = metrics.observe_commit_delay
+        log.info("metrics at http://%s:%d/metrics", *metrics.address)
+    if config.control_socket is not None:
+        control = ControlServer(config.control_socket, operator.commands())
+        await control.start()
+        closers.append(control.close)
+    return closers
+
+
+async def _leave(ha: HaNode | None, stop: asyncio.Event) -> None:
+    """SIGTERM: a primary with a synced shadow hands over first; then stop."""
+    try:
+        if ha is not None and ha.role == "primary":
+            try:
+                log.warning("SIGTERM: %s", await ha.hand_off(leaving=True))
+            except HandoffRefused as error:
+                log.warning("SIGTERM: no handoff (%s): stopping", error)
+    finally:
+        stop.set()
+
+
+async def _reload_on_signal(operator: Operator) -> None:
+    try:
+        log.warning("SIGHUP: %s", await operator.commands()["reload"]({}))
+    except CommandError as error:
+        log.error("SIGHUP: %s", error)
 
 
 async def _publish(status: Status, path: Path | None, interval_s: float) -> None:
@@ -90,14 +180,14 @@ def _write(path: Path | None, document: StatusDocument) -> None:
         log.warning("cannot write status file %s: %s", path, error)
 
 
-def run(config: NodeConfig) -> int:
+def run(config: NodeConfig, load_config: Callable[[], NodeConfig] | None = None) -> int:
     """Run `serve` on uvloop when it is installed (it is a pinned dependency)."""
     _raise_file_limit(config)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; kept for odd platforms
-        return asyncio.run(serve(config))
-    return uvloop.run(serve(config))
+        return asyncio.run(serve(config, load_config=load_config))
+    return uvloop.run(serve(config, load_config=load_config))
 
 
 def _raise_file_limit(config: NodeConfig) -> None:
