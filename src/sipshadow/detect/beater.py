@@ -30,6 +30,7 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -90,6 +91,8 @@ class Beater:
             try:
                 data = self._ours.recv(256)
             except (BlockingIOError, InterruptedError):
+                return said
+            except OSError:  # the child is gone: its silence is what the peer hears
                 return said
             if not data:
                 return said
@@ -177,6 +180,10 @@ def run(control: socket.socket, peer: Address, bind_host: str, interval_s: float
 
 def main(argv: list[str]) -> None:
     fd, host, port, bind_host, interval_s, stall_limit_s = argv
+    # The node decides when to stop (a SIGTERM to its process group must not silence the
+    # beats of a primary that hands over first); the child ends when the node's pair closes.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=int(fd))
     with contextlib.suppress(KeyboardInterrupt):
         run(control, (host, int(port)), bind_host, float(interval_s), float(stall_limit_s))

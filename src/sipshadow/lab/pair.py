@@ -26,6 +26,8 @@ key = "{key}"
 output_commit = {output_commit}
 heartbeat_interval_ms = {heartbeat_interval_ms}
 heartbeat_misses = {heartbeat_misses}
+[control]
+socket = "{control}"
 """
 
 
@@ -57,10 +59,14 @@ class LoopbackPair:
         settings = dict(mode=mode, key=key, output_commit=str(output_commit).lower(),
                         heartbeat_interval_ms=heartbeat_interval_ms, heartbeat_misses=heartbeat_misses,
                         probe_interval_ms=probe_interval_ms)  # fmt: skip
+        #: Each node's control socket (`sipshadow ctl --socket`).
+        self.control = {name: workdir / f"control-{name}.sock" for name in "ab"}
         self.configs = {
-            "a": NODE_CONFIG.format(role="primary", own=ports["a"], peer=ports["b"], **settings),
-            "b": NODE_CONFIG.format(role="shadow", own=ports["b"], peer=ports["a"], **settings),
-        }
+            "a": NODE_CONFIG.format(role="primary", own=ports["a"], peer=ports["b"], control=self.control["a"],
+                                    **settings),
+            "b": NODE_CONFIG.format(role="shadow", own=ports["b"], peer=ports["a"], control=self.control["b"],
+                                    **settings),
+        }  # fmt: skip
         self.replication_ports = ports
         self.nodes: dict[str, AlgProcess] = {}
         self.restarts = 0

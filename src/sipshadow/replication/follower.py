@@ -140,7 +140,9 @@ class Follower:
             return effects
         if isinstance(message, Handoff) and self.synced:
             self.handoff = message  # the shell takes over once it sees it (`ShadowLink.execute`)
-            return self._drain(now)
+            effects = self._drain(now)
+            self.note_released(message.seq)  # sent only once every output up to it was out: none is re-sent
+            return effects
         if isinstance(message, Payloads) and self.synced:
             self.stats["payloads_received"] += len(message.items)
             self._payloads.update(message.items)
@@ -196,7 +198,9 @@ class Follower:
         stranded = len(self._waiting)
         unlogged = self.tap.unclaimed() if self.tap is not None else []
         self.replica.entropy.go_live(recorder)
-        resend = self.replica.unreleased_outputs(data for data, _ in unlogged)
+        # A planned handoff came after every output was out, from a primary that lives on to
+        # let them leave: nothing to send again (a crash may have lost the last ones: re-send).
+        resend = [] if self.handoff is not None else self.replica.unreleased_outputs(data for data, _ in unlogged)
         self.disconnected()
         replica = self.replica
         return Handover(replica.gateway, replica.applied_seq, resend, unlogged, stranded, replica.streams,
