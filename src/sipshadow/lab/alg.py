@@ -157,6 +157,16 @@ class AlgProcess:
         self.stop()
 
 
+def serves_as_primary(node: AlgProcess) -> bool:
+    """Whether the node's last status says it is the primary (False when unreadable): stop
+    such a node last, for one stopped while its shadow runs hands the service over."""
+    try:
+        ha = node.status().ha
+    except (OSError, ValueError):
+        return False
+    return ha is not None and ha.role == "primary"
+
+
 if __name__ == "__main__":  # `python -m sipshadow.lab.alg ping HOST PORT`, run inside a namespace
     if len(sys.argv) == 4 and sys.argv[1] == "ping":
         sys.exit(0 if options_ping((sys.argv[2], int(sys.argv[3])), timeout_s=0.3) else 1)

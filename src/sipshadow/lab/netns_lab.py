@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.alg import AlgProcess, serves_as_primary
 from sipshadow.lab.bed import faults, mirror
 from sipshadow.lab.bed.testbed import SERVICE_IF, Testbed, Topology
 from sipshadow.lab.kamailio import KamailioProcess
@@ -45,6 +45,8 @@ input = "tap"
 vip_interface = "{interface}"
 heartbeat_interval_ms = {heartbeat_interval_ms}
 heartbeat_misses = {heartbeat_misses}
+[control]
+socket = "{control}"
 """
 
 
@@ -102,7 +104,12 @@ class NetnsLab:
             own_service=self.topology.address_of(host), peer_service=self.topology.address_of(peer),
             replication_port=REPLICATION_PORT, arbiter_port=ARBITER_PORT,
             heartbeat_interval_ms=self.heartbeat[0], heartbeat_misses=self.heartbeat[1],
+            control=self.control_socket(host),
         )  # fmt: skip
+
+    def control_socket(self, host: str) -> Path:
+        """The node's control socket (a file: reachable from outside its namespace)."""
+        return self.workdir / f"control-{host}.sock"
 
     def _node(self, host: str, role: str, ready: str) -> AlgProcess:
         return AlgProcess(
@@ -177,8 +184,14 @@ class NetnsLab:
     def run_in(self, host: str, *argv: str) -> str:
         return self.testbed.run(host, list(argv))
 
+    def start_node(self, host: str, role: str = "shadow") -> AlgProcess:
+        """(Re)start the node on `host`; as the shadow, it is ready once in sync."""
+        self.nodes[host] = self._node(host, role, "shadow" if role == "shadow" else "primary").start()
+        return self.nodes[host]
+
     def down(self) -> None:
-        for node in self.nodes.values():
+        # the non-serving node first: a primary stopped while its shadow runs hands the service over
+        for node in sorted(self.nodes.values(), key=serves_as_primary):
             with contextlib.suppress(Exception):
                 node.stop(timeout_s=2.0)
         for proxy in self.proxies:
@@ -198,3 +211,4 @@ class NetnsLab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sipshadow.core.actions import Address
-from sipshadow.lab.alg import AlgProcess
+from sipshadow.lab.alg import AlgProcess, serves_as_primary
 from sipshadow.lab.sipp import free_udp_port
 from sipshadow.runtime.status import StatusDocument
 
@@ -114,7 +114,7 @@ class LoopbackPair:
 
     def stop(self) -> None:
         """The shadow first: a primary stopped while its shadow runs hands the service over."""
-        for node in sorted(self.nodes.values(), key=_serving_first_last):
+        for node in sorted(self.nodes.values(), key=serves_as_primary):
             node.stop()
 
     def __enter__(self) -> LoopbackPair:
@@ -127,11 +127,3 @@ class LoopbackPair:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _serving_first_last(node: AlgProcess) -> int:
-    """Sort key: 1 for the node serving as primary (stopped last), 0 for the others."""
-    try:
-        ha = node.status().ha
-    except (OSError, ValueError):
-        return 0
-    return 1 if ha is not None and ha.role == "primary" else 0

@@ -1,10 +1,15 @@
-"""The test bed's tap: the shadow gets a copy of every frame sent to the primary, and its kernel accepts them.
+"""The test bed's tap: each node of the pair gets a copy of every frame sent to the other, and a
+silent (shadow) node's kernel accepts them.
 
 Switch side (the test bed's SPAN port, what a real switch's mirror session does): at the INGRESS
 of every client- and member-facing bridge port, a `tc u32` filter matching destination MAC == the
-primary's MAC mirrors the frame to the bridge port toward the shadow. Mirroring at ingress keeps
-working when the primary's link is dead. The primary's MAC is pinned with a static fdb entry so
-the bridge never floods frames for it (flooding would hand the shadow a second copy).
+primary's MAC mirrors the frame to the bridge port toward the shadow, and one matching the
+shadow's MAC mirrors to the primary's port. Both ways, so whichever node serves (after a
+takeover or a planned switchover), the other one has the copies: nothing to re-point. A serving
+node's kernel drops the copies (they are not for its MAC, and only a silenced node re-marks
+them). Mirroring at ingress keeps working when a node's link is dead. Both MACs are pinned
+with static fdb entries so the bridge never floods frames for them (flooding would hand the
+other node a second copy).
 
 Shadow side: production's `net.accept` (the VIP on `lo` with arp_ignore=1 / arp_announce=2, and
 the `netdev` ingress chain re-marking the copies as `host`), put in place from outside the
@@ -38,15 +43,20 @@ def tc_filter_line(port: str, primary_mac: str, shadow_port: str) -> str:
 
 
 def install_tap(tb: Testbed) -> None:
-    """Mirror client/member frames for the primary to the shadow's port; pin the primary's MAC."""
+    """Mirror client/member frames for either node to the other's port; pin both MACs."""
     ns = tb.ns_name(SWITCH)
-    mac = tb.mac_of("primary")
     lines: list[str] = []
     for host in tapped_hosts(tb):
         port = tb.switch_port(host)
-        lines += [f"qdisc add dev {port} ingress", tc_filter_line(port, mac, tb.switch_port("shadow"))]
+        lines += [
+            f"qdisc add dev {port} ingress",
+            tc_filter_line(port, tb.mac_of("primary"), tb.switch_port("shadow")),
+            tc_filter_line(port, tb.mac_of("shadow"), tb.switch_port("primary")),
+        ]
     run_checked(["tc", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n")
-    run_checked(["bridge", "-n", ns, "fdb", "replace", mac, "dev", tb.switch_port("primary"), "master", "static"])
+    for node in ("primary", "shadow"):
+        run_checked(["bridge", "-n", ns, "fdb", "replace", tb.mac_of(node), "dev", tb.switch_port(node), "master",
+                     "static"])  # fmt: skip
 
 
 def install_accept(tb: Testbed, host: str = "shadow") -> None:
