@@ -44,6 +44,7 @@ from sipshadow.replication.wire import (
     Ack,
     Entries,
     Handoff,
+    HandoffRequest,
     Hello,
     PayloadRequest,
     Payloads,
@@ -67,6 +68,7 @@ MESSAGES = [
     PayloadRequest([8, 9]),
     Payloads([(8, b"INVITE ..."), (9, b"")]),
     Handoff(9, 3, b"t" * 32),
+    HandoffRequest("keepalived MASTER"),
 ]
 BEAT = Heartbeat("node-b", 1, "primary", 9, sent_at=12.5)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ input = "tap"
 vip_interface = "{interface}"
 heartbeat_interval_ms = {heartbeat_interval_ms}
 heartbeat_misses = {heartbeat_misses}
+detector = "{detector}"
 [control]
 socket = "{control}"
 """
@@ -63,6 +67,7 @@ class NetnsLab:
         heartbeat_misses: int = 4,
         members: str = "sipp",
         member_transport: str = "udp",
+        detector: str = "heartbeat",
     ) -> None:
         if members not in MEMBER_KINDS:
             raise ValueError(f"members must be one of {', '.join(MEMBER_KINDS)}")
@@ -80,6 +85,10 @@ class NetnsLab:
         self.members: list[SippUas] = []
         self.proxies: list[KamailioProcess] = []
         self.nodes: dict[str, AlgProcess] = {}
+        #: "keepalived": keepalived (VRRPv3, 10 ms adverts) owns the VIP and orders the nodes
+        #: through `sipshadow ctl takeover | standby`; its processes by host.
+        self.detector = detector
+        self.keepalived: dict[str, subprocess.Popen[bytes]] = {}
 
     @property
     def service(self) -> tuple[str, int]:
@@ -104,7 +113,7 @@ class NetnsLab:
             own_service=self.topology.address_of(host), peer_service=self.topology.address_of(peer),
             replication_port=REPLICATION_PORT, arbiter_port=ARBITER_PORT,
             heartbeat_interval_ms=self.heartbeat[0], heartbeat_misses=self.heartbeat[1],
-            control=self.control_socket(host),
+            control=self.control_socket(host), detector=self.detector,
         )  # fmt: skip
 
     def control_socket(self, host: str) -> Path:
@@ -123,11 +132,91 @@ class NetnsLab:
         mirror.install_tap(self.testbed)
         for index, member in enumerate(self.topology.members):
             self._start_member(index, member)
+        if self.detector == "keepalived":
+            return self._up_by_keepalived()
         self.nodes["primary"] = self._node("primary", "primary", "primary").start()
         if self.mode != "none":
             self.nodes["shadow"] = self._node("shadow", "shadow", "shadow" if self.mode == "active" else "standby")
             self.nodes["shadow"].start()
         return self
+
+    def _up_by_keepalived(self) -> NetnsLab:
+        """keepalived elects: both nodes start as shadows; the primary host's keepalived, started
+        first (its nopreempt then keeps it MASTER), makes its node take over; the other follows."""
+        hosts = ("primary", "shadow") if self.mode != "none" else ("primary",)
+        for host in hosts:
+            self.nodes[host] = self._node(host, "shadow", "none").start()
+        self._wait(lambda: all(self.control_socket(host).exists() for host in hosts), "the nodes' control sockets")
+        self.start_keepalived("primary", wait_for="MASTER")
+        self._wait(lambda: self.role_of("primary") == "primary", "keepalived's MASTER to make its node serve")
+        if self.mode == "active":
+            self._wait(lambda: self._synced("shadow"), "the shadow to sync")
+        if self.mode != "none":
+            self.start_keepalived("shadow", wait_for="BACKUP")
+        return self
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout_s:g} s for {what}")
+            time.sleep(0.02)
+
+    def _synced(self, host: str) -> bool:
+        try:
+            ha = self.nodes[host].status().ha
+        except (OSError, ValueError):
+            return False
+        return ha is not None and ha.shadow is not None and ha.shadow.synced
+
+    # -- keepalived as the detector -----------------------------------------------------------
+
+    def keepalived_log(self, host: str) -> Path:
+        return self.workdir / f"keepalived-{host}" / "keepalived.log"
+
+    def start_keepalived(self, host: str, wait_for: str = "BACKUP", timeout_s: float = 10.0) -> None:
+        """keepalived in `host`'s namespace for the VIP (priority 150 on the primary host, 100 on
+        the other), its notify hooks calling the node's `ctl takeover | standby`; returns once its
+        log says it entered `wait_for` state."""
+        from sipshadow.lab import keepalived as ka
+
+        peer = "shadow" if host == "primary" else "primary"
+        directory = self.workdir / f"keepalived-{host}"
+        directory.mkdir(parents=True, exist_ok=True)
+        ctl = directory / "notify.sh"  # a script, so that each call and its answer land in notify.log
+        ctl.write_text(f"#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {directory}/notify.log\n"
+                       f"exec {sys.executable} -m sipshadow.cli ctl --socket {self.control_socket(host)} \"$@\" "
+                       f">> {directory}/notify.log 2>&1\n")  # fmt: skip
+        ctl.chmod(0o755)
+        config = ka.render_config(
+            instance="sipshadow", interface=SERVICE_IF, vip=self.topology.vip, prefix_len=32, router_id=51,
+            priority=150 if host == "primary" else 100, advert_int_s=ka.DEFAULT_ADVERT_INT_S,
+            peer=self.topology.address_of(peer), src=self.topology.address_of(host), node=f"sipshadow-{host}",
+            notify_master=f"{ctl} takeover --reason keepalived-MASTER",
+            notify_backup=f"{ctl} standby --reason keepalived-BACKUP",
+            notify_fault=f"{ctl} standby --reason keepalived-FAULT", state_dir=directory,
+        )  # fmt: skip
+        config_path = directory / "keepalived.conf"
+        config_path.write_text(config)
+        log = self.keepalived_log(host)
+        seen = log.read_text().count(f"Entering {wait_for} STATE") if log.exists() else 0
+        self.keepalived[host] = ka.start_keepalived(
+            lambda argv: self.testbed.exec_argv(host, argv), config_path, directory, log
+        )
+        deadline = time.monotonic() + timeout_s
+        while log.read_text().count(f"Entering {wait_for} STATE") <= seen:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"keepalived on {host} did not enter {wait_for} within {timeout_s} s")
+            time.sleep(0.02)
+
+    def stop_keepalived(self, host: str) -> None:
+        """Stop keepalived on `host` (SIGTERM: it drops the VIP and sends a priority-0 advert)."""
+        from sipshadow.lab import keepalived as ka
+
+        process = self.keepalived.pop(host, None)
+        if process is not None:
+            ka.stop_keepalived(process)
 
     def _start_member(self, index: int, member: str) -> None:
         """A SIPp callee, alone (it is the member) or behind a Kamailio proxy (the paper's cluster)."""
@@ -190,6 +279,9 @@ class NetnsLab:
         return self.nodes[host]
 
     def down(self) -> None:
+        for host in list(self.keepalived):
+            with contextlib.suppress(Exception):
+                self.stop_keepalived(host)
         # the non-serving node first: a primary stopped while its shadow runs hands the service over
         for node in sorted(self.nodes.values(), key=serves_as_primary):
             with contextlib.suppress(Exception):

@@ -278,8 +278,12 @@ class Takeover:
         backoff: float = 5.0,
         lifetime_s: int | None = None,
         guard_resets: bool = False,
+        move_address: bool = True,
     ) -> None:
         start = time.perf_counter()
+        #: False when another owner (keepalived) puts the VIP on the interface: only unsilence
+        #: and announce (the copy on `lo` stays; it changes nothing once the node serves).
+        self.move_address = move_address
         #: Leave silent mode for `silent.reset_guard` rather than nothing (TCP to rebuild).
         self.guard_resets = guard_resets
         self.ifname, self.vip, self.prefixlen, self.lo = ifname, vip, prefixlen, lo
@@ -304,11 +308,12 @@ class Takeover:
         self._nft.run(leave)  # the tap accept table stays: `drop_tap_accept`
         t1 = time.perf_counter()
         try:
-            self._rtnl.change(
-                [(RTM_DELADDR, self.lo, self.vip, 32), (RTM_NEWADDR, self.ifname, self.vip, self.prefixlen)],
-                ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}),
-                lifetime_s=self.lifetime_s,
-            )
+            if self.move_address:
+                self._rtnl.change(
+                    [(RTM_DELADDR, self.lo, self.vip, 32), (RTM_NEWADDR, self.ifname, self.vip, self.prefixlen)],
+                    ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}),
+                    lifetime_s=self.lifetime_s,
+                )
         finally:
             self._rtnl.close()
         t2 = time.perf_counter()

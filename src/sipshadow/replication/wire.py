@@ -80,9 +80,17 @@ class Handoff(msgspec.Struct, array_like=True, tag=9):
     token: bytes = b""
 
 
-Message = Hello | Snapshot | Entries | Ack | PayloadRequest | Payloads | SnapshotRows | Handoff
+class HandoffRequest(msgspec.Struct, array_like=True, tag=10):
+    """The shadow asks the primary to hand off (`sipshadow ctl takeover` on a shadow whose
+    primary is alive: keepalived made it MASTER); the primary answers with a `Handoff`."""
+
+    reason: str = ""
+
+
+Message = Hello | Snapshot | Entries | Ack | PayloadRequest | Payloads | SnapshotRows | Handoff | HandoffRequest
 CODEC = MessageCodec(
-    {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8, Handoff: 9},
+    {Hello: 1, Snapshot: 2, Entries: 3, Ack: 4, PayloadRequest: 6, Payloads: 7, SnapshotRows: 8, Handoff: 9,
+     HandoffRequest: 10},
     Message,
     MAX_BODY_BYTES,
 )

@@ -92,23 +92,3 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
-
-def request(path: Path, command: str, timeout_s: float = 30.0, **arguments: Any) -> dict[str, Any]:
-    """One request, blocking (the `ctl` command's side): the answer object. Raises OSError
-    when the socket cannot be reached, ValueError when the answer is not JSON."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(str(path))
-        sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
-        buffer = b""
-        while not buffer.endswith(b"\n"):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                break
-            buffer += chunk
-    answer = json.loads(buffer)
-    if not isinstance(answer, dict):
-        raise ValueError("the answer is not a JSON object")
-    return answer

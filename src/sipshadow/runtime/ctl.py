@@ -8,10 +8,66 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
+from pathlib import Path
 from typing import Any
 
-from sipshadow.runtime.control import request
+#: Where `ctl` looks for a node's control socket unless told (the systemd unit's RuntimeDirectory).
+DEFAULT_CONTROL_SOCKET = "/run/sipshadow/control.sock"
+
+
+def add_ctl_parser(commands: Any) -> argparse.ArgumentParser:
+    """`sipshadow ctl ...` in `commands` (argparse's subparsers of the `sipshadow` parser)."""
+    ctl: argparse.ArgumentParser = commands.add_parser("ctl", help="control a running node through its control.socket")
+    _ctl_arguments(ctl)
+    return ctl
+
+
+def ctl_main(argv: list[str]) -> int:
+    """`sipshadow ctl` alone (argv after "ctl"): imports nothing of the node, so it starts fast."""
+    parser = argparse.ArgumentParser(prog="sipshadow ctl", description="control a running node")
+    _ctl_arguments(parser)
+    return run_ctl(parser.parse_args(argv))
+
+
+def _ctl_arguments(ctl: argparse.ArgumentParser) -> None:
+    ctl.add_argument("--socket", type=Path, default=Path(DEFAULT_CONTROL_SOCKET), help="the node's control.socket")
+    ctl.add_argument("--json", action="store_true", help="the answer as JSON")
+    ctl_commands = ctl.add_subparsers(dest="ctl_command", required=True)
+    ctl_commands.add_parser("status", help="the node's status document")
+    dialogs = ctl_commands.add_parser("dialogs", help="count and list the calls held")
+    dialogs.add_argument("--member", metavar="HOST:PORT", help="only this member's calls")
+    dialogs.add_argument("--limit", type=int, default=100, help="list at most this many")
+    ctl_commands.add_parser("members", help="members: health, drain, calls")
+    for name, text in (("drain", "no new calls to MEMBER; its calls finish"), ("undrain", "MEMBER takes new calls")):
+        command = ctl_commands.add_parser(name, help=text)
+        command.add_argument("member", metavar="MEMBER", help="HOST:PORT as in the config")
+    ctl_commands.add_parser("reload", help="members, weights, policy and health settings from the config file")
+    ctl_commands.add_parser("switchover", help="hand the service to the shadow (planned; no call lost)")
+    for name, text in (("takeover", "a shadow takes over now (keepalived MASTER)"),
+                       ("standby", "a serving node steps down to shadow (keepalived BACKUP/FAULT)")):  # fmt: skip
+        command = ctl_commands.add_parser(name, help=text)
+        command.add_argument("--reason", default="", help="logged by the node")
+
+
+def request(path: Path, command: str, timeout_s: float = 30.0, **arguments: Any) -> dict[str, Any]:
+    """One request over the control socket (`runtime.control`'s protocol), blocking: the answer
+    object. Raises OSError when the socket cannot be reached, ValueError when the answer is not JSON."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+    answer = json.loads(buffer)
+    if not isinstance(answer, dict):
+        raise ValueError("the answer is not a JSON object")
+    return answer
 
 
 def run_ctl(args: argparse.Namespace) -> int:

@@ -67,7 +67,8 @@ class HaNode:
         #: Who may talk to this node on every link, and what was refused (shared by all links).
         self.peering = Peering(replication.key, replication.node_id, replication.peer_node_id)
         self.identity: ServiceIdentity = (
-            LinuxIdentity(replication.vip_interface, config.listen[0], lifetime_s=replication.vip_lifetime_s)
+            LinuxIdentity(replication.vip_interface, config.listen[0], lifetime_s=replication.vip_lifetime_s,
+                          lease=replication.detector == "heartbeat")
             if self.tap_mode
             else LoopbackIdentity()
         )
@@ -88,6 +89,7 @@ class HaNode:
         #: Leaving (SIGTERM after a handoff): a step-down does not rejoin as the shadow.
         self.leaving = False
         self._planned_step_down = False
+        self._handing_off: asyncio.Task[None] | None = None
         #: Metrics' hooks: a takeover's duration (s), an output commit delay (s).
         self.on_takeover: Callable[[float], None] | None = None
         self.on_commit_delay: Callable[[float], None] | None = None
@@ -230,6 +232,7 @@ class HaNode:
             expected=expected, listener=listener,
         )  # fmt: skip
         serving.link.on_commit_delay = self.on_commit_delay
+        serving.link.on_handoff_request = lambda reason: self._start_handoff(f"the shadow asked ({reason})")
         return serving
 
     async def _take_over(self, epoch: int) -> None:
@@ -330,19 +333,48 @@ class HaNode:
         self.input(roles.TakeoverOrdered("handoff"))
 
     def order_takeover(self, reason: str) -> str:
-        """`sipshadow ctl takeover` (keepalived MASTER): a shadow takes over now."""
+        """`sipshadow ctl takeover` (keepalived MASTER): a shadow takes over. With its primary
+        alive and in session, it asks for a handoff (nothing in flight is lost) and takes over
+        alone only if none comes within `handover_timeout_ms`; with the primary silent, at once."""
         if self.machine.role is not Role.SHADOW:
             return f"nothing to do: this node is {self.role}"
+        link = self.following.link if self.following is not None else None
+        if self.machine.peer_alive and link is not None and link.request_handoff(reason):
+            asyncio.get_running_loop().call_later(self.replication.handover_timeout_s, self._takeover_unless_done,
+                                                  f"{reason}; no handoff came")  # fmt: skip
+            return f"asked the primary to hand off ({reason})"
         self.input(roles.TakeoverOrdered(reason))
-        return f"taking over ({reason})"
+        return f"taking over ({reason}; no primary in session to hand off)"
+
+    def _takeover_unless_done(self, reason: str) -> None:
+        if self.machine.role is Role.SHADOW:
+            log.error("no handoff within %g s: taking over alone", self.replication.handover_timeout_s)
+            self.input(roles.TakeoverOrdered(reason))
 
     def order_standby(self, reason: str) -> str:
-        """`sipshadow ctl standby` (keepalived BACKUP or FAULT): a serving node steps down."""
+        """`sipshadow ctl standby` (keepalived BACKUP or FAULT): a serving node hands off to its
+        synced shadow (`hand_off`, in the background), or steps down alone without one."""
         if self.machine.role not in (Role.PRIMARY, Role.FENCED):
             return f"nothing to do: this node is {self.role}"
+        if self.machine.role is Role.PRIMARY and self.serving is not None and self.serving.link.recorder.attached:
+            self._start_handoff(reason)
+            return f"handing off to the shadow ({reason})"
         self._planned_step_down = True
         self.input(roles.StandbyOrdered(reason))
         return f"stepping down to shadow ({reason})"
+
+    def _start_handoff(self, reason: str) -> None:
+        """A handoff the shadow or the external detector asked for, run on the loop."""
+        if self._handing_off is not None and not self._handing_off.done():
+            return
+
+        async def hand_off() -> None:
+            try:
+                log.warning("%s: %s", reason, await self.hand_off(leaving=False))
+            except HandoffRefused as error:
+                log.error("%s: handoff refused (%s)", reason, error)
+
+        self._handing_off = asyncio.get_running_loop().create_task(hand_off())
 
     async def hand_off(self, *, leaving: bool) -> str:
         """A planned switchover: take no input, wait until the shadow has acknowledged every

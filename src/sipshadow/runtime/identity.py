@@ -69,12 +69,17 @@ class LoopbackIdentity:
 class LinuxIdentity:
     """Tap mode: the VIP on `interface` with a renewed lifetime, moved and announced by `sipshadow.net`."""
 
-    def __init__(self, interface: str, vip: str, *, lifetime_s: int | None = None) -> None:
+    def __init__(self, interface: str, vip: str, *, lifetime_s: int | None = None, lease: bool = True) -> None:
         from sipshadow.net.vip import VIP_LIFETIME_S
 
         self.interface = interface
         self.vip = vip
         self.lifetime_s = VIP_LIFETIME_S if lifetime_s is None else lifetime_s
+        #: False with keepalived as the detector: keepalived owns the VIP on the interface (adds
+        #: it as MASTER, removes it as BACKUP, and would fight anyone else who did). This node
+        #: then never adds, removes or renews it there: it keeps its copy on `lo` for the tap,
+        #: and silencing or serving is the nftables rules and the announcement alone.
+        self.lease = lease
         #: The takeover's later GARP bursts and tap-accept teardown, running on the loop.
         self.announcements: list[asyncio.Task[None]] = []
         #: Renews the VIP's lifetime while this node is primary (None: not primary).
@@ -97,8 +102,10 @@ class LinuxIdentity:
                 with open(f"/proc/sys/net/ipv4/conf/{scope}/{setting}", "w") as knob:
                     knob.write(value)
         link = Rtnetlink()
-        try:  # a rejoining former primary still holds the VIP on its interface
-            link.change([*removals(self.interface, self.vip), (RTM_NEWADDR, "lo", self.vip, 32)],
+        # a rejoining former primary still holds the VIP on its interface (unless keepalived owns it there)
+        leaving = removals(self.interface, self.vip) if self.lease else []
+        try:
+            link.change([*leaving, (RTM_NEWADDR, "lo", self.vip, 32)],
                         ignore=frozenset({errno.EADDRNOTAVAIL, errno.ENOENT, errno.EEXIST}))  # fmt: skip
         finally:
             link.close()
@@ -110,11 +117,13 @@ class LinuxIdentity:
         old MAC meanwhile are still served). `guard_resets`: see `ServiceIdentity.claim`."""
         from sipshadow.net.vip import Takeover, finish_takeover
 
-        result = Takeover(self.interface, self.vip, lifetime_s=self.lifetime_s, guard_resets=guard_resets).run()
+        result = Takeover(self.interface, self.vip, lifetime_s=self.lifetime_s, guard_resets=guard_resets,
+                          move_address=self.lease).run()  # fmt: skip
         loop = asyncio.get_running_loop()
         self.announcements.append(loop.create_task(finish_takeover(result.announcement)))
         self._stop_renewal()
-        self.renewal = loop.create_task(self._renew(since=loop.time()))
+        if self.lease:
+            self.renewal = loop.create_task(self._renew(since=loop.time()))
         return {name: round(ms, 3) for name, ms in result.steps_ms.items()}
 
     def release_guard(self) -> None:
@@ -130,7 +139,8 @@ class LinuxIdentity:
         there by hand or by a test bed, would outlive this process), then `claim`."""
         from sipshadow.net.vip import drop_other_lengths
 
-        drop_other_lengths(self.interface, self.vip, keep=32)
+        if self.lease:
+            drop_other_lengths(self.interface, self.vip, keep=32)
         return self.claim()
 
     def resume(self) -> None:

@@ -9,6 +9,7 @@ armed at the core's next deadline (aioquic's pattern).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -30,6 +31,8 @@ from sipshadow.runtime.streams import StreamLimits, Streams
 log = logging.getLogger("sipshadow.node")
 
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+#: linux/in.h and linux/in6.h (not exported by the socket module).
+IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
 #: Datagrams a fenced node keeps for later (about a second at thousands of calls/s).
 FENCE_QUEUE_LIMIT = 10_000
 
@@ -49,6 +52,12 @@ def bind_udp(address: Address) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+    # A primary whose VIP an external owner (keepalived) removed must still let out the outputs
+    # it already committed to, from the VIP, until it hands off: transparent sockets may send
+    # from an address the host no longer holds (needs CAP_NET_ADMIN; without it, nothing changes).
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_IP if family == socket.AF_INET else socket.IPPROTO_IPV6,
+                        IP_TRANSPARENT if family == socket.AF_INET else IPV6_TRANSPARENT, 1)  # fmt: skip
     sock.bind(address)
     sock.setblocking(False)
     return sock

@@ -181,6 +181,11 @@ class Operator:
     async def _switchover(self, arguments: dict[str, Any]) -> Any:
         if self.ha is None:
             raise CommandError("a solo node has no shadow to hand over to")
+        if self.ha.replication.detector == "keepalived":
+            raise CommandError(
+                "keepalived owns the VIP here: move it with keepalived (stop it on this node, or lower its "
+                "priority); this node hands off when keepalived makes the other MASTER"
+            )
         try:
             return await self.ha.hand_off(leaving=False)
         except HandoffRefused as error:

@@ -28,7 +28,7 @@ from sipshadow.link import NONCE_BYTES, Peering, Refused, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.recorder import Recorder
 from sipshadow.replication.streams import ConnectionBase
-from sipshadow.replication.wire import CODEC, Ack, Handoff, Hello, Message
+from sipshadow.replication.wire import CODEC, Ack, Handoff, HandoffRequest, Hello, Message
 from sipshadow.runtime.status import ReplicationStatus
 
 log = logging.getLogger("sipshadow.replication")
@@ -85,6 +85,8 @@ class PrimaryLink:
         self._loop = asyncio.get_running_loop()
         #: Called with each held output's commit delay (s) when the shadow's ack releases it.
         self.on_commit_delay: Callable[[float], None] | None = None
+        #: Called when the attached shadow asks for a handoff (its reason).
+        self.on_handoff_request: Callable[[str], None] | None = None
 
     def record(self, event: Event, outputs: list[SendMessage], stream_bytes: int = 0) -> None:
         """The core handled `event`: log it, and send what output commit lets out now."""
@@ -183,6 +185,9 @@ class PrimaryLink:
                 self.refuse(connection, Refused("foreign", f"Hello from {message.node_id!r} in another's session"))
                 return
             self.attach(connection, message)
+        elif connection is self.connection and isinstance(message, HandoffRequest):
+            if self.on_handoff_request is not None:
+                self.on_handoff_request(message.reason)
         elif connection is self.connection:
             if isinstance(message, Ack) and self.on_commit_delay is not None:
                 now = self._loop.time()

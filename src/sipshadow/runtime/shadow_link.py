@@ -19,7 +19,7 @@ from sipshadow.detect.throttle import ThrottledLog
 from sipshadow.link import NONCE_BYTES, Peering, StreamChannel
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.follower import Follower
-from sipshadow.replication.wire import CODEC, Handoff
+from sipshadow.replication.wire import CODEC, Handoff, HandoffRequest
 from sipshadow.runtime.primary_link import set_nodelay
 
 log = logging.getLogger("sipshadow.replication")
@@ -99,6 +99,13 @@ class ShadowLink(asyncio.Protocol):
         deadline = self.follower.next_deadline()
         if deadline is not None and self._timer is None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def request_handoff(self, reason: str) -> bool:
+        """Ask the primary to hand off; False when there is no session to ask on."""
+        if self._transport is None or not self._channel.established or not self.follower.synced:
+            return False
+        self._transport.write(self._channel.seal([HandoffRequest(reason)]))
+        return True
 
     def _on_timer(self) -> None:
         self._timer = None
