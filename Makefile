@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core keepalived systemd
 STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
 
@@ -17,6 +17,8 @@ $(STAMP_DEB):
 	else apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); fi
 	@# the kamailio package may start a system service on 5060; the benchmark runs its own
 	@-pkill -x kamailio 2>/dev/null; true
+	@# likewise keepalived: the tests run their own, in namespaces
+	@-pkill -x keepalived 2>/dev/null; true
 	@touch $@
 
 $(STAMP_PY): pyproject.toml
