@@ -53,6 +53,8 @@ class ChildProcess:
         self.argv: tuple[str, ...] = ()
         #: time.monotonic() at the last start, for drivers that budget a run's whole duration
         self.started_at = 0.0
+        #: Variables added to the inherited environment (systemd's NOTIFY_SOCKET, in a test).
+        self.extra_env: dict[str, str] = {}
 
     def start(
         self,
@@ -78,7 +80,7 @@ class ChildProcess:
                 out.flush()
             self.popen = subprocess.Popen(
                 self.argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **self.extra_env} if self.extra_env else None,
             )  # fmt: skip
         self.started_at = time.monotonic()
 

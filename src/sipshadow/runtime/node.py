@@ -23,6 +23,7 @@ from sipshadow.core.events import Control
 from sipshadow.net import tcp_repair
 from sipshadow.replication.streams import ConnectionBase
 from sipshadow.runtime.handover import ServiceSockets
+from sipshadow.runtime.logformat import call_id_of
 from sipshadow.runtime.primary_link import PrimaryLink
 from sipshadow.runtime.sender import DatagramSender
 from sipshadow.runtime.status import StatusDocument, snapshot
@@ -187,7 +188,9 @@ class Node:
             outputs = self.gateway.handle(event)
         except Exception:
             self.internal_errors += 1
-            log.exception("core failed on %s; dropped", type(event).__name__)
+            call_id = call_id_of(event.data) if type(event) is MessageReceived else None
+            log.exception("core failed on %s; dropped", type(event).__name__,
+                          extra={"call_id": call_id} if call_id else None)
             outputs = []
         if self.replicator is not None:
             self.replicator.record(event, outputs, stream_bytes)
