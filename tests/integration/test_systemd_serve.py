@@ -5,6 +5,7 @@ half WatchdogSec, RELOADING=1 / READY=1 around `ctl reload`, STOPPING=1 at SIGTE
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import subprocess
@@ -51,7 +52,7 @@ def test_serve_speaks_systemds_notify_protocol_and_logs_json(tmp_path: Path, mem
     assert texts[0].startswith("READY=1\nSTATUS=serving as solo"), texts[0]
     pings = [at for at, text in start if text == "WATCHDOG=1"]
     assert len(pings) >= 5, texts  # every 0.1 s for a second
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.3, pings
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 0.3, pings
     assert reload.returncode == 0, reload.stderr
     reload_texts = [text for _, text in around_reload if text != "WATCHDOG=1"]
     assert reload_texts[0].startswith("RELOADING=1\nMONOTONIC_USEC=") and reload_texts[1].startswith("READY=1")
