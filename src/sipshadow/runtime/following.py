@@ -112,6 +112,8 @@ class Following:
         The link to the dead primary is closed afterwards (`close`), off the takeover's path."""
         self._read_segments()  # what the mirror delivered up to now
         self._stop_capture()
+        if self.tap_socket is not None:  # from now on the copies wait on the socket for the new primary,
+            self.tap_socket[1].handler = None  # after the tap's unclaimed ones (`Node.open_input`)
         return self.follower.hand_over(recorder) if self.follower is not None else None
 
     def take_tap_socket(self) -> TapSocket | None:

@@ -65,13 +65,19 @@ def bind_udp(address: Address) -> socket.socket:
 
 
 class DatagramEndpoint(asyncio.DatagramProtocol):
-    """The service socket's protocol; its handler changes hands at takeover (tap -> node)."""
+    """The service socket's protocol; its handler changes hands at takeover (tap -> node).
+    With no handler, datagrams wait in `waiting`, in arrival order (a takeover first handles
+    what is older: the re-sends, the messages the old primary read and never logged)."""
 
-    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None]) -> None:
+    def __init__(self, handler: Callable[[bytes, tuple[str, int]], None] | None) -> None:
         self.handler = handler
+        self.waiting: list[tuple[bytes, tuple[str, int]]] = []
         self.errors = 0
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.handler is None:
+            self.waiting.append((data, addr))
+            return
         self.handler(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -91,7 +97,7 @@ async def adopt_endpoint(sock: socket.socket) -> tuple[asyncio.DatagramTransport
     """An endpoint on a bound UDP socket handed over by the old primary (`runtime.handover`);
     its handler is set when a node adopts it (`Node.adopt`)."""
     loop = asyncio.get_running_loop()
-    endpoint = DatagramEndpoint(lambda data, source: None)
+    endpoint = DatagramEndpoint(None)  # what the kernel queued meanwhile waits for the node
     transport, _ = await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
     return transport, endpoint
 
@@ -136,13 +142,26 @@ class Node:
             await streams.start(listen, listener)
             self.streams = streams
 
-    def adopt(self, transport: asyncio.DatagramTransport, endpoint: DatagramEndpoint) -> None:
-        """Serve on an already bound socket (the shadow's tap socket, at takeover)."""
-        endpoint.handler = self.on_datagram
+    def adopt(self, transport: asyncio.DatagramTransport, endpoint: DatagramEndpoint, *, hold: bool = False) -> None:
+        """Serve on an already bound socket (the shadow's tap socket, or the old primary's, at
+        takeover). `hold`: what arrives waits until `open_input`, so that a takeover handles
+        the older messages it owes first."""
+        endpoint.handler = None if hold else self.on_datagram
         self._transport, self._endpoint = transport, endpoint
         config = self.gateway.config
         self.sender.attach(transport, own=(config.service, *config.aliases))
         self._rearm()
+
+    def open_input(self) -> None:
+        """After `adopt(hold=True)`: handle what waited, in arrival order, then all that comes."""
+        endpoint = self._endpoint
+        if endpoint is None or endpoint.handler is not None:
+            return
+        while endpoint.waiting:  # handling one may take long enough for more to arrive
+            waiting, endpoint.waiting = endpoint.waiting, []
+            for data, source in waiting:
+                self.on_datagram(data, source)
+        endpoint.handler = self.on_datagram
 
     @property
     def send_errors(self) -> int:
@@ -325,6 +344,8 @@ class Node:
         return mismatches
 
     def close(self) -> None:
+        if self._fenced:
+            log.warning("%d messages arrived while fenced and were never handled", len(self._fenced))
         if self.replicator is not None:
             log.info("TCP ledger audit: %d mismatches", self.audit_streams())
         if self._timer is not None:

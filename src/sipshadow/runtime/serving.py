@@ -58,7 +58,7 @@ class Serving:
         )  # fmt: skip
         link = node.replicator = PrimaryLink(log_recorder, node.send, peering=peering)
         if tap_socket is not None:
-            node.adopt(*tap_socket)  # the socket that took the tap serves from now on
+            node.adopt(*tap_socket, hold=True)  # the socket that took the tap serves from now on
             await node.start_streams(listen, listener)
         else:
             await _bind(node, listen, listener)
@@ -67,6 +67,7 @@ class Serving:
         node.send(resend or [])
         for data, source in backlog or []:  # the detection window's messages, in arrival order
             node.on_datagram(data, source)
+        node.open_input()  # then what reached the socket since the takeover began
         host, port = replication.listen
         loop = asyncio.get_running_loop()
         try:
