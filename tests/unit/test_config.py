@@ -121,3 +121,16 @@ large_requests_over_tcp = false
     assert config.gateway.large_requests_over_tcp is False
     flagged = build(load_file(write(tmp_path, "")), members=["sip:[::1]:7000;transport=tcp"])
     assert [(m.address, m.transport) for m in flagged.gateway.members] == [(("::1", 7000), "tcp")]
+
+
+def test_keepalived_as_the_detector_needs_tap_input_and_says_so_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[cluster]\nmembers = ["127.0.0.1:5070"]\n[replication]\nrole = "shadow"\n'
+                    'listen = "127.0.0.1:7000"\npeer = "127.0.0.1:7001"\nkey = "0123456789abcdef0123"\n'
+                    'detector = "keepalived"\n')  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        build(load_file(path))
+    assert refused.value.key == "replication.detector" and 'input = "tap"' in str(refused.value)
+    path.write_text(path.read_text().replace('detector = "keepalived"', 'detector = "vrrp"'))
+    with pytest.raises(ConfigError, match="expected one of heartbeat, keepalived"):
+        build(load_file(path))

@@ -8,8 +8,8 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [health]    probe_interval_ms = 1000, probe_misses = 3
     [dialogs]   early_timeout_s = 200 (Timer C; 180 or less is warned of), confirmed_timeout_s = 7200,
                 terminated_linger_s = 32
-    [tcp]       max_head_bytes = 16384, max_body_bytes = 65536, connections = 10000,
-                connections_per_source = 256, partial_timeout_s = 10, idle_timeout_s = 600,
+    [tcp]       max_head_bytes = 16384, max_body_bytes = 65536, connections = 16384,
+                connections_per_source = 4096, partial_timeout_s = 10, idle_timeout_s = 600,
                 large_requests_over_tcp = true (§18.1.1: over 1300 bytes, a UDP member gets TCP)
     [status]    file = "PATH", interval_s = 1.0
     [control]   socket = "PATH" (`sipshadow ctl`; off when empty)
@@ -330,6 +330,9 @@ def _replication(
         raise ConfigError("replication.detector", f"expected one of {', '.join(DETECTORS)}")
     if section.input not in INPUTS:
         raise ConfigError("replication.input", f"expected one of {', '.join(INPUTS)}")
+    if section.detector == "keepalived" and section.input != "tap":
+        raise ConfigError("replication.detector", 'keepalived needs input = "tap" (a handoff between two hosts '
+                          "leaves through the mirror; forward mode passes sockets on one host only)")  # fmt: skip
     if section.input == "tap" and not section.vip_interface:
         raise ConfigError("replication.vip_interface", 'required with input = "tap" (where the VIP goes at takeover)')
     if bool(section.arbiter_listen) != bool(section.arbiter_peer):
