@@ -7,8 +7,6 @@ new member gets calls, the drained one gets none after the drain; a bad reload c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
 from tests.conftest import sipp_members
+from tests.operating import ctl
 
 pytestmark = pytest.mark.sipp
 
@@ -34,10 +33,6 @@ socket = "{socket}"
 listen = "127.0.0.1:{metrics}"
 """
 
-
-def ctl(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sipshadow.cli", "ctl", "--socket", str(socket), *argv],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
 
 
 def config_text(members: list[SippUas], socket: Path, metrics: int) -> str:

@@ -8,8 +8,6 @@ shadow (`runtime.handover`), so not even a datagram of the handoff's few millise
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from sipshadow.lab.pair import LoopbackPair
 from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from tests.operating import ctl, wait_until
 
 pytestmark = pytest.mark.sipp
 
@@ -26,16 +25,6 @@ LOAD_S = float(os.environ.get("SWITCHOVER_LOAD_S", "16"))
 CALL_MS = 4000
 
 
-def ctl(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sipshadow.cli", "ctl", "--socket", str(socket), *argv],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_switchover_and_a_sigterm_restart_under_load_lose_no_call(tmp_path: Path, members: list[SippUas]) -> None:
@@ -46,12 +35,12 @@ def test_switchover_and_a_sigterm_restart_under_load_lose_no_call(tmp_path: Path
         time.sleep(LOAD_S / 4)
         switched = ctl(pair.control["a"], "switchover")
         assert switched.returncode == 0 and "handed off" in switched.stdout, switched
-        wait_for(lambda: pair.role_of("b") == "primary", 5, "b serves after the switchover")
-        wait_for(lambda: (pair.status("a").ha.shadow or None) is not None and pair.status("a").ha.shadow.synced,
+        wait_until(lambda: pair.role_of("b") == "primary", 5, "b serves after the switchover")
+        wait_until(lambda: (pair.status("a").ha.shadow or None) is not None and pair.status("a").ha.shadow.synced,
                  10, "a rejoins as the synced shadow")  # fmt: skip
         time.sleep(LOAD_S / 4)
         assert pair.nodes["b"].stop(timeout_s=10) == 0  # SIGTERM: b hands off to a, then exits
-        wait_for(lambda: pair.role_of("a") == "primary", 5, "a serves after b's SIGTERM")
+        wait_until(lambda: pair.role_of("a") == "primary", 5, "a serves after b's SIGTERM")
         pair.restart("b")  # the upgraded node rejoins as the shadow
         result = uac.wait()
         takeovers = {name: pair.status(name).ha.takeovers for name in "ab"}

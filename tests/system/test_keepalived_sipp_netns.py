@@ -18,6 +18,7 @@ import pytest
 
 from sipshadow.lab.bed import faults
 from sipshadow.lab.netns_lab import NetnsLab
+from tests.operating import wait_until
 
 pytestmark = pytest.mark.sipp
 
@@ -26,19 +27,6 @@ RATE, CALL_MS = 200, 4000
 LOAD_S = float(os.environ.get("SWITCHOVER_LOAD_S", "16"))
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
-def synced(lab: NetnsLab, host: str) -> bool:
-    try:
-        shadow = lab.nodes[host].status().ha.shadow  # type: ignore[union-attr]
-    except (OSError, ValueError, AttributeError):
-        return False
-    return shadow is not None and shadow.synced
 
 
 def test_planned_moves_by_keepalived_lose_no_call(netns_ok: None, tmp_path: Path) -> None:
@@ -48,7 +36,7 @@ def test_planned_moves_by_keepalived_lose_no_call(netns_ok: None, tmp_path: Path
         time.sleep(LOAD_S / 4)
         lab.stop_keepalived("primary")  # the operator moves the VIP: the shadow host becomes MASTER
         wait_until(lambda: lab.role_of("shadow") == "primary", 5, "the shadow host serves")
-        wait_until(lambda: synced(lab, "primary"), 10, "the old primary rejoins as the synced shadow")
+        wait_until(lambda: lab.synced("primary"), 10, "the old primary rejoins as the synced shadow")
         lab.start_keepalived("primary", wait_for="BACKUP")
         time.sleep(LOAD_S / 4)
         lab.stop_keepalived("shadow")  # a restart of the serving host: keepalived first...

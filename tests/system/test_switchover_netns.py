@@ -9,14 +9,13 @@ no call fails. The bed mirrors both nodes' frames to each other, so either may s
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from sipshadow.lab.netns_lab import NetnsLab
+from tests.operating import ctl, wait_until
 
 pytestmark = pytest.mark.sipp
 
@@ -25,24 +24,7 @@ RATE, CALL_MS = 200, 4000
 LOAD_S = float(os.environ.get("SWITCHOVER_LOAD_S", "16"))
 
 
-def ctl(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sipshadow.cli", "ctl", "--socket", str(socket), *argv],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
 
-
-def wait_until(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def synced(lab: NetnsLab, host: str) -> bool:
-    try:
-        shadow = lab.nodes[host].status().ha.shadow  # type: ignore[union-attr]
-    except (OSError, ValueError, AttributeError):
-        return False
-    return shadow is not None and shadow.synced
 
 
 def test_switchover_then_sigterm_of_the_new_primary_lose_no_call(netns_ok: None, tmp_path: Path) -> None:
@@ -53,7 +35,7 @@ def test_switchover_then_sigterm_of_the_new_primary_lose_no_call(netns_ok: None,
         switched = ctl(lab.control_socket("primary"), "switchover")
         assert switched.returncode == 0 and "handed off" in switched.stdout, switched
         wait_until(lambda: lab.role_of("shadow") == "primary", 5, "the shadow host serves")
-        wait_until(lambda: synced(lab, "primary"), 10, "the old primary rejoins as the synced shadow")
+        wait_until(lambda: lab.synced("primary"), 10, "the old primary rejoins as the synced shadow")
         time.sleep(LOAD_S / 4)
         assert lab.nodes["shadow"].stop(timeout_s=10) == 0  # SIGTERM: a handoff, then it exits
         wait_until(lambda: lab.role_of("primary") == "primary", 5, "the primary host serves again")

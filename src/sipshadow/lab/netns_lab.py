@@ -150,7 +150,7 @@ class NetnsLab:
         self.start_keepalived("primary", wait_for="MASTER")
         self._wait(lambda: self.role_of("primary") == "primary", "keepalived's MASTER to make its node serve")
         if self.mode == "active":
-            self._wait(lambda: self._synced("shadow"), "the shadow to sync")
+            self._wait(lambda: self.synced("shadow"), "the shadow to sync")
         if self.mode != "none":
             self.start_keepalived("shadow", wait_for="BACKUP")
         return self
@@ -163,7 +163,8 @@ class NetnsLab:
                 raise TimeoutError(f"waited {timeout_s:g} s for {what}")
             time.sleep(0.02)
 
-    def _synced(self, host: str) -> bool:
+    def synced(self, host: str) -> bool:
+        """Whether the node on `host` is a shadow in sync with its primary."""
         try:
             ha = self.nodes[host].status().ha
         except (OSError, ValueError):
