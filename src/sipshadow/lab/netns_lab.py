@@ -36,6 +36,8 @@ NODE_CONFIG = """\
 probe_interval_ms = 500
 [status]
 interval_s = 0.05
+[control]
+socket = "{control}"
 [replication]
 role = "{role}"
 mode = "{mode}"
@@ -49,8 +51,6 @@ vip_interface = "{interface}"
 heartbeat_interval_ms = {heartbeat_interval_ms}
 heartbeat_misses = {heartbeat_misses}
 detector = "{detector}"
-[control]
-socket = "{control}"
 """
 
 

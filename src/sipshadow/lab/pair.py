@@ -17,6 +17,8 @@ NODE_CONFIG = """\
 probe_interval_ms = {probe_interval_ms}
 [status]
 interval_s = 0.1
+[control]
+socket = "{control}"
 [replication]
 role = "{role}"
 mode = "{mode}"
@@ -26,8 +28,6 @@ key = "{key}"
 output_commit = {output_commit}
 heartbeat_interval_ms = {heartbeat_interval_ms}
 heartbeat_misses = {heartbeat_misses}
-[control]
-socket = "{control}"
 """
 
 
