@@ -413,8 +413,19 @@ class HaNode:
         given = await giving if giving is not None else True
         stepped = await _until(lambda: self.machine.role is not Role.PRIMARY, timeout_s)
         elapsed_ms = (loop.time() - started) * 1000
-        if not (given and stepped):
-            log.error("handoff at entry %d: the shadow did not take over within %g s", recorder.seq, timeout_s)
+        if not stepped and self.serving is serving and (given is False or self.tap_mode):
+            # The shadow did not take over: serve on rather than stay fenced (a shadow that takes
+            # over later is a newer primary, and this node steps down when it hears it).
+            self.leaving = self._planned_step_down = False
+            if self.tap_mode:
+                self.identity.claim()
+            serving.node.unfence()
+            log.error("handoff at entry %d: the shadow did not take over within %g s; serving on", recorder.seq,
+                      timeout_s)  # fmt: skip
+            raise HandoffRefused(f"the shadow did not take over within {timeout_s:g} s; serving on")
+        if not stepped:
+            log.error("handoff at entry %d: the sockets went to the shadow, which has not taken over after %.0f ms",
+                      recorder.seq, elapsed_ms)  # fmt: skip
             return f"handoff at entry {recorder.seq} sent; the shadow has not taken over after {elapsed_ms:.0f} ms"
         log.warning("handed off to the shadow at entry %d in %.1f ms", recorder.seq, elapsed_ms)
         return f"handed off at entry {recorder.seq} in {elapsed_ms:.0f} ms; the peer serves (epoch {self.epoch})"
