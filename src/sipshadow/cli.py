@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
     experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
     experiment.add_argument("--out", type=Path, default=Path("runs/experiment"), help="results, figure, report, logs")
+    chaos = lab_commands.add_parser("chaos", help="fault after fault, each healed, under SIPp load (-nr)")
+    chaos.add_argument("--minutes", type=float, default=10.0, help="how long SIPp places calls")
+    chaos.add_argument("--rate", type=float, default=200.0, help="calls per second")
+    chaos.add_argument("--seed", type=int, default=1, help="seeds the faults' order and spacing")
+    chaos.add_argument("--out", type=Path, default=Path("runs/chaos"), help="timeline, summary, plot, logs")
     fail = lab_commands.add_parser("fail", help="inject a fault into the primary")
     fail.add_argument("host", choices=("primary",), help="the node to fail")
     fail.add_argument(
@@ -110,6 +115,8 @@ def _lab(args: argparse.Namespace) -> int:
 
     if args.lab_command == "experiment":
         return _experiment(args)
+    if args.lab_command == "chaos":
+        return _chaos(args)
     if args.lab_command == "up":
         return lab_cli.lab_up(args.topology, args.mode, args.out.resolve())
     if args.lab_command == "down":
@@ -147,6 +154,16 @@ def _experiment(args: argparse.Namespace) -> int:
         members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(), transports=transports,
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from sipshadow.lab.chaos import ChaosConfig, run_chaos
+
+    for flag, value in {"--minutes": args.minutes, "--rate": args.rate}.items():
+        if not value > 0:
+            return _refuse(flag, f"must be positive, got {value:g}")
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
+    return run_chaos(ChaosConfig(minutes=args.minutes, rate=args.rate, seed=args.seed, out=args.out.resolve()))
 
 
 def _refuse(flag: str, problem: str) -> int:

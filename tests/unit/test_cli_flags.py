@@ -146,6 +146,7 @@ def test_serve_flag_wins_over_the_file_and_the_file_holds_without_it(tmp_path: P
 # -- lab: the value each flag hands to the function that does the work ----------------------
 
 LOOPBACK, EXPERIMENT = "sipshadow.lab.loopback.run_loopback", "sipshadow.lab.experiment.run_experiment"
+CHAOS = "sipshadow.lab.chaos.run_chaos"
 UP, FAIL, DOWN = "sipshadow.lab.lab_cli.lab_up", "sipshadow.lab.lab_cli.lab_fail", "sipshadow.lab.lab_cli.lab_down"
 
 
@@ -163,6 +164,10 @@ class Passed:
 
 
 LAB = [
+    Passed("lab chaos", "--minutes", ("--minutes", "2.5"), CHAOS, lambda got: got["config"].minutes, 2.5),
+    Passed("lab chaos", "--rate", ("--rate", "50"), CHAOS, lambda got: got["config"].rate, 50.0),
+    Passed("lab chaos", "--seed", ("--seed", "7"), CHAOS, lambda got: got["config"].seed, 7),
+    Passed("lab chaos", "--out", ("--out", "runs/c1"), CHAOS, lambda got: under_cwd(got["config"].out), "runs/c1"),
     Passed("lab loopback", "--calls", ("--calls", "10"), LOOPBACK, lambda got: got["calls"], 10),
     Passed("lab loopback", "--rate", ("--rate", "2.5"), LOOPBACK, lambda got: got["rate"], 2.5),
     Passed("lab loopback", "--policy", ("--policy", "call-id-hash"), LOOPBACK, lambda got: got["policy"],

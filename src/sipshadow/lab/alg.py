@@ -90,6 +90,7 @@ class AlgProcess:
     def start(self, ready_timeout_s: float = 10.0) -> AlgProcess:
         """Start the node and wait until it is ready in the sense of `ready`."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.status_file.unlink(missing_ok=True)  # a previous run's would say "ready" at once
         self.child.start(self.command(), namespace=self.netns, log=self.log_file)
         try:
             self.child.wait_ready(self._is_ready, ready_timeout_s, poll_s=0.0 if self.ready == "options" else 0.02)

@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sipshadow.core import GatewayConfig
 from sipshadow.core.actions import Address
@@ -42,6 +43,7 @@ class Following:
         self.segments = SegmentStore()
         self._capture: socket.socket | None = None
         self._vip = ""
+        self._watch: asyncio.Task[None] | None = None
 
     def capture_segments(self, interface: str, vip: str) -> None:
         """Keep the mirror's TCP segments to `vip` (needs CAP_NET_RAW; without, a takeover
@@ -76,6 +78,9 @@ class Following:
                 store.add(segment, now)
 
     def _stop_capture(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self._capture is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._capture.fileno())
@@ -102,10 +107,37 @@ class Following:
         following = cls(follower, link, tap_socket)
         if tap_mode and follower is not None and replication.vip_interface:
             following.capture_segments(replication.vip_interface, listen[0])
+            log.info("tap mode: this node needs a copy of every frame sent to the primary's MAC for %s, on %s "
+                     "(a switch port mirror of the peer's traffic to this port; promiscuous mode %s on %s)",
+                     listen[0], replication.vip_interface, "on" if promiscuous(replication.vip_interface) else
+                     "OFF", replication.vip_interface)  # fmt: skip
+            following._watch = asyncio.get_running_loop().create_task(following._watch_mirror())
         if link is not None:
             link.start()
         log.info("serving as SHADOW (%s mode) of %s:%d", replication.mode, *replication.peer)
         return following
+
+    async def _watch_mirror(self, every_s: float = 5.0) -> None:
+        """Say (once per silence) when the mirror delivers nothing while the log runs: every
+        message then waits for its payload from the primary, and a takeover recovers nothing
+        of what the dead primary had not logged."""
+        follower = self.follower
+        if follower is None or follower.tap is None:
+            return
+        tap, said = follower.tap, False
+        received, requests = tap.received, follower.stats["payload_requests"]
+        while True:
+            await asyncio.sleep(every_s)
+            starved = tap.received == received and follower.stats["payload_requests"] > requests
+            if starved and not said:
+                log.error(
+                    "the mirror delivers no copies to %s while the primary's log runs: check the switch's port "
+                    "mirror (the primary's MAC to this port) and promiscuous mode", self._vip or "the VIP",
+                )
+            elif not starved and said:
+                log.warning("the mirror delivers copies again")
+            said = starved
+            received, requests = tap.received, follower.stats["payload_requests"]
 
     def hand_over(self, recorder: RecordingEntropy) -> Handover | None:
         """Stop following; the replica's core and what the new primary owes (None: no replica).
@@ -131,3 +163,12 @@ class Following:
 
 def _ignore(data: bytes, source: Address) -> None:
     """Mode network: the tap's copies have no replica to feed."""
+
+
+def promiscuous(interface: str) -> bool:
+    """Whether `interface` accepts frames for other MACs (IFF_PROMISC): a physical NIC drops the
+    mirror's copies, which carry the primary's MAC, unless it does."""
+    try:
+        return bool(int(Path(f"/sys/class/net/{interface}/flags").read_text(), 16) & 0x100)
+    except (OSError, ValueError):
+        return False

@@ -144,6 +144,13 @@ class HaNode:
         await detector.start(listen)
         return detector
 
+    def _node_stalled(self, seconds: float) -> None:
+        """The serving node found its loop stood still and fenced itself: the role machine
+        decides; if it sees no danger (a stall within the detection window), serve on."""
+        self.input(roles.Stalled(seconds))
+        if self.machine.role is Role.PRIMARY and self.serving is not None:
+            self.serving.node.unfence()
+
     def _heard_round_trip(self, seconds: float) -> None:
         if self.on_heartbeat_rtt is not None:
             self.on_heartbeat_rtt(seconds)
@@ -208,7 +215,7 @@ class HaNode:
         elif isinstance(action, roles.Fence):
             log.error("this node's loop stalled: fenced (no input) until the peer is heard")
             if self.serving is not None:
-                self.serving.node.fence()
+                self.serving.node.fence(hold_outputs=True)
         elif isinstance(action, roles.Unfence):
             log.warning("fence lifted: serving on")
             self.identity.resume()  # a stall past the VIP's lifetime let it lapse
@@ -232,6 +239,7 @@ class HaNode:
             expected=expected, listener=listener,
         )  # fmt: skip
         serving.link.on_commit_delay = self.on_commit_delay
+        serving.node.on_stall = self._node_stalled
         serving.link.on_handoff_request = lambda reason: self._start_handoff(f"the shadow asked ({reason})")
         return serving
 

@@ -32,6 +32,11 @@ from sipshadow.runtime.streams import StreamLimits, Streams
 log = logging.getLogger("sipshadow.node")
 
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+#: A loop that stood still this long may have been taken over meanwhile (the beat process stops
+#: beating after its 0.5 s stall limit): the node fences itself before it handles anything more.
+STALL_FENCE_S = 0.45
+#: How often the node notes that its loop turns (s).
+PULSE_S = 0.05
 #: linux/in.h and linux/in6.h (not exported by the socket module).
 IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
 #: Datagrams a fenced node keeps for later (about a second at thousands of calls/s).
@@ -113,6 +118,11 @@ class Node:
         self.replicator: PrimaryLink | None = None
         #: While fenced (`fence`), arriving datagrams wait here, with their arrival times.
         self._fenced: deque[tuple[MessageReceived, int]] | None = None
+        #: Outputs held while fenced after a stall (sent at `unfence`, dropped at `close`).
+        self._held_outputs: list[SendMessage] | None = None
+        #: Told (with the stall's length, s) when the loop is found to have stood still past
+        #: `STALL_FENCE_S`; the node has fenced itself by then (an HA node; None: solo).
+        self.on_stall: Callable[[float], None] | None = None
         self._loop = asyncio.get_running_loop()
         #: The only way out to the SIP side: names resolved off the loop, failures counted.
         self.sender = DatagramSender(self._loop)
@@ -126,6 +136,8 @@ class Node:
         self.streams: Streams | None = None
         self._stream_limits = stream_limits
         self._unrepairable_said = False
+        self._pulse_at = self._loop.time()
+        self._pulse = self._loop.call_later(PULSE_S, self._on_pulse)
 
     async def start(self, listen: Address, listener: socket.socket | None = None) -> None:
         self.adopt(*await open_endpoint(listen, self.on_datagram))
@@ -171,9 +183,29 @@ class Node:
         """A message framed off a TCP connection; `consumed`: the stream bytes it took."""
         self.on_datagram(data, source, TCP, consumed)
 
+    def _on_pulse(self) -> None:
+        self._stood_still()
+        self._pulse_at = self._loop.time()
+        self._pulse = self._loop.call_later(PULSE_S, self._on_pulse)
+
+    def _stood_still(self) -> bool:
+        """Whether the loop stood still past `STALL_FENCE_S` since its last pulse (a freeze, a
+        long pause): then fence at once, outputs held too, before any timer or message is
+        handled, and tell the HA shell, which decides (step down, or serve on)."""
+        gap = self._loop.time() - self._pulse_at
+        if gap < STALL_FENCE_S or self.on_stall is None:
+            return False
+        self._pulse_at = self._loop.time()
+        if self._fenced is None:
+            log.error("the loop stood still %.0f ms: fenced before handling anything more", gap * 1000)
+            self.fence(hold_outputs=True)
+            self.on_stall(gap)
+        return True
+
     def on_datagram(self, data: bytes, source: tuple[str, int], transport: str = UDP, consumed: int = 0) -> None:
         """One message in: from the UDP endpoint (any datagram), or framed off a TCP connection."""
         event = MessageReceived(data, source[:2], self._loop.time(), transport)
+        self._stood_still()
         if self._fenced is not None:
             if len(self._fenced) < FENCE_QUEUE_LIMIT:
                 self._fenced.append((event, consumed))
@@ -186,6 +218,7 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
+        self._stood_still()
         if self._fenced is not None:
             return  # `unfence` re-arms
         self._take(TimerExpired(self._loop.time()))
@@ -239,13 +272,19 @@ class Node:
         if self.replicator is not None:
             self.replicator.record_stream(peer, None, self._loop.time())
 
-    def fence(self) -> None:
-        """Take no input: datagrams wait (up to `FENCE_QUEUE_LIMIT`), timers do not fire."""
+    def fence(self, *, hold_outputs: bool = False) -> None:
+        """Take no input: datagrams wait (up to `FENCE_QUEUE_LIMIT`), timers do not fire. With
+        `hold_outputs` (a stall: another node may serve by now) nothing is sent either."""
         if self._fenced is None:
             self._fenced = deque()
+        if hold_outputs and self._held_outputs is None:
+            self._held_outputs = []
 
     def unfence(self) -> None:
-        """Take what waited, in arrival order, then serve on."""
+        """Send what was held, take what waited, in arrival order, then serve on."""
+        held, self._held_outputs = self._held_outputs, None
+        if held:
+            self.send(held)
         waiting, self._fenced = self._fenced, None
         for event, consumed in waiting or ():
             self._take(event, consumed)
@@ -280,6 +319,13 @@ class Node:
     def send(self, outputs: list[SendMessage]) -> None:
         """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
         if self._transport is None:
+            return
+        if self._held_outputs is not None:
+            self._held_outputs.extend(outputs)
+            return
+        self._stood_still()
+        if self._held_outputs is not None:  # just fenced: this is what a stall would have let out
+            self._held_outputs.extend(outputs)
             return
         self.sent_datagrams += len(outputs)
         streams = self.streams
@@ -344,6 +390,9 @@ class Node:
         return mismatches
 
     def close(self) -> None:
+        self._pulse.cancel()
+        if self._held_outputs:
+            log.warning("%d outputs held since a stall were never sent (another node serves)", len(self._held_outputs))
         if self._fenced:
             log.warning("%d messages arrived while fenced and were never handled", len(self._fenced))
         if self.replicator is not None:
