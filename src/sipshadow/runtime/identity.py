@@ -115,12 +115,16 @@ class LinuxIdentity:
         """Unsilence, VIP to the interface (with its lifetime, renewed from now on), first GARP
         burst now; later bursts on the loop, then the tap accept chain goes (frames sent to the
         old MAC meanwhile are still served). `guard_resets`: see `ServiceIdentity.claim`."""
-        from sipshadow.net.vip import Takeover, finish_takeover
+        from sipshadow.net.vip import TAP_GRACE_S, Takeover, finish_takeover
 
         result = Takeover(self.interface, self.vip, lifetime_s=self.lifetime_s, guard_resets=guard_resets,
                           move_address=self.lease).run()  # fmt: skip
         loop = asyncio.get_running_loop()
-        self.announcements.append(loop.create_task(finish_takeover(result.announcement)))
+        # The tap accept chain stays until the old primary's VIP lease must have lapsed: a primary
+        # that was frozen, not dead, keeps the VIP (and answers ARP for it) until then, and what
+        # peers send to its MAC reaches this node only as the mirror's copies.
+        grace_s = max(TAP_GRACE_S, float(self.lifetime_s))
+        self.announcements.append(loop.create_task(finish_takeover(result.announcement, grace_s)))
         self._stop_renewal()
         if self.lease:
             self.renewal = loop.create_task(self._renew(since=loop.time()))
