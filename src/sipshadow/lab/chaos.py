@@ -159,7 +159,7 @@ def _fault(lab: NetnsLab, kind: str, index: int, started: float, config: ChaosCo
         time.sleep(config.freeze_s)
         os.kill(lab.nodes[host].pid, signal.SIGCONT)
     if kind in TAKES_OVER:
-        _wait(lambda: lab.role_of(other) == "primary", 10, f"{other} to take over after {kind}")
+        NetnsLab.wait(lambda: lab.role_of(other) == "primary", f"{other} to take over after {kind}")
         record = _takeovers(lab, other)[-1]
         step.takeover = True
         if record.verdict_at is not None and record.serving_at is not None:
@@ -190,8 +190,8 @@ def _heal(lab: NetnsLab, kind: str, host: str, serving: str) -> None:
         tb.ip(host, "link", "set", tb.replication_if(host), "up")
     other = "shadow" if serving == "primary" else "primary"
     time.sleep(1.0)  # the status files (every 50 ms) and the link's own detection catch up first
-    _wait(lambda: lab.role_of(serving) == "primary" and _attached(lab, serving) and lab.synced(other), 30,
-          f"{other} to sync after {kind}")  # fmt: skip
+    NetnsLab.wait(lambda: lab.role_of(serving) == "primary" and _attached(lab, serving) and lab.synced(other),
+                  f"{other} to sync after {kind}", timeout_s=30)  # fmt: skip
 
 
 def _attached(lab: NetnsLab, host: str) -> bool:
@@ -209,14 +209,6 @@ def _takeovers(lab: NetnsLab, host: str) -> list:  # type: ignore[type-arg]
     except (OSError, ValueError):
         return []
     return [t for t in ha.takeovers if t.aborted is None] if ha is not None else []
-
-
-def _wait(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout_s:g} s for {what}")
-        time.sleep(0.02)
 
 
 def _sample(lab: NetnsLab, started: float, samples: list[Sample], stop: threading.Event) -> None:

@@ -146,17 +146,18 @@ class NetnsLab:
         hosts = ("primary", "shadow") if self.mode != "none" else ("primary",)
         for host in hosts:
             self.nodes[host] = self._node(host, "shadow", "none").start()
-        self._wait(lambda: all(self.control_socket(host).exists() for host in hosts), "the nodes' control sockets")
+        self.wait(lambda: all(self.control_socket(host).exists() for host in hosts), "the nodes' control sockets")
         self.start_keepalived("primary", wait_for="MASTER")
-        self._wait(lambda: self.role_of("primary") == "primary", "keepalived's MASTER to make its node serve")
+        self.wait(lambda: self.role_of("primary") == "primary", "keepalived's MASTER to make its node serve")
         if self.mode == "active":
-            self._wait(lambda: self.synced("shadow"), "the shadow to sync")
+            self.wait(lambda: self.synced("shadow"), "the shadow to sync")
         if self.mode != "none":
             self.start_keepalived("shadow", wait_for="BACKUP")
         return self
 
     @staticmethod
-    def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    def wait(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+        """Poll `condition` every 20 ms; TimeoutError naming `what` after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:

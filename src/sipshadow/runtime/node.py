@@ -169,11 +169,10 @@ class Node:
         endpoint = self._endpoint
         if endpoint is None or endpoint.handler is not None:
             return
-        while endpoint.waiting:  # handling one may take long enough for more to arrive
-            waiting, endpoint.waiting = endpoint.waiting, []
-            for data, source in waiting:
-                self.on_datagram(data, source)
-        endpoint.handler = self.on_datagram
+        waiting, endpoint.waiting = endpoint.waiting, []
+        endpoint.handler = self.on_datagram  # nothing arrives while this runs: one loop, one turn
+        for data, source in waiting:
+            self.on_datagram(data, source)
 
     @property
     def send_errors(self) -> int:
@@ -184,18 +183,21 @@ class Node:
         self.on_datagram(data, source, TCP, consumed)
 
     def _on_pulse(self) -> None:
-        self._stood_still()
+        self._stood_still(self._loop.time())
         self._pulse_at = self._loop.time()
         self._pulse = self._loop.call_later(PULSE_S, self._on_pulse)
 
-    def _stood_still(self) -> bool:
+    def _stood_still(self, now: float) -> bool:
         """Whether the loop stood still past `STALL_FENCE_S` since its last pulse (a freeze, a
         long pause): then fence at once, outputs held too, before any timer or message is
-        handled, and tell the HA shell, which decides (step down, or serve on)."""
-        gap = self._loop.time() - self._pulse_at
-        if gap < STALL_FENCE_S or self.on_stall is None:
+        handled, and tell the HA shell, which decides (step down, or serve on). `now`: the
+        loop's time. A solo node (no `on_stall`) never fences."""
+        if self.on_stall is None:
             return False
-        self._pulse_at = self._loop.time()
+        gap = now - self._pulse_at
+        if gap < STALL_FENCE_S:
+            return False
+        self._pulse_at = now
         if self._fenced is None:
             log.error("the loop stood still %.0f ms: fenced before handling anything more", gap * 1000)
             self.fence(hold_outputs=True)
@@ -205,7 +207,7 @@ class Node:
     def on_datagram(self, data: bytes, source: tuple[str, int], transport: str = UDP, consumed: int = 0) -> None:
         """One message in: from the UDP endpoint (any datagram), or framed off a TCP connection."""
         event = MessageReceived(data, source[:2], self._loop.time(), transport)
-        self._stood_still()
+        self._stood_still(event.now)
         if self._fenced is not None:
             if len(self._fenced) < FENCE_QUEUE_LIMIT:
                 self._fenced.append((event, consumed))
@@ -218,7 +220,7 @@ class Node:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self._stood_still()
+        self._stood_still(self._loop.time())
         if self._fenced is not None:
             return  # `unfence` re-arms
         self._take(TimerExpired(self._loop.time()))
@@ -323,7 +325,7 @@ class Node:
         if self._held_outputs is not None:
             self._held_outputs.extend(outputs)
             return
-        self._stood_still()
+        self._stood_still(self._loop.time())
         if self._held_outputs is not None:  # just fenced: this is what a stall would have let out
             self._held_outputs.extend(outputs)
             return
