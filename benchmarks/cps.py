@@ -32,14 +32,14 @@ import psutil
 
 from harness import LADDER, SIPP_TRANSPORTS, Front, alg_front, capacity, direct_front, log, machine
 from sipshadow.lab.kamailio import KamailioProcess, kamailio_available
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
 
 @contextlib.contextmanager
 def kamailio_front(members: list[tuple[str, int]], workdir: Path, transport: str = "udp") -> Iterator[KamailioProcess]:
     # Over TCP (either UAC mode) Kamailio listens on UDP and TCP and reaches the members over TCP.
     with KamailioProcess(
-        ("127.0.0.1", free_udp_port()), members, workdir, workers=2, transport="udp" if transport == "udp" else "tcp"
+        ("127.0.0.1", free_port()), members, workdir, workers=2, transport="udp" if transport == "udp" else "tcp"
     ) as kamailio:
         yield kamailio
 

@@ -14,7 +14,7 @@ import psutil
 
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.report import versions
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
 LADDER = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000)
 Front = Callable[[list[tuple[str, int]], Path], contextlib.AbstractContextManager[Any]]
@@ -56,7 +56,7 @@ def alg_front(
     members: list[tuple[str, int]], workdir: Path, linger: float = 2.0, transport: str = "udp"
 ) -> Iterator[AlgProcess]:
     with AlgProcess(
-        ("127.0.0.1", free_udp_port()),
+        ("127.0.0.1", free_port()),
         member_uris(members, transport),
         workdir,
         config_text=ALG_CONFIG.format(linger=linger),

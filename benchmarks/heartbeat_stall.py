@@ -53,7 +53,7 @@ from sipshadow.core.dialogs import call_hash
 from sipshadow.detect.beater import STALL_LIMIT_S
 from sipshadow.detect.heartbeat import MAX_WIDENING, Heartbeat, HeartbeatDetector
 from sipshadow.determinism import RecordingEntropy, SystemEntropy
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.link import Peering
 from sipshadow.link.session import Session
 from sipshadow.replication.recorder import Recorder
@@ -357,7 +357,7 @@ class Observation:
 async def observe() -> Observation:
     """Run B and A until A reports its scenarios; every child process is gone on return."""
     seen = Observation()
-    ports = {name: free_udp_port(HOST) for name in ("a_hb", "b_hb", "b_plain")}
+    ports = {name: free_port(HOST) for name in ("a_hb", "b_hb", "b_plain")}
     loop = asyncio.get_running_loop()
     heard = asyncio.Event()
 

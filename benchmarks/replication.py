@@ -29,7 +29,7 @@ import psutil
 from harness import LADDER, alg_front, capacity, log, machine, nearest_rank
 from sipshadow.lab.pair import LoopbackPair
 from sipshadow.lab.pinger import Pinger
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
 Address = tuple[str, int]
 
@@ -57,7 +57,7 @@ class PairFront:
 def pair_front(output_commit: bool) -> Any:
     @contextlib.contextmanager
     def front(members: list[Address], workdir: Path) -> Iterator[PairFront]:
-        service = ("127.0.0.1", free_udp_port())
+        service = ("127.0.0.1", free_port())
         with LoopbackPair(service, members, workdir, output_commit=output_commit, probe_interval_ms=1000) as pair:
             yield PairFront(pair)
 
@@ -108,7 +108,7 @@ def takeover_trials(trials: int, root: Path) -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
             members = [stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=60)) for i in range(2)]
             pair = stack.enter_context(
-                LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], workdir)
+                LoopbackPair(("127.0.0.1", free_port()), [m.address for m in members], workdir)
             )
             pinger = Pinger(pair.service, interval_s=0.001, timeout_s=0.05)
             pinger.start()
@@ -142,7 +142,7 @@ def soak(minutes: float, rate: int, root: Path) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         members = [stack.enter_context(SippUas(workdir, name=f"uas{i}", timeout=seconds + 120)) for i in range(2)]
-        pair = stack.enter_context(LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], workdir))
+        pair = stack.enter_context(LoopbackPair(("127.0.0.1", free_port()), [m.address for m in members], workdir))
         uac = SippUac(pair.service, workdir, calls=int(rate * seconds), rate=rate, extra_args=["-nr", "-d", "5000"],
                       timeout=seconds + 60, recv_timeout=10.0)  # fmt: skip
         uac.start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUas, free_port
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 FAST_PROBES = "[health]\nprobe_interval_ms = 200\nprobe_misses = 2\n[status]\ninterval_s = 0.1\n"
@@ -65,7 +65,7 @@ def members(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[Sip
 def alg(tmp_path: Path, members: list[SippUas]) -> Iterator[AlgProcess]:
     """A real `sipshadow serve` in front of the members, stopped by SIGTERM afterwards."""
     process = AlgProcess(
-        ("127.0.0.1", free_udp_port()), [uas.address for uas in members], tmp_path, config_text=FAST_PROBES
+        ("127.0.0.1", free_port()), [uas.address for uas in members], tmp_path, config_text=FAST_PROBES
     )
     with process:
         yield process

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from sipshadow.lab.sipp import free_port
+
 Address = tuple[str, int]
 
 LOOPBACK = "127.0.0.1"
@@ -48,21 +50,6 @@ def loopback(address: Address) -> Address:
     if address[0] != LOOPBACK:
         raise ValueError(f"the relay only works on {LOOPBACK}, not {address[0]}")
     return address
-
-
-def free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 (released again before returning)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no port free for both UDP and TCP on loopback")
 
 
 def abort(sock: socket.socket) -> None:

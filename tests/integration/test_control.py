@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 from tests.conftest import sipp_members
 from tests.operating import ctl
 
@@ -45,10 +45,10 @@ def write_config(path: Path, members: list[SippUas], socket: Path, metrics: int)
 
 
 def test_reload_and_drain_under_load_fail_no_call(tmp_path: Path) -> None:
-    socket, metrics_port = tmp_path / "control.sock", free_udp_port()
+    socket, metrics_port = tmp_path / "control.sock", free_port()
     with sipp_members(tmp_path) as pair, sipp_members(tmp_path / "third") as spare:
         a, b, c = pair[0], pair[1], spare[0]
-        node = AlgProcess(("127.0.0.1", free_udp_port()), [], tmp_path / "node",  # members from the file alone
+        node = AlgProcess(("127.0.0.1", free_port()), [], tmp_path / "node",  # members from the file alone
                           config_text=config_text([a, b], socket, metrics_port))  # fmt: skip
         config = tmp_path / "node" / "alg.toml"  # where the node reads it from
         with node:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.pair import LoopbackPair
-from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_port
 from sipshadow.link.frames import HEADER, MAGIC
 from sipshadow.link.handshake import Offer, handshake_key, seal_handshake
 from sipshadow.link.session import Session
@@ -22,7 +22,7 @@ KILL_AT_S = 5.0
 
 
 def make_pair(tmp_path: Path, members: list[SippUas], mode: str) -> LoopbackPair:
-    return LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], tmp_path, mode=mode)
+    return LoopbackPair(("127.0.0.1", free_port()), [m.address for m in members], tmp_path, mode=mode)
 
 
 def start_calls(pair: LoopbackPair, tmp_path: Path, recv_timeout: float = 10.0) -> SippUac:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUac, free_udp_port
+from sipshadow.lab.sipp import SippUac, free_port
 from sipshadow.runtime.status import StatusDocument
 from tests.integration.sip_peers import HOST, UdpPeer, build_response, new_token, param
 
@@ -46,7 +46,7 @@ def test_a_forged_486_from_a_third_address_neither_ends_the_ringing_call_nor_rea
     tmp_path: Path,
 ) -> None:
     with UdpPeer("member") as member, UdpPeer("forger") as forger:
-        alg = AlgProcess((HOST, free_udp_port()), [member.address], tmp_path, config_text=CONFIG)
+        alg = AlgProcess((HOST, free_port()), [member.address], tmp_path, config_text=CONFIG)
         with alg:
             uac = SippUac(alg.listen, tmp_path, calls=1, rate=1, extra_args=["-nr", "-trace_msg"], recv_timeout=10.0)
             uac.start()

@@ -29,7 +29,7 @@ import pytest
 
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.pair import LoopbackPair
-from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_port
 from sipshadow.runtime.status import FollowerStatus
 from tests.integration.mitm import (
     DOWNSTREAM,
@@ -37,7 +37,6 @@ from tests.integration.mitm import (
     DatagramReplay,
     Relay,
     abort,
-    free_port,
     split_frames,
     whole_frames,
 )
@@ -64,7 +63,7 @@ class LinkPair(LoopbackPair):
     its key (`set_key`), its service address (`services`) and what starting it waits for (`ready`)."""
 
     def __init__(self, workdir: Path, members: Sequence[SippUas], **settings: Any) -> None:
-        super().__init__(("127.0.0.1", free_udp_port()), [m.address for m in members], workdir, **settings)
+        super().__init__(("127.0.0.1", free_port()), [m.address for m in members], workdir, **settings)
         self.services: dict[str, Address] = {"a": self.service, "b": self.service}
         self.ready: dict[str, str] = {}
         self._free_replication_ports()
@@ -110,7 +109,7 @@ class LinkPair(LoopbackPair):
                 self.stop()
                 if attempt == 2 or not any("Address already in use" in text for text in [str(error), *logs]):
                     raise
-                taken, self.service = self.service, ("127.0.0.1", free_udp_port())
+                taken, self.service = self.service, ("127.0.0.1", free_port())
                 self.services = {name: self.service if address == taken else address
                                  for name, address in self.services.items()}  # fmt: skip
                 self.restarts += 1
@@ -408,7 +407,7 @@ def test_both_primaries_alive_the_lower_epoch_steps_down(
     # then differ in their own address, so health probes (whose answers name it) would not replay
     # from one node's log on the other's replica: probing is off.
     pair = LinkPair(tmp_path, members, probe_interval_ms=0)
-    pair.services["b"] = ("127.0.0.1", free_udp_port())
+    pair.services["b"] = ("127.0.0.1", free_port())
     started_pair(stack, pair)
     pid = pair.nodes["a"].pid
     os.kill(pid, signal.SIGSTOP)

@@ -32,7 +32,7 @@ import pytest
 
 from sipshadow.core.counters import Counters
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUas, free_port
 from sipshadow.runtime.status import StatusDocument
 from tests.conftest import FAST_PROBES
 from tests.integration.sip_peers import HOST, UdpPeer, build_response
@@ -166,7 +166,7 @@ def test_sipsak_flood_is_forwarded_request_by_request_and_every_answer_relayed(a
 @needs_sipsak
 def test_sipsak_message_from_a_file_reaches_the_member_whole_and_gets_its_200(tmp_path: Path) -> None:
     with UdpPeer("member", answer_options=True) as member:
-        process = AlgProcess((HOST, free_udp_port()), [member.address], tmp_path, config_text=FAST_PROBES)
+        process = AlgProcess((HOST, free_port()), [member.address], tmp_path, config_text=FAST_PROBES)
         with process as alg:
             port = alg.listen[1]
             message = tmp_path / "message.sip"
@@ -206,7 +206,7 @@ def test_sipsak_message_from_a_file_reaches_the_member_whole_and_gets_its_200(tm
 def test_sipsak_options_to_the_alg_itself_is_answered_by_the_alg(tmp_path: Path) -> None:
     with (
         UdpPeer("member", answer_options=True) as member,
-        AlgProcess((HOST, free_udp_port()), [member.address], tmp_path, config_text=FAST_PROBES) as alg,
+        AlgProcess((HOST, free_port()), [member.address], tmp_path, config_text=FAST_PROBES) as alg,
     ):
         port = alg.listen[1]
         keepalive = tmp_path / "keepalive.sip"
@@ -249,7 +249,7 @@ def free_tcp_port() -> int:
 def free_sip_port() -> int:
     """A port free for baresip's UDP and TCP listeners, with the next one free for its TLS one."""
     for _ in range(50):
-        port = free_udp_port()
+        port = free_port()
         try:
             with (
                 socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
@@ -370,7 +370,7 @@ def call_bed(tmp_path: Path) -> Iterator[tuple[AlgProcess, Baresip, Baresip]]:
     alice: Baresip | None = None
     try:
         bob.start()
-        alg = AlgProcess((HOST, free_udp_port()), [(HOST, bob.sip_port)], tmp_path, config_text=FAST_PROBES)
+        alg = AlgProcess((HOST, free_port()), [(HOST, bob.sip_port)], tmp_path, config_text=FAST_PROBES)
         with alg:
             alice = Baresip(tmp_path, "alice", f'<sip:alice@{HOST}>;outbound="sip:{HOST}:{alg.listen[1]}";regint=0')
             alice.start()

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 from sipshadow.runtime.status import StatusDocument
 from tests.conftest import FAST_PROBES
 from tests.integration.sip_peers import (
@@ -50,7 +50,7 @@ T = TypeVar("T")
 @contextmanager
 def running_alg(workdir: Path, members: Sequence[UdpPeer], config: str = "") -> Iterator[AlgProcess]:
     """A `sipshadow serve` on a free loopback port in front of `members`, stopped afterwards."""
-    process = AlgProcess((HOST, free_udp_port()), [m.address for m in members], workdir, config_text=STATUS + config)
+    process = AlgProcess((HOST, free_port()), [m.address for m in members], workdir, config_text=STATUS + config)
     with process:
         yield process
 
@@ -602,7 +602,7 @@ def test_two_sipp_members_without_auto_answer_take_300_calls(tmp_path: Path) -> 
             stack.enter_context(uas)
             members.append(uas)
         alg = stack.enter_context(
-            AlgProcess((HOST, free_udp_port()), [uas.address for uas in members], tmp_path, config_text=FAST_PROBES)
+            AlgProcess((HOST, free_port()), [uas.address for uas in members], tmp_path, config_text=FAST_PROBES)
         )
         result = SippUac(alg.listen, tmp_path, calls=300, rate=50, extra_args=["-nr"]).start().wait()
         assert (result.failed_calls, result.successful_calls) == (0, 300), result.summary()

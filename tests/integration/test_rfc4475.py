@@ -33,7 +33,7 @@ import pytest
 
 from sipshadow.lab.alg import AlgProcess
 from sipshadow.lab.bed.testbed import NETNS_DIR, down_all, new_prefix, run_checked
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.runtime.status import StatusDocument
 
 from .rfc4475_cases import CASES, MEMBER, Answered, Case, Dropped, Forwarded, markdown_rows
@@ -246,9 +246,9 @@ class Bed:
         self.member = self.open(lambda: udp_socket((LOOP, 0)))
         self.marker = self.open(lambda: udp_socket((LOOP, 0)))
         self.member_address: Address = self.member.getsockname()
-        port = free_udp_port()
+        port = free_port()
         while port == self.member_address[1]:
-            port = free_udp_port()
+            port = free_port()
         self.alg_address: Address = (LOOP, port)
         self.alg = AlgProcess(self.alg_address, [self.member_address], self.workdir, config_text=CONFIG,
                               ready="none", netns=self.ns).start()  # fmt: skip

@@ -26,7 +26,7 @@ import uvloop
 from sipshadow.core import SendMessage
 from sipshadow.lab.alg import AlgProcess, options_ping
 from sipshadow.lab.pair import LoopbackPair
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.runtime.node import open_endpoint
 from sipshadow.runtime.sender import DatagramSender, SendLimits
 
@@ -101,7 +101,7 @@ NO_PROBES = "[health]\nprobe_interval_ms = 0\n[status]\ninterval_s = 0.1\n"
 
 @pytest.fixture
 def live_alg(tmp_path: Path, member: socket.socket) -> Iterator[AlgProcess]:
-    process = AlgProcess((LOOPBACK, free_udp_port()), [member.getsockname()], tmp_path, config_text=NO_PROBES)
+    process = AlgProcess((LOOPBACK, free_port()), [member.getsockname()], tmp_path, config_text=NO_PROBES)
     with process:
         yield process
 
@@ -168,7 +168,7 @@ def test_a_next_hop_naming_the_node_itself_is_not_looped_back(live_alg: AlgProce
 
 def test_a_primary_keeps_its_shadow_through_bad_next_hops(tmp_path: Path, member: socket.socket) -> None:
     """Output commit releases these sends from the replication ack callback: the link must stay up."""
-    service = (LOOPBACK, free_udp_port())
+    service = (LOOPBACK, free_port())
     pair = LoopbackPair(service, [member.getsockname()], tmp_path, mode="active", probe_interval_ms=0)
     with pair, udp_socket(timeout_s=3.0) as client:
         primary = pair.nodes["a"]
@@ -202,7 +202,7 @@ async def sender_on_socket(limits: SendLimits | None = None) -> tuple[DatagramSe
     socket, and its port."""
     loop = asyncio.get_running_loop()
     looped: asyncio.Queue[bytes] = asyncio.Queue()
-    port = free_udp_port()
+    port = free_port()
     transport, _ = await open_endpoint((LOOPBACK, port), lambda data, source: looped.put_nowait(data))
     sender = DatagramSender(loop, limits)
     sender.attach(transport)

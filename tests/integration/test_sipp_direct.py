@@ -19,7 +19,7 @@ from sipshadow.lab.sipp import (
     SippResult,
     SippUac,
     SippUas,
-    free_udp_port,
+    free_port,
     parse_sipp_duration,
     read_stat_rows,
     run_uac,
@@ -196,7 +196,7 @@ def test_background_uac_sees_failures_when_member_dies(tmp_path: Path) -> None:
 
 
 def test_uas_on_busy_port_fails_fast(tmp_path: Path) -> None:
-    port = free_udp_port()
+    port = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", port))
         uas = SippUas(tmp_path, port=port, timeout=10)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.pair import LoopbackPair
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 from tests.operating import ctl, wait_until
 
 pytestmark = pytest.mark.sipp
@@ -28,7 +28,7 @@ CALL_MS = 4000
 
 
 def test_switchover_and_a_sigterm_restart_under_load_lose_no_call(tmp_path: Path, members: list[SippUas]) -> None:
-    with LoopbackPair(("127.0.0.1", free_udp_port()), [m.address for m in members], tmp_path, mode="active") as pair:
+    with LoopbackPair(("127.0.0.1", free_port()), [m.address for m in members], tmp_path, mode="active") as pair:
         calls = int(RATE * LOAD_S)
         uac = SippUac(pair.service, tmp_path, calls=calls, rate=RATE, timeout=LOAD_S + 60,
                       extra_args=["-nr", "-d", str(CALL_MS)]).start()  # fmt: skip

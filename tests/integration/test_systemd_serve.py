@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUas, free_port
 
 pytestmark = pytest.mark.sipp
 
@@ -38,7 +38,7 @@ def test_serve_speaks_systemds_notify_protocol_and_logs_json(tmp_path: Path, mem
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         listed = ", ".join(f'"{m.address[0]}:{m.address[1]}"' for m in members)
-        node = AlgProcess(("127.0.0.1", free_udp_port()), [], tmp_path / "node", config_text=(
+        node = AlgProcess(("127.0.0.1", free_port()), [], tmp_path / "node", config_text=(
             f'[cluster]\nmembers = [{listed}]\n[status]\ninterval_s = 0.2\n[control]\nsocket = "{control}"\n'
             '[log]\nformat = "json"\n'))  # fmt: skip
         node.child.extra_env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
 pytestmark = pytest.mark.sipp
 
@@ -36,7 +36,7 @@ HEAD = (
 
 @pytest.fixture
 def alg(tmp_path: Path, members: list[SippUas]) -> Iterator[AlgProcess]:
-    with AlgProcess(("127.0.0.1", free_udp_port()), [uas.address for uas in members], tmp_path,
+    with AlgProcess(("127.0.0.1", free_port()), [uas.address for uas in members], tmp_path,
                     config_text=LIMITS) as process:  # fmt: skip
         yield process
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippResult, SippUac, SippUas, free_port
 from sipshadow.runtime.status import StatusDocument
 from tests.conftest import FAST_PROBES, SCENARIOS, sipp_members
 
@@ -30,7 +30,7 @@ def tcp_members(tmp_path: Path) -> Iterator[list[SippUas]]:
 @pytest.fixture
 def tcp_alg(tmp_path: Path, tcp_members: list[SippUas]) -> Iterator[AlgProcess]:
     members = [tcp_member_uri(uas) for uas in tcp_members]
-    with AlgProcess(("127.0.0.1", free_udp_port()), members, tmp_path, config_text=FAST_PROBES) as process:
+    with AlgProcess(("127.0.0.1", free_port()), members, tmp_path, config_text=FAST_PROBES) as process:
         yield process
 
 

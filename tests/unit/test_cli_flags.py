@@ -34,7 +34,7 @@ from sipshadow.cli import main, node_config
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
 from sipshadow.lab.alg import AlgProcess, options_ping
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.runtime.config import ConfigFile, NodeConfig, build
 from sipshadow.runtime.status import HaStatus, StatusDocument, snapshot, write_atomically
 
@@ -471,7 +471,7 @@ def wait_for(probe: Callable[[], object], timeout_s: float = 5.0) -> Any:
 
 
 def loopback() -> tuple[str, int]:
-    return ("127.0.0.1", free_udp_port())
+    return ("127.0.0.1", free_port())
 
 
 def test_serve_listens_where_told_and_writes_the_status_file_it_was_given(tmp_path: Path) -> None:
@@ -490,7 +490,7 @@ def test_serve_listens_where_told_and_writes_the_status_file_it_was_given(tmp_pa
 def test_role_and_peer_flags_pair_two_nodes_over_what_their_files_say(tmp_path: Path) -> None:
     """Node a's file says solo, node b's says primary with a wrong peer: only the flags make them a pair."""
     service, members = loopback(), [loopback()]
-    a, b, nobody = free_udp_port(), free_udp_port(), free_udp_port()
+    a, b, nobody = free_port(), free_port(), free_port()
     key = secrets.token_hex(16)
     common = f'[status]\ninterval_s = 0.1\n[replication]\nkey = "{key}"\nheartbeat_interval_ms = 20\n'
     primary = AlgProcess(service, members, tmp_path / "a", config_text=f'{common}listen = "127.0.0.1:{a}"\n',

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from sipshadow.detect.heartbeat import CODEC, Heartbeat, HeartbeatDetector, round_trip_s, stamped
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.link import Peering
 
 HOST = "127.0.0.1"
@@ -68,7 +68,7 @@ def beating(name: str, peer: str, ports: dict[str, int], rtts: list[float]) -> H
 
 async def measure_pair(samples: int) -> dict[str, tuple[list[float], float | None]]:
     """Two detectors beating each other on loopback until each measured `samples` round trips."""
-    ports = {"a": free_udp_port(), "b": free_udp_port()}
+    ports = {"a": free_port(), "b": free_port()}
     rtts: dict[str, list[float]] = {"a": [], "b": []}
     detectors = {name: beating(name, peer, ports, rtts[name]) for name, peer in (("a", "b"), ("b", "a"))}
     try:

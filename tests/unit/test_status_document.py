@@ -21,7 +21,7 @@ import pytest
 
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.runtime.config import NodeConfig, build, load_file
 from sipshadow.runtime.ha import HaNode
 from sipshadow.runtime.node import Node
@@ -71,8 +71,8 @@ async def until(condition: Callable[[], object], timeout_s: float = 5.0) -> None
 
 
 def pair_configs(tmp_path: Path) -> tuple[NodeConfig, NodeConfig]:
-    service, members = f"{HOST}:{free_udp_port()}", [f"{HOST}:{free_udp_port()}"]
-    links = {name: f"{HOST}:{free_udp_port()}" for name in "ab"}
+    service, members = f"{HOST}:{free_port()}", [f"{HOST}:{free_port()}"]
+    links = {name: f"{HOST}:{free_port()}" for name in "ab"}
     key = secrets.token_hex(16)
     configs = []
     for name, role, peer in (("a", "primary", "b"), ("b", "shadow", "a")):
@@ -85,8 +85,8 @@ def pair_configs(tmp_path: Path) -> tuple[NodeConfig, NodeConfig]:
 
 def test_a_solo_nodes_document_round_trips_with_todays_keys(tmp_path: Path) -> None:
     async def scenario() -> StatusDocument:
-        config = build(load_file(_empty(tmp_path)), listen=f"{HOST}:{free_udp_port()}",
-                       members=[f"{HOST}:{free_udp_port()}", f"[::1]:{free_udp_port()}"])  # fmt: skip
+        config = build(load_file(_empty(tmp_path)), listen=f"{HOST}:{free_port()}",
+                       members=[f"{HOST}:{free_port()}", f"[::1]:{free_port()}"])  # fmt: skip
         node = Node(Gateway(config.gateway, SystemEntropy()))
         await node.start(config.listen)
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from sipshadow.lab.alg import AlgProcess
-from sipshadow.lab.sipp import SippUac, SippUas, free_udp_port
+from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
 ALG_CONFIG = "[health]\nprobe_interval_ms = 500\n[status]\ninterval_s = 0.2\n"
 
@@ -27,7 +27,7 @@ def run_loopback(*, calls: int, rate: float, policy: str, out: Path) -> int:
         SippUas(out, name="member-a", timeout=duration_s + 60) as member_a,
         SippUas(out, name="member-b", timeout=duration_s + 60) as member_b,
         AlgProcess(
-            ("127.0.0.1", free_udp_port()),
+            ("127.0.0.1", free_port()),
             [member_a.address, member_b.address],
             out,
             policy=policy,

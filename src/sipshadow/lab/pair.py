@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sipshadow.core.actions import Address
 from sipshadow.lab.alg import AlgProcess, serves_as_primary
-from sipshadow.lab.sipp import free_udp_port
+from sipshadow.lab.sipp import free_port
 from sipshadow.runtime.status import StatusDocument
 
 NODE_CONFIG = """\
@@ -54,7 +54,7 @@ class LoopbackPair:
         self.members = list(members)
         self.workdir = workdir
         self.mode = mode
-        ports = {"a": free_udp_port(), "b": free_udp_port()}
+        ports = {"a": free_port(), "b": free_port()}
         key = secrets.token_hex(16)
         settings = dict(mode=mode, key=key, output_commit=str(output_commit).lower(),
                         heartbeat_interval_ms=heartbeat_interval_ms, heartbeat_misses=heartbeat_misses,

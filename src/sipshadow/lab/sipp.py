@@ -41,6 +41,7 @@ import csv
 import ipaddress
 import math
 import os
+import random
 import signal
 import socket
 import struct
@@ -61,7 +62,7 @@ __all__ = [
     "SippResult",
     "SippUac",
     "SippUas",
-    "free_udp_port",
+    "free_port",
     "parse_sipp_duration",
     "read_stat_rows",
     "run_uac",
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+LAB_PORTS = range(20000, 32768)  # below Linux's default ephemeral range (32768-60999)
 TESTBED_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 
 #: SIPp exit codes (include/defines.h) this module acts on; a negative C code is seen as 254.
@@ -131,16 +133,29 @@ def allowed_address(host: str, netns: str | None) -> bool:
         return False
 
 
-def free_udp_port(host: str = LOOPBACK) -> int:
-    """Ask the kernel for a currently free UDP port on ``host``.
+def free_port(host: str = LOOPBACK) -> int:
+    """A port free for both UDP and TCP on ``host``, below the kernel's ephemeral range.
 
-    The port is released before returning, so there is a small race with
-    other processes; SippUas retries on bind errors when it picked the port.
+    A node binds its service port for UDP and, with TCP on, for TCP too. A port taken from the
+    ephemeral range (32768-60999 by default) can be handed to some client's outgoing connection
+    between this check and the node's bind ("Address already in use", seen once in CI), so the
+    port is drawn from 20000-32767, which the kernel never gives out on its own. The port is
+    released before returning: a second process can still race for it, and SippUas retries on
+    bind errors when it picked the port.
+
+    Raises RuntimeError when 200 draws found nothing free.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    draw = random.Random()  # the lab's own choice, not the core's: no determinism involved
+    for _ in range(200):
+        port = draw.choice(LAB_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            try:
+                udp.bind((host, port))
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {host}")
 
 
 def parse_sipp_duration(value: str) -> float:
@@ -569,7 +584,7 @@ class SippUas(_SippProcess):
         attempts = 3 if self._auto_port else 1
         for attempt in range(attempts):
             if self._auto_port:
-                self.local_port = free_udp_port(self.host)
+                self.local_port = free_port(self.host)
             self._spawn()
             try:
                 self._wait_ready(self.ready_timeout)
