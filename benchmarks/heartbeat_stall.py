@@ -12,8 +12,9 @@ socket for the thread's datagrams, both noting when each beat arrives (`time.mon
 host's clock, which A also uses for the scenario windows it reports). Once B hears A's sealed
 beats and both have run for `BASELINE_S`, A's loop thread runs, with pauses between them:
 
-  snapshot  a state-transfer snapshot of 65 000 dialogs: `Recorder.attach()`, every message
-            encoded (`replication.wire.CODEC`) and sealed (`link.session.Session`);
+  snapshot  a state-transfer snapshot of 65 000 dialogs: `Recorder.attach()` and every part
+            (`take_frames`), encoded (`replication.wire.CODEC`) and sealed (`link.session.Session`),
+            back to back (the primary spreads the parts over its turns);
   gil       one long C call: `msgspec.msgpack.decode` of a blob sized for ~300 ms (a hold that
             the host's load pushed out of 200-450 ms is reported as `gil_rejected_N` and retried);
   stall     `time.sleep(1.0)`: the loop stands still (a wedged node), the lock is free.
@@ -257,21 +258,24 @@ class NodeA:
 
     @staticmethod
     def snapshot(gateway: Gateway, entropy: RecordingEntropy) -> dict[str, Any]:
-        """A state transfer's snapshot as the primary builds it: attach, encode, seal."""
+        """A state transfer's snapshot as the primary builds it: the cut at the Hello, then one
+        part a turn (`take_frames`), each encoded (`replication.wire.CODEC`) and sealed. The
+        whole runs here back to back; the primary spreads the parts over its loop turns."""
         session = Session.between(KEY, "a", b"a" * 16, "b", b"b" * 16)
         started = time.perf_counter()
         with collection_paused():  # as the primary's link does it
-            effects = Recorder(gateway, entropy, epoch=1).attach()
+            recorder = Recorder(gateway, entropy, epoch=1)
+            messages = list(recorder.attach(0.0).write)
             attached = time.perf_counter()
-            frames, longest = [], 0.0
-            for message in effects.write:
-                sealing = time.perf_counter()
-                frames.append(session.seal(CODEC.encode(message)))
-                longest = max(longest, time.perf_counter() - sealing)
+            frames, longest = [session.seal(CODEC.encode(message)) for message in messages], 0.0
+            while recorder.exporting:
+                turn = time.perf_counter()
+                frames += [session.seal(CODEC.encode(message)) for message in recorder.take_frames()]
+                longest = max(longest, time.perf_counter() - turn)
         elapsed = time.perf_counter() - started
-        return {"snapshot_ms": round(elapsed * 1000, 1), "attach_ms": round((attached - started) * 1000, 1),
+        return {"snapshot_ms": round(elapsed * 1000, 1), "cut_ms": round((attached - started) * 1000, 1),
                 "frames": len(frames), "bytes": sum(len(frame) for frame in frames),
-                "longest_frame_encode_seal_ms": round(longest * 1000, 1)}  # fmt: skip
+                "longest_turn_ms": round(longest * 1000, 1)}  # fmt: skip
 
     @staticmethod
     def hold_gil(blob: bytes) -> dict[str, Any]:

@@ -162,6 +162,7 @@ def soak(minutes: float, rate: int, root: Path) -> dict[str, Any]:
             log(f"soak {samples[-1]}")
             time.sleep(10.0)
         result = uac.wait()
+        replication = pair.status("a").replication
     primary = [s["a"] for s in samples if s["a"] is not None]
     return {
         "minutes": minutes,
@@ -169,8 +170,12 @@ def soak(minutes: float, rate: int, root: Path) -> dict[str, Any]:
         "calls_failed": result.failed_calls,
         "calls_successful": result.successful_calls,
         "primary_rss_mb": {"first": primary[0], "max": max(primary), "last": primary[-1]},
+        "primary_replication": None if replication is None else {
+            key: getattr(replication, key) for key in ("snapshots_sent", "joins", "join_timeouts", "shadow_losses",
+                                                       "commit_timeouts", "last_snapshot_ms", "shadow_attached")
+        },
         "samples": samples,
-    }
+    }  # fmt: skip
 
 
 def _rss_mb(pid: int) -> float | None:

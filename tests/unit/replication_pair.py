@@ -57,14 +57,23 @@ class Pair:
     def deliver(self) -> None:
         """Move every frame in flight, both ways, until the link is quiet."""
         while self._to_shadow or self._to_primary or self._flush():
-            to_shadow, self._to_shadow = self._to_shadow, []
-            for data in to_shadow:
-                for message in self._shadow_channel.feed(data).messages:
-                    self._on_shadow(self.follower.receive(message, self.now))
-            to_primary, self._to_primary = self._to_primary, []
-            for data in to_primary:
-                for message in self._primary_channel.feed(data).messages:
-                    self._on_primary(self.recorder.receive(message))
+            self._carry()
+
+    def turn(self) -> None:
+        """One loop turn of the primary's: what is in flight crosses once both ways, then the
+        primary writes this turn's frames (one part of a snapshot, or the entries)."""
+        self._carry()
+        self._flush()
+
+    def _carry(self) -> None:
+        to_shadow, self._to_shadow = self._to_shadow, []
+        for data in to_shadow:
+            for message in self._shadow_channel.feed(data).messages:
+                self._on_shadow(self.follower.receive(message, self.now))
+        to_primary, self._to_primary = self._to_primary, []
+        for data in to_primary:
+            for message in self._primary_channel.feed(data).messages:
+                self._on_primary(self.recorder.receive(message, self.now))
 
     def to_shadow_only(self) -> None:
         """Carry the primary's frames to the shadow but lose the shadow's answers."""
@@ -103,7 +112,7 @@ class Pair:
     # -- inside ---------------------------------------------------------------------------
 
     def _flush(self) -> bool:
-        frames = self.recorder.take_entries()
+        frames = self.recorder.take_frames()
         if frames:
             self._to_shadow.append(self._primary_channel.seal(frames))
         return bool(frames)
@@ -128,10 +137,10 @@ def recorded_entries(config: GatewayConfig, events: list[Event], *, seed: int = 
     entropy = RecordingEntropy(SystemEntropy(seed))
     gateway = Gateway(config, entropy)
     recorder = Recorder(gateway, entropy, epoch=0, with_payload=with_payload)
-    recorder.attach()
+    recorder.attach(0.0)
     for event in events:
         recorder.record(event, gateway.handle(event))
-    return gateway, [entry for frame in recorder.take_entries() for entry in frame.entries]
+    return gateway, [entry for frame in recorder.take_frames() for entry in frame.entries]
 
 
 def channel_pair() -> tuple[StreamChannel, StreamChannel]:

@@ -1,5 +1,6 @@
 """The recorder and the follower, wired in memory (`Pair`): output commit, the commit
-timeout, payload retention, snapshots in parts, and the one divergence policy."""
+timeout, payload retention, snapshots in parts sent over many turns while calls change, a
+shadow's join, and the one divergence policy."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ def joined(**options: object) -> Pair:
     pair = Pair(CONFIG, **options)  # type: ignore[arg-type]
     pair.connect()
     pair.deliver()
-    assert pair.recorder.attached and pair.follower.synced
+    assert pair.recorder.attached and pair.follower.synced and not pair.recorder.joining
     return pair
 
 
 def test_without_a_shadow_outputs_leave_at_once_and_nothing_is_logged() -> None:
     pair = Pair(CONFIG)
     outputs = pair.datagram(invite(1), CALLER)
-    assert pair.sent == outputs and pair.recorder.take_entries() == []
+    assert pair.sent == outputs and pair.recorder.take_frames() == []
     assert pair.recorder.seq == pair.recorder.released == 1
 
 
@@ -39,14 +40,14 @@ def test_outputs_wait_for_the_shadows_acknowledgement() -> None:
     assert outputs and pair.sent == []  # held: the shadow has not acknowledged entry 1
     pair.to_shadow_only()  # the shadow applied it, but its Ack is lost on the way
     assert pair.follower.replica.applied_seq == 1 and pair.sent == []
-    pair.recorder.receive(Ack(1))
+    pair.recorder.receive(Ack(1), 0.0)
     assert pair.recorder.released == 1 and pair.recorder.acked == 1
 
 
 def test_an_ack_beyond_the_log_releases_only_what_was_logged() -> None:
     pair = joined()
     pair.datagram(invite(1), CALLER)
-    effects = pair.recorder.receive(Ack(10**9))
+    effects = pair.recorder.receive(Ack(10**9), 0.0)
     assert len(effects.send) == 1 and pair.recorder.acked == pair.recorder.released == 1
     pair.datagram(invite(2), CALLER)
     assert pair.recorder.next_deadline() is not None  # entry 2 is still held
@@ -86,10 +87,10 @@ def test_tap_mode_keeps_payloads_until_acknowledged_and_answers_requests() -> No
     pair = joined(tap=True)
     pair.datagram(invite(1), CALLER, tapped=False)
     pair.datagram(invite(2), CALLER, tapped=False)
-    effects = pair.recorder.receive(PayloadRequest([2, 7]))
+    effects = pair.recorder.receive(PayloadRequest([2, 7]), 0.0)
     assert effects.write == [Payloads([(2, invite(2))])]
-    pair.recorder.receive(Ack(1))
-    assert pair.recorder.receive(PayloadRequest([1])).write == [Payloads([])]
+    pair.recorder.receive(Ack(1), 0.0)
+    assert pair.recorder.receive(PayloadRequest([1]), 0.0).write == [Payloads([])]
 
 
 def test_a_big_snapshot_arrives_in_parts(monkeypatch: object) -> None:
@@ -97,22 +98,25 @@ def test_a_big_snapshot_arrives_in_parts(monkeypatch: object) -> None:
     for number in range(5):
         pair.datagram(invite(number), CALLER)
     monkeypatch.setattr(recorder_module, "SNAPSHOT_ROWS_PER_FRAME", 2)  # type: ignore[attr-defined]
-    effects = pair.recorder.attach()
-    snapshot, *parts = effects.write
+    snapshot, *_ = pair.recorder.attach(0.0).write
+    parts = []
+    while pair.recorder.exporting:
+        parts += pair.recorder.take_frames()
     assert isinstance(snapshot, Snapshot) and snapshot.parts == 3 == len(parts)
     assert all(isinstance(part, SnapshotRows) for part in parts)
+    written = [snapshot, *parts]
     follower = pair.follower
     follower.connected(0)
-    for message in effects.write[:-1]:
+    for message in written[:-1]:
         assert follower.receive(message, 0.0).write == [] and not follower.synced
-    assert follower.receive(effects.write[-1], 0.0).write == [Ack(5)] and follower.synced
+    assert follower.receive(written[-1], 0.0).write == [Ack(5)] and follower.synced
     assert follower.replica.gateway.state_digest() == pair.gateway.state_digest()
 
 
 def test_a_divergence_drops_the_link_and_the_next_snapshot_repairs_it() -> None:
     pair = joined()
     pair.datagram(invite(1), CALLER)
-    [frame] = pair.recorder.take_entries()
+    [frame] = pair.recorder.take_frames()
     forged = Entries([replace(frame.entries[0], state=frame.entries[0].state ^ 1)], frame.released)
     effects = pair.follower.receive(forged, 0.0)
     assert effects.drop.startswith("diverged") and pair.follower.stats["divergences"] == 1
@@ -139,3 +143,71 @@ def test_takeover_resends_what_the_old_primary_held() -> None:
     (resent,) = handover.resend  # the 180, towards the caller, its own Via popped (§16.7)
     assert handover.start_seq == 3 and resent.destination == CALLER
     assert resent.data.startswith(b"SIP/2.0 180") and b"192.0.2.1:5060;branch" not in resent.data
+
+
+def test_a_snapshot_sent_over_many_turns_is_the_state_at_the_hello(monkeypatch: object) -> None:
+    """Calls answered, hung up, reaped and opened while the rows leave two a turn: the shadow
+    restores the cut, replays what came after it, and holds the primary's state exactly."""
+    monkeypatch.setattr(recorder_module, "SNAPSHOT_ROWS_PER_FRAME", 2)  # type: ignore[attr-defined]
+    pair = Pair(CONFIG)
+    forwarded = [pair.datagram(invite(number), CALLER)[0].data for number in range(12)]
+    pair.now = CONFIG.early_timeout_s + 1  # Timer C is due: the timer below reaps the unanswered calls
+    pair.connect()
+    pair.turn()  # the Hello reaches the primary: the cut, and the Snapshot header
+    assert pair.recorder.exporting and pair.recorder.joining
+    changes = [
+        lambda: pair.datagram(response_to(forwarded[0], 200, "OK"), MEMBERS[0]),
+        lambda: pair.datagram(response_to(forwarded[1], 180, "Ringing"), MEMBERS[0]),
+        lambda: pair.datagram(response_to(forwarded[2], 486, "Busy Here"), MEMBERS[0]),
+        lambda: pair.datagram(invite(20), CALLER),
+        lambda: pair.timer(),  # reaps the calls nobody answered, in the middle of the transfer
+    ]
+    turns = 0
+    while pair.recorder.exporting:
+        if turns < len(changes):
+            changes[turns]()
+        pair.turn()
+        turns += 1
+    assert turns == 5  # 12 rows, 2 a frame (the first with the header): a change in each next turn
+    pair.deliver()
+    assert pair.gateway.counters.dialogs_reaped_early > 0 and len(pair.gateway.table) < 12
+    follower = pair.follower
+    assert follower.synced and follower.stats["divergences"] == 0
+    assert follower.replica.gateway.state_digest() == pair.gateway.state_digest()
+    assert follower.replica.applied_seq == pair.recorder.seq
+    assert not pair.recorder.joining and pair.recorder.stats["joins"] == 1
+
+
+def test_a_joining_shadow_holds_no_output_until_it_has_caught_up() -> None:
+    """Outputs leave at once while the shadow takes its snapshot and replays; once an ack leaves
+    nothing older than a quarter of the commit timeout unacknowledged, output commit holds them."""
+    pair = Pair(CONFIG, commit_timeout_s=0.2)
+    pair.datagram(invite(1), CALLER)
+    pair.connect()
+    pair.turn()  # the Hello in; the Snapshot and its one row out
+    outputs = pair.datagram(invite(2), CALLER)
+    assert pair.recorder.joining and pair.sent[-1:] == outputs  # not held: the shadow is joining
+    pair.now += 0.1
+    pair.turn()  # the snapshot's ack comes back while entry 2, 100 ms old, is unacknowledged
+    assert pair.recorder.acked == 1 and pair.recorder.joining
+    outputs = pair.datagram(invite(3), CALLER)
+    assert pair.sent[-1:] == outputs
+    pair.turn()  # entry 2's ack: only entry 3, just logged, is left unacknowledged
+    assert not pair.recorder.joining and pair.recorder.stats["joins"] == 1
+    outputs = pair.datagram(invite(4), CALLER)
+    assert outputs and pair.sent[-1:] != outputs  # held now: output commit is on
+    pair.deliver()
+    assert pair.sent[-1:] == outputs and pair.follower.stats["divergences"] == 0
+
+
+def test_a_shadow_that_never_catches_up_is_dropped_at_the_join_timeout() -> None:
+    pair = Pair(CONFIG)
+    pair.recorder.join_timeout_s = 5.0
+    pair.connect()
+    pair.turn()
+    assert pair.recorder.joining and pair.recorder.next_deadline() == 5.0
+    pair.advance(4.9)
+    assert pair.recorder.attached
+    pair.advance(0.2)
+    assert not pair.recorder.attached and pair.recorder.stats["join_timeouts"] == 1
+    assert pair.dropped == ["shadow did not catch up with the log within 5 s"]

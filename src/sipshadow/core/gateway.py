@@ -16,7 +16,7 @@ from typing import Any
 from sipshadow.core.actions import TCP, UDP, UDP_REQUEST_LIMIT_BYTES, Address, SendMessage, format_address, uri_host
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
-from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable
+from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, TableExport
 from sipshadow.core.entropy import Entropy
 from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetDraining, TimerExpired
 from sipshadow.core.health import HealthMonitor
@@ -178,8 +178,17 @@ class Gateway:
 
         Times in it are absolute seconds on the primary's event clock.
         """
-        return {
-            "dialogs": self.table.export_state(),
+        state, cut = self.begin_export()
+        self.end_export()
+        return {"dialogs": cut.take(cut.total), **state}
+
+    def begin_export(self) -> tuple[dict[str, Any], TableExport]:
+        """`export_state()` without its dialog rows, and a cut of the dialog table whose rows the
+        caller takes over the next loop turns (`TableExport.take`) while events go on changing
+        the table; `end_export()` once they are all taken (or the transfer is abandoned). The
+        rows with this state are exactly the state now: what changes later is in the log."""
+        cut = self.table.begin_export()
+        state = {
             "dialogs_digest": self.table.digest,
             "cursor": self.policy.cursor,
             "health": self.health.export_state(),
@@ -187,7 +196,12 @@ class Gateway:
             "membership": {"members": self.membership.export_state(), "policy": self.config.policy,
                            "probe_interval_s": self.config.probe_interval_s,
                            "probe_misses": self.config.probe_misses},
-        }
+        }  # fmt: skip
+        return state, cut
+
+    def end_export(self) -> None:
+        """The cut from `begin_export` is no longer read: changes stop preserving its rows."""
+        self.table.end_export()
 
     def import_state(self, state: dict[str, Any]) -> None:
         """Replace the state with an `export_state()` (a shadow joining; not an event).

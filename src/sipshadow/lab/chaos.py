@@ -195,12 +195,12 @@ def _heal(lab: NetnsLab, kind: str, host: str, serving: str) -> None:
 
 
 def _attached(lab: NetnsLab, host: str) -> bool:
-    """Whether the node on `host` has a shadow attached to its log (its own view)."""
+    """Whether the node on `host` has a shadow attached to its log and caught up (its own view)."""
     try:
         replication = lab.nodes[host].status().replication
     except (OSError, ValueError):
         return False
-    return replication is not None and replication.shadow_attached
+    return replication is not None and replication.shadow_attached and not replication.shadow_joining
 
 
 def _takeovers(lab: NetnsLab, host: str) -> list:  # type: ignore[type-arg]

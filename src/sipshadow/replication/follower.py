@@ -128,6 +128,10 @@ class Follower:
                 return Effects(drop="a second snapshot on one connection: refused, reconnecting")
             self.disconnected()
             self._snapshot = message
+            if self.tap is not None:
+                # The snapshot covers every copy that came before it; those that come while its
+                # rows arrive (over several of the primary's turns) are the entries' after it.
+                self.tap.clear()
             return self._restore() if message.parts == 0 else Effects()
         if isinstance(message, SnapshotRows) and self._snapshot is not None:
             self._rows.extend(message.rows)
@@ -216,8 +220,6 @@ class Follower:
         self.replica.restore(snapshot.seq, {"dialogs": rows, **snapshot.state})
         self._payloads.clear()
         self._requested.clear()
-        if self.tap is not None:
-            self.tap.clear()  # the snapshot covers every copy that arrived before it
         self.primary_epoch = snapshot.epoch
         self.synced = True
         self.stats["snapshots"] += 1

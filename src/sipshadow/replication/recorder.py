@@ -7,6 +7,17 @@ world has seen. A shadow that leaves an output unacknowledged for `commit_timeou
 declared dead: everything held is released and the primary runs solo. While no shadow is
 attached nothing is logged or held. Time comes in with the events (`now`, seconds on the
 loop's monotonic clock); the asyncio shell (`runtime.primary_link`) only moves bytes.
+
+A shadow joins in two steps, and the primary serves at full rate through both:
+
+1. State transfer. The snapshot is a cut of the state at the Hello (`Gateway.begin_export`);
+   its dialog rows leave one frame per loop turn (`take_frames`), copy-on-write, so no turn
+   stalls on a big table. Entries logged meanwhile wait behind the rows.
+2. Catching up. The shadow restores the rows and replays what was logged since, which takes
+   longer than output commit's timeout on a big table. Until its acknowledgements come within
+   a quarter of that timeout of the log (`joining`), outputs leave at once, as with no
+   shadow; a shadow that has not caught up within `join_timeout_s` is dropped. A joining
+   shadow that takes over may miss the last outputs, as a cold standby would.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from typing import TypeVar
 
 from sipshadow.core import Event, Gateway, MessageReceived, SendMessage
 from sipshadow.core.actions import Address
+from sipshadow.core.dialogs import TableExport
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.replication.effects import Effects
 from sipshadow.replication.log import STREAM_CLOSED, STREAM_OPENED, LogEntry, entry_for
@@ -33,20 +45,27 @@ from sipshadow.replication.wire import (
     SnapshotRows,
 )
 
-#: Dialog rows per snapshot frame: each frame stays far below the link's size limit.
+#: Dialog rows per snapshot frame, one frame per loop turn: each stays far below the link's size
+#: limit and costs the turn a few milliseconds.
 SNAPSHOT_ROWS_PER_FRAME = 2000
+#: A joining shadow whose acknowledgements trail the log by at most this share of the commit
+#: timeout has caught up: output commit starts.
+CAUGHT_UP_SHARE = 0.25
+#: Seconds a shadow has to take the snapshot and catch up with the log before it is dropped.
+JOIN_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 STATS = ("entries_sent", "frames_sent", "acks", "snapshots_sent", "shadow_losses", "commit_timeouts",
-         "payloads_sent")  # fmt: skip
+         "payloads_sent", "joins", "join_timeouts")  # fmt: skip
 
 
 class Recorder:
     """Logs the primary core's events for one shadow and decides when outputs may leave.
 
-    `record` is the hot path (one call per event); `take_entries` is called once per loop turn
-    and returns the batch to write; `receive` takes the shadow's messages; `next_deadline` /
-    `on_deadline` run the commit timeout. None of them raises on a peer's input.
+    `record` is the hot path (one call per event); `take_frames` is called once per loop turn
+    and returns what to write (while `exporting`, call it again next turn); `receive` takes
+    the shadow's messages; `next_deadline` / `on_deadline` run the commit and join timeouts.
+    None of them raises on a peer's input.
     """
 
     def __init__(
@@ -59,6 +78,7 @@ class Recorder:
         output_commit: bool = True,
         commit_timeout_s: float = 0.2,
         with_payload: bool = True,
+        join_timeout_s: float = JOIN_TIMEOUT_S,
     ) -> None:
         self.gateway = gateway
         self.recorder = recorder
@@ -69,7 +89,10 @@ class Recorder:
         self.output_commit = output_commit
         self.commit_timeout_s = commit_timeout_s
         self.with_payload = with_payload
+        self.join_timeout_s = join_timeout_s
         self.attached = False
+        #: The attached shadow has not caught up with the log yet: outputs are not held for it.
+        self.joining = False
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self._batch: list[LogEntry] = []
         #: (seq, logged at, outputs) held for the shadow's acknowledgement, oldest first.
@@ -85,6 +108,12 @@ class Recorder:
         self._bytes_written = 0
         self._frame_marks: deque[tuple[int, int]] = deque()
         self._bytes_acked = 0
+        #: The snapshot's dialog rows still to send (None: no state transfer under way).
+        self._cut: TableExport | None = None
+        self._join_deadline = 0.0
+        #: While joining: (last seq, first entry's event time) per frame of entries written, for
+        #: how far behind the log the shadow's acknowledgements are.
+        self._join_marks: deque[tuple[int, float]] = deque()
 
     @property
     def lag_entries(self) -> int:
@@ -95,6 +124,11 @@ class Recorder:
     def lag_bytes(self) -> int:
         """Their encoded size, bytes (frame granularity; those still in this turn's batch excluded)."""
         return self._bytes_written - self._bytes_acked if self.attached else 0
+
+    @property
+    def exporting(self) -> bool:
+        """Snapshot rows are still to be sent: `take_frames` has more next turn."""
+        return self._cut is not None
 
     def pending_since(self, seq: int) -> list[float]:
         """When (loop clock) each entry up to `seq` still holding outputs was logged: an ack for
@@ -120,6 +154,9 @@ class Recorder:
         self._batch.append(entry)
         if not self.with_payload and type(event) is MessageReceived:
             self._payloads.append((self.seq, event.data))
+        if self.joining:
+            self.released = self.seq
+            return outputs
         if not self.output_commit:
             self.released = self.seq
             return outputs
@@ -142,12 +179,21 @@ class Recorder:
         entry = LogEntry(self.seq, kind, now, peer[0], peer[1], payload, state=self.gateway.state_digest())
         self._batch.append(entry)
 
-    def take_entries(self) -> list[Entries]:
-        """The entries logged since the last call, as frames: a new frame starts after
-        `ENTRY_BYTES_PER_FRAME` payload bytes, so none nears the limit. With nothing logged
-        but outputs released since the last frame, one empty frame carries the new mark: the
-        shadow learns at once what it must not re-send at takeover (a re-sent INVITE the
-        callee has answered is a retransmission it must absorb); none when nothing changed."""
+    def take_frames(self) -> list[Message]:
+        """What to write to the shadow this turn. During a state transfer, the next part of the
+        snapshot's rows (entries wait behind them). Else the entries logged since the last
+        call, as frames: a new frame starts after `ENTRY_BYTES_PER_FRAME` payload bytes, so
+        none nears the limit. With nothing logged but outputs released since the last frame,
+        one empty frame carries the new mark: the shadow learns at once what it must not
+        re-send at takeover (a re-sent INVITE the callee has answered is a retransmission it
+        must absorb); none when nothing changed."""
+        cut = self._cut
+        if cut is not None:
+            rows = cut.take(SNAPSHOT_ROWS_PER_FRAME)
+            if cut.done:
+                self._cut = None
+                self.gateway.end_export()
+            return [SnapshotRows(rows)]
         if not self._batch:
             if not self.attached or self.released <= self._released_sent:
                 return []
@@ -158,21 +204,27 @@ class Recorder:
         self.stats["entries_sent"] += len(batch)
         self._bytes_written += sum(_entry_bytes(entry) for entry in batch)
         self._frame_marks.append((batch[-1].seq, self._bytes_written))
-        frames = [Entries(chunk, self.released) for chunk in _chunks(batch, _entry_bytes)]
+        if self.joining:
+            self._join_marks.append((batch[-1].seq, batch[0].now))
+        frames: list[Message] = [Entries(chunk, self.released) for chunk in _chunks(batch, _entry_bytes)]
         self._released_sent = self.released
         self.stats["frames_sent"] += len(frames)
         return frames
 
     # -- the shadow's messages ------------------------------------------------------------
 
-    def receive(self, message: Message) -> Effects:
-        """A message from the attached shadow (a Hello attaches one: see `attach`)."""
+    def receive(self, message: Message, now: float) -> Effects:
+        """A message from the attached shadow at `now` (loop clock, s); a Hello attaches one
+        (see `attach`)."""
         if isinstance(message, Hello):
-            return self.attach()
+            return self.attach(now)
         if not self.attached:
             return Effects()
         if isinstance(message, Ack):
-            return Effects(send=self._acknowledged(message.seq))
+            released = self._acknowledged(message.seq)
+            if self.joining:
+                self._catching_up(message.seq, now)
+            return Effects(send=released)
         if isinstance(message, PayloadRequest):
             wanted = set(message.seqs)
             items = [(seq, data) for seq, data in self._payloads if seq in wanted]
@@ -200,21 +252,35 @@ class Recorder:
             self._bytes_acked = marks.popleft()[1]
         return released
 
-    def attach(self) -> Effects:
-        """A shadow said hello: release what was held for any earlier shadow and send it the
-        state after entry `seq` (a Snapshot, then its dialog rows in parts); entries follow."""
+    def _catching_up(self, seq: int, now: float) -> None:
+        """A joining shadow acknowledged `seq` at `now`: output commit starts once every row is
+        sent and the oldest entry it has not acknowledged is recent enough."""
+        marks = self._join_marks
+        while marks and marks[0][0] <= seq:
+            marks.popleft()
+        oldest = marks[0][1] if marks else self._batch[0].now if self._batch else now  # unacknowledged
+        if self._cut is None and now - oldest <= self.commit_timeout_s * CAUGHT_UP_SHARE:
+            self.joining = False
+            marks.clear()
+            self.stats["joins"] += 1
+
+    def attach(self, now: float) -> Effects:
+        """A shadow said hello at `now`: release what was held for any earlier shadow and send
+        it the state after entry `seq`: a Snapshot now, its dialog rows over the next turns
+        (`take_frames`), then the entries. It joins (`joining`) until it has caught up."""
         send = self.release_all()
-        self._batch.clear()
-        self._payloads.clear()
-        state = self.gateway.export_state()
+        self._abandon_transfer()
+        state, cut = self.gateway.begin_export()
         state["streams"] = self.streams.export_state()
-        rows = state.pop("dialogs")
-        parts = [
-            rows[index : index + SNAPSHOT_ROWS_PER_FRAME] for index in range(0, len(rows), SNAPSHOT_ROWS_PER_FRAME)
-        ]
-        write: list[Message] = [Snapshot(self.seq, self.epoch, state, len(parts))]
-        write += [SnapshotRows(part) for part in parts]
+        parts = -(-cut.total // SNAPSHOT_ROWS_PER_FRAME)
+        if parts:
+            self._cut = cut
+        else:
+            self.gateway.end_export()
+        write: list[Message] = [Snapshot(self.seq, self.epoch, state, parts)]
         self.attached = True
+        self.joining = True
+        self._join_deadline = now + self.join_timeout_s
         self.acked = self.seq
         self._frame_marks.clear()
         self._bytes_acked = self._bytes_written
@@ -226,10 +292,19 @@ class Recorder:
         if not self.attached:
             return []
         self.attached = False
-        self._batch.clear()
-        self._payloads.clear()
+        self._abandon_transfer()
         self.stats["shadow_losses"] += 1
         return self.release_all()
+
+    def _abandon_transfer(self) -> None:
+        """Forget what was logged or being sent for the last shadow."""
+        self._batch.clear()
+        self._payloads.clear()
+        self._join_marks.clear()
+        self.joining = False
+        if self._cut is not None:
+            self._cut = None
+            self.gateway.end_export()
 
     def release_all(self) -> list[SendMessage]:
         """Everything held, to be sent now (a new shadow, no shadow, or the node stopping)."""
@@ -241,11 +316,20 @@ class Recorder:
     # -- the commit deadline --------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When the oldest held output times out (seconds, loop clock), if any is held."""
+        """When the oldest held output times out, or a joining shadow's time to catch up runs
+        out (seconds, loop clock); None when neither is pending."""
+        if self.joining:
+            return self._join_deadline
         return self._pending[0][1] + self.commit_timeout_s if self._pending else None
 
     def on_deadline(self, now: float) -> Effects:
         """At or after `next_deadline`: a shadow that still has not acknowledged is dead."""
+        if self.joining:
+            if now < self._join_deadline:
+                return Effects()
+            self.stats["join_timeouts"] += 1
+            return Effects(send=self.detach(),
+                           drop=f"shadow did not catch up with the log within {self.join_timeout_s:.0f} s")  # fmt: skip
         if not self._pending or now < self._pending[0][1] + self.commit_timeout_s:
             return Effects()
         waited_ms = (now - self._pending[0][1]) * 1000

@@ -139,7 +139,7 @@ def _status(document: dict[str, Any]) -> None:
     replication = document.get("replication")
     if replication:
         print(f"replication: entry {replication['seq']}, released {replication['released']}, shadow "
-              f"{'attached' if replication['shadow_attached'] else 'absent'}, lag {replication.get('lag_entries', 0)} "
+              f"{_shadow_state(replication)}, lag {replication.get('lag_entries', 0)} "
               f"entries / {replication.get('lag_bytes', 0)} bytes")  # fmt: skip
     shadow = ha.get("shadow")
     if shadow:
@@ -152,3 +152,9 @@ def _status(document: dict[str, Any]) -> None:
             print(f"takeover epoch {takeover['epoch']}: {takeover.get('ms')} ms, {takeover.get('dialogs')} dialogs")
     for alarm in ha.get("alarms", []):
         print(f"ALARM: {alarm}")
+
+
+def _shadow_state(replication: dict[str, Any]) -> str:
+    if not replication["shadow_attached"]:
+        return "absent"
+    return "joining" if replication.get("shadow_joining") else "attached"

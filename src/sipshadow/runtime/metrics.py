@@ -28,13 +28,15 @@ Metric names (label in braces):
   `sipshadow_member_up`, `sipshadow_member_draining`, `sipshadow_member_retired`,
   `sipshadow_member_missed_probes`, `sipshadow_member_weight`
 - replication (a primary): `sipshadow_replication_recorded_seq`, `sipshadow_replication_released_seq`,
-  `sipshadow_replication_shadow_attached`, `sipshadow_replication_lag_entries`,
+  `sipshadow_replication_shadow_attached`, `sipshadow_replication_shadow_joining`,
+  `sipshadow_replication_lag_entries`,
   `sipshadow_replication_lag_bytes`, `sipshadow_replication_last_snapshot_seconds`,
   `sipshadow_replication_entries_sent_total`, `sipshadow_replication_frames_sent_total`,
   `sipshadow_replication_acks_total`, `sipshadow_replication_snapshots_sent_total`,
   `sipshadow_replication_shadow_losses_total`, `sipshadow_replication_commit_timeouts_total`,
   `sipshadow_replication_payloads_sent_total`, `sipshadow_replication_refused_frames_total`,
-  `sipshadow_replication_release_errors_total`
+  `sipshadow_replication_release_errors_total`, `sipshadow_replication_joins_total`,
+  `sipshadow_replication_join_timeouts_total`
 - HA: `sipshadow_role{role}` (starting|shadow|taking-over|primary|fenced|solo), `sipshadow_epoch`,
   `sipshadow_peer_alive`, `sipshadow_arbiter_peer_alive`, `sipshadow_takeovers_total`,
   `sipshadow_aborted_takeovers_total`, `sipshadow_heartbeats_refused_total`,
@@ -136,7 +138,9 @@ MEMBER: tuple[Scalar, ...] = (
 REPLICATION: tuple[Scalar, ...] = (
     ("seq", "sipshadow_replication_recorded_seq", "Sequence number of the last log entry recorded."),
     ("released", "sipshadow_replication_released_seq", "Sequence number of the last entry whose outputs were sent."),
-    ("shadow_attached", "sipshadow_replication_shadow_attached", "1 if a shadow is connected and in sync, else 0."),
+    ("shadow_attached", "sipshadow_replication_shadow_attached", "1 if a shadow is connected, else 0."),
+    ("shadow_joining", "sipshadow_replication_shadow_joining",
+     "1 while the attached shadow takes its snapshot and catches up (outputs not held for it), else 0."),
     ("lag_entries", "sipshadow_replication_lag_entries", "Log entries recorded that the shadow has not acknowledged."),
     ("lag_bytes", "sipshadow_replication_lag_bytes", "Encoded size of the entries the shadow has not acknowledged."),
     ("entries_sent", "sipshadow_replication_entries_sent_total", "Log entries sent to a shadow."),
@@ -151,6 +155,9 @@ REPLICATION: tuple[Scalar, ...] = (
     ("refused_frames", "sipshadow_replication_refused_frames_total",
      "Frames from a shadow that failed authentication or decoding."),
     ("release_errors", "sipshadow_replication_release_errors_total", "Released outputs the sender raised on."),
+    ("joins", "sipshadow_replication_joins_total", "Shadows that caught up with the log after their snapshot."),
+    ("join_timeouts", "sipshadow_replication_join_timeouts_total",
+     "Shadows dropped for not catching up with the log within the join timeout."),
 )  # fmt: skip
 
 HA: tuple[Scalar, ...] = (
@@ -283,7 +290,8 @@ def families(document: StatusDocument) -> Iterator[Family]:
     replication = document.replication
     if replication is not None:
         yield from _table(replication, REPLICATION)
-        yield _one("sipshadow_replication_last_snapshot_seconds", "Time to build the last state snapshot.",
+        yield _one("sipshadow_replication_last_snapshot_seconds",
+                   "Time from the last shadow's hello until its snapshot was sent.",
                    replication.last_snapshot_ms / 1000)  # fmt: skip
     yield _role(document.ha)
     if document.ha is not None:

@@ -79,6 +79,9 @@ class PrimaryLink:
         self.refused_frames = 0
         self.release_errors = 0
         self.last_snapshot_ms = 0.0
+        #: perf_counter at the Hello of the state transfer under way (None: none under way).
+        self._transfer_started: float | None = None
+        self._joined_at_hello = 0.0
         self._flush_scheduled = False
         self._deadline: asyncio.TimerHandle | None = None
         self._notice: asyncio.TimerHandle | None = None
@@ -127,11 +130,20 @@ class PrimaryLink:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        frames = self.recorder.take_entries()
+        recorder = self.recorder
+        frames = recorder.take_frames()
         if frames and self.connection is not None:
             self.connection.write(frames)
+        if recorder.exporting:
+            self._schedule_flush()  # the snapshot's next rows, after this turn's other work
+        elif self._transfer_started is not None and recorder.attached:
+            self.last_snapshot_ms = round((time.perf_counter() - self._transfer_started) * 1000, 2)
+            self._transfer_started = None
+            log.info("snapshot sent in %.1f ms, entries follow", self.last_snapshot_ms)
 
     def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         deadline = self.recorder.next_deadline()
         if deadline is not None:
             self._deadline = self._loop.call_at(deadline, self._on_deadline)
@@ -172,10 +184,13 @@ class PrimaryLink:
         self.connection = connection
         started = time.perf_counter()
         with collection_paused():
-            self.execute(self.recorder.receive(hello))
-        self.last_snapshot_ms = round((time.perf_counter() - started) * 1000, 2)
-        log.info("shadow %s attached at entry %d (snapshot in %.1f ms)", hello.node_id, self.recorder.seq,
-                 self.last_snapshot_ms)  # fmt: skip
+            self.execute(self.recorder.receive(hello, self._loop.time()))
+        self._transfer_started = started
+        self._joined_at_hello = self._loop.time()
+        self._schedule_flush()
+        self._arm()  # the time the shadow has to catch up
+        log.info("shadow %s attached at entry %d: snapshot under way, %.1f ms for the cut", hello.node_id,
+                 self.recorder.seq, (time.perf_counter() - started) * 1000)  # fmt: skip
 
     def received(self, connection: ShadowConnection, message: Message) -> None:
         """An authenticated message on `connection` (a Hello must name the session's peer)."""
@@ -189,11 +204,17 @@ class PrimaryLink:
             if self.on_handoff_request is not None:
                 self.on_handoff_request(message.reason)
         elif connection is self.connection:
+            recorder = self.recorder
+            now = self._loop.time()
             if isinstance(message, Ack) and self.on_commit_delay is not None:
-                now = self._loop.time()
-                for logged_at in self.recorder.pending_since(message.seq):
+                for logged_at in recorder.pending_since(message.seq):
                     self.on_commit_delay(now - logged_at)
-            self.execute(self.recorder.receive(message))
+            joining = recorder.joining
+            self.execute(recorder.receive(message, now))
+            if joining and not recorder.joining:
+                log.info("shadow caught up with the log at entry %d, %.0f ms after its hello: output commit on",
+                         recorder.acked, (now - self._joined_at_hello) * 1000)  # fmt: skip
+                self._arm()  # from the join's deadline to the held outputs' commit timeout
 
     def refuse(self, connection: ShadowConnection, refused: Refused) -> None:
         """A frame refused on `connection`: count, say so at a bounded rate, close it."""
@@ -238,7 +259,7 @@ class PrimaryLink:
     def status(self) -> ReplicationStatus:
         recorder = self.recorder
         return ReplicationStatus(seq=recorder.seq, released=recorder.released, shadow_attached=recorder.attached,
-                                 **recorder.stats, refused_frames=self.refused_frames,
+                                 shadow_joining=recorder.joining, **recorder.stats, refused_frames=self.refused_frames,
                                  release_errors=self.release_errors,
                                  last_snapshot_ms=self.last_snapshot_ms, lag_entries=recorder.lag_entries,
                                  lag_bytes=recorder.lag_bytes)  # fmt: skip

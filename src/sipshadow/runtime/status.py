@@ -47,7 +47,8 @@ class ReplicationStatus(msgspec.Struct, kw_only=True):
 
     seq: int = 0  #: last log entry recorded
     released: int = 0  #: last entry whose outputs were sent (output commit)
-    shadow_attached: bool = False  #: a shadow is connected and in sync
+    shadow_attached: bool = False  #: a shadow is connected (and in sync unless `shadow_joining`)
+    shadow_joining: bool = False  #: it is still taking the snapshot or catching up: outputs not held for it
     entries_sent: int = 0
     frames_sent: int = 0
     acks: int = 0
@@ -55,9 +56,11 @@ class ReplicationStatus(msgspec.Struct, kw_only=True):
     shadow_losses: int = 0  #: shadows detached (connection lost or commit timeout)
     commit_timeouts: int = 0  #: outputs released without the shadow's ack
     payloads_sent: int = 0  #: datagrams sent to a shadow that had no tapped copy
+    joins: int = 0  #: shadows that caught up with the log after their snapshot (output commit on)
+    join_timeouts: int = 0  #: shadows dropped for not catching up within the join timeout
     refused_frames: int = 0  #: frames from a shadow that failed authentication or decoding
     release_errors: int = 0  #: released outputs the sender raised on
-    last_snapshot_ms: float = 0.0  #: time to build the last snapshot, ms
+    last_snapshot_ms: float = 0.0  #: from the last Hello until every snapshot row was written, ms
     lag_entries: int = 0  #: entries recorded that the shadow has not acknowledged yet
     lag_bytes: int = 0  #: their encoded size, bytes
 
