@@ -8,6 +8,8 @@ from msgspec.structs import replace
 
 from sipshadow.core import GatewayConfig, MemberSpec
 from sipshadow.replication import recorder as recorder_module
+from sipshadow.replication.effects import Effects
+from sipshadow.replication.follower import Follower
 from sipshadow.replication.wire import Ack, Entries, PayloadRequest, Payloads, Snapshot, SnapshotRows
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.replication_pair import Pair
@@ -211,3 +213,24 @@ def test_a_shadow_that_never_catches_up_is_dropped_at_the_join_timeout() -> None
     pair.advance(0.2)
     assert not pair.recorder.attached and pair.recorder.stats["join_timeouts"] == 1
     assert pair.dropped == ["shadow did not catch up with the log within 5 s"]
+
+
+def test_a_snapshot_that_does_not_fit_is_refused_and_never_raises() -> None:
+    """A malformed row, or rows that do not add up to the snapshot's digest: the follower says
+    so and asks for a new connection (a new snapshot); nothing raises out of it."""
+    primary = Pair(CONFIG)
+    primary.datagram(invite(1), CALLER)
+    snapshot, *_ = primary.recorder.attach(0.0).write
+    [rows] = primary.recorder.take_frames()
+    assert isinstance(snapshot, Snapshot) and isinstance(rows, SnapshotRows)
+    for bad in (SnapshotRows([("c1", 0)]), SnapshotRows([(*rows.rows[0][:-1], rows.rows[0][-1] ^ 1)])):
+        follower = Follower(CONFIG, node_id="shadow")
+        follower.connected(0)
+        assert follower.receive(snapshot, 0.0) == Effects()
+        effects = follower.receive(bad, 0.0)
+        assert effects.drop.startswith("snapshot refused") and not follower.synced
+        assert follower.stats["refused_frames"] == 1
+    follower = Follower(CONFIG, node_id="shadow")
+    follower.connected(0)
+    follower.receive(snapshot, 0.0)
+    assert follower.receive(rows, 0.0).write == [Ack(1)] and follower.synced  # the good rows fit

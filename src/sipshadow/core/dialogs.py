@@ -508,10 +508,21 @@ class DialogTable:
         do not (the table is then half replaced), and TypeError, ValueError or IndexError on a
         malformed row.
         """
+        self.begin_import()
+        self.import_rows(rows)
+        self.finish_import(digest)
+
+    def begin_import(self) -> None:
+        """Empty the table for a snapshot whose rows come in parts (`import_rows`, as each part
+        arrives, so no turn of the joining shadow's loop builds them all), then `finish_import`."""
         self.calls = {}
         self._dirty.clear()
         self._export = None
+        self._expiry = []
         self.active_per_member = [0] * len(self.active_per_member)
+
+    def import_rows(self, rows: list[Any]) -> None:
+        """Add `export_state()` rows; TypeError, ValueError or IndexError on a malformed row."""
         states = tuple(DialogState)
         for call_id, member, host, port, counted, heap_at, attempts, dialogs, transport, hashed in rows:
             call = Call(call_id, member, (host, port), counted, transport)
@@ -528,6 +539,10 @@ class DialogTable:
             call.hash = hashed
             self._count(call)
             self.calls[call_id] = call
+
+    def finish_import(self, digest: int | None) -> None:
+        """Every row is in: check them against the sender's `digest` (ValueError when they do not
+        add up) and queue their expiries."""
         computed = 0
         for call in self.calls.values():
             computed ^= call.hash

@@ -212,12 +212,28 @@ class Gateway:
         KeyError, TypeError or IndexError on any other misfit; the state is then half replaced
         and the gateway must be discarded.
         """
+        self.begin_import(state)
+        self.import_rows(state["dialogs"])
+        self.finish_import(state)
+
+    def begin_import(self, state: dict[str, Any]) -> None:
+        """The first step of `import_state` for a snapshot whose dialog rows come in parts:
+        `state` without its rows; then `import_rows` per part and `finish_import(state)`. The
+        same errors as `import_state`, at whichever step meets the misfit."""
         membership = state.get("membership")
         if membership is not None:  # the exporter's cluster, reloads and drains included
             self.membership.import_state(membership["members"])
             self._reconfigured(membership["policy"], membership["probe_interval_s"], membership["probe_misses"],
                                now=None)  # fmt: skip
-        self.table.import_state(state["dialogs"], state.get("dialogs_digest"))
+        self.table.begin_import()
+
+    def import_rows(self, rows: list[Any]) -> None:
+        """Dialog rows of the snapshot `begin_import` started (`Call.as_row()` tuples)."""
+        self.table.import_rows(rows)
+
+    def finish_import(self, state: dict[str, Any]) -> None:
+        """The last step: the rows checked against the state's digest, the rest of the state."""
+        self.table.finish_import(state.get("dialogs_digest"))
         self.policy.cursor = state["cursor"]
         self.health.import_state(state["health"])
         counters = dict(state["counters"])

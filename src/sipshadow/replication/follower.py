@@ -15,6 +15,7 @@ by the entries frames and by the primary's heartbeats; it never runs ahead of wh
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sipshadow.core import Gateway, GatewayConfig, SendMessage
@@ -88,7 +89,6 @@ class Follower:
         self._requested: set[int] = set()
         self._request_at: float | None = None
         self._snapshot: Snapshot | None = None
-        self._rows: list[object] = []
         self._parts = 0
         self._snapshot_due = False
 
@@ -110,7 +110,7 @@ class Follower:
         """The link is gone: nothing received from here on counts until the next snapshot."""
         self.synced = False
         self._snapshot_due = False
-        self._snapshot, self._rows, self._parts = None, [], 0
+        self._snapshot, self._parts = None, 0
         self._waiting.clear()
         self._request_at = None
 
@@ -132,11 +132,12 @@ class Follower:
                 # The snapshot covers every copy that came before it; those that come while its
                 # rows arrive (over several of the primary's turns) are the entries' after it.
                 self.tap.clear()
-            return self._restore() if message.parts == 0 else Effects()
+            return self._restoring(lambda: self.replica.begin_restore(message.state), message.parts == 0)
         if isinstance(message, SnapshotRows) and self._snapshot is not None:
-            self._rows.extend(message.rows)
             self._parts += 1
-            return self._restore() if self._parts == self._snapshot.parts else Effects()
+            rows = message.rows
+            return self._restoring(lambda: self.replica.gateway.import_rows(rows),
+                                   self._parts == self._snapshot.parts)  # fmt: skip
         if isinstance(message, Entries) and self.synced:
             self._waiting.extend(message.entries)
             effects = self._drain(now)
@@ -212,12 +213,24 @@ class Follower:
 
     # -- inside ---------------------------------------------------------------------------
 
+    def _restoring(self, step: Callable[[], None], last: bool) -> Effects:
+        """One step of restoring the snapshot into the replica, as its parts arrive (a big table
+        built in one turn would stall this node's loop, and its heartbeats, for over 0.5 s);
+        then, after the `last`, replay starts. A snapshot that does not fit is refused."""
+        try:
+            step()
+            return self._restore() if last else Effects()
+        except Exception as error:  # a misfit row or state: KeyError, TypeError, ValueError, IndexError
+            self.stats["refused_frames"] += 1
+            self.disconnected()
+            return Effects(drop=f"snapshot refused ({type(error).__name__}: {error}): reconnecting")
+
     def _restore(self) -> Effects:
-        """Every part of the snapshot is in: replace the replica's state, start replaying."""
-        snapshot, rows = self._snapshot, self._rows
+        """Every part of the snapshot is in: the rest of the replica's state; replay starts."""
+        snapshot = self._snapshot
         assert snapshot is not None
-        self._snapshot, self._rows, self._parts = None, [], 0
-        self.replica.restore(snapshot.seq, {"dialogs": rows, **snapshot.state})
+        self._snapshot, self._parts = None, 0
+        self.replica.finish_restore(snapshot.seq, snapshot.state)
         self._payloads.clear()
         self._requested.clear()
         self.primary_epoch = snapshot.epoch

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 from sipshadow.core import Gateway, GatewayConfig, SendMessage
 from sipshadow.core.actions import TCP
@@ -46,11 +47,21 @@ class Replica:
         #: Where each TCP connection stands (`replication.streams`), for a takeover to rebuild.
         self.streams = StreamLedger()
 
-    def restore(self, seq: int, state: dict[str, object]) -> None:
-        """Start from a snapshot taken after entry `seq`."""
-        streams = state.pop("streams", [])
-        self.gateway.import_state(state)
-        self.streams.import_state(streams)  # type: ignore[arg-type]
+    def restore(self, seq: int, state: dict[str, Any]) -> None:
+        """Start from a snapshot taken after entry `seq` (its rows in `state["dialogs"]`)."""
+        self.begin_restore(state)
+        self.gateway.import_rows(state["dialogs"])
+        self.finish_restore(seq, state)
+
+    def begin_restore(self, state: dict[str, Any]) -> None:
+        """A snapshot's state without its rows; they follow (`gateway.import_rows`, a part at a
+        time), then `finish_restore`. Raises what `Gateway.import_state` raises."""
+        self.gateway.begin_import(state)
+
+    def finish_restore(self, seq: int, state: dict[str, Any]) -> None:
+        """Every row is in: the rest of the snapshot taken after entry `seq`; replay starts."""
+        self.gateway.finish_import(state)
+        self.streams.import_state(state.get("streams", []))
         self.applied_seq = self.released_seq = seq
         self._outputs.clear()
         self._responses.clear()
