@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     chaos.add_argument("--rate", type=float, default=200.0, help="calls per second")
     chaos.add_argument("--seed", type=int, default=1, help="seeds the faults' order and spacing")
     chaos.add_argument("--out", type=Path, default=Path("runs/chaos"), help="timeline, summary, plot, logs")
+    fuzz = lab_commands.add_parser("fuzz", help="mutated SIP from a second client while SIPp calls run (-nr)")
+    fuzz.add_argument("--seconds", type=float, default=60.0, help="how long SIPp places calls and the fuzzer sends")
+    fuzz.add_argument("--rate", type=float, default=100.0, help="real calls per second")
+    fuzz.add_argument("--fuzz-rate", type=float, default=300.0, help="mutated datagrams per second")
+    fuzz.add_argument("--seed", type=int, default=1, help="seeds the mutations (hypothesis)")
+    fuzz.add_argument("--out", type=Path, default=Path("runs/fuzz"), help="summary, the fuzzer's report, logs")
     fail = lab_commands.add_parser("fail", help="inject a fault into the primary")
     fail.add_argument("host", choices=("primary",), help="the node to fail")
     fail.add_argument(
@@ -117,6 +123,8 @@ def _lab(args: argparse.Namespace) -> int:
         return _experiment(args)
     if args.lab_command == "chaos":
         return _chaos(args)
+    if args.lab_command == "fuzz":
+        return _fuzz(args)
     if args.lab_command == "up":
         return lab_cli.lab_up(args.topology, args.mode, args.out.resolve())
     if args.lab_command == "down":
@@ -164,6 +172,17 @@ def _chaos(args: argparse.Namespace) -> int:
             return _refuse(flag, f"must be positive, got {value:g}")
     _interrupt_on(signal.SIGINT, signal.SIGTERM)
     return run_chaos(ChaosConfig(minutes=args.minutes, rate=args.rate, seed=args.seed, out=args.out.resolve()))
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from sipshadow.lab.live_fuzz import FuzzConfig, run_live_fuzz
+
+    for flag, value in {"--seconds": args.seconds, "--rate": args.rate, "--fuzz-rate": args.fuzz_rate}.items():
+        if not value > 0:
+            return _refuse(flag, f"must be positive, got {value:g}")
+    _interrupt_on(signal.SIGINT, signal.SIGTERM)
+    return run_live_fuzz(FuzzConfig(seconds=args.seconds, rate=args.rate, fuzz_rate=args.fuzz_rate, seed=args.seed,
+                                    out=args.out.resolve()))  # fmt: skip
 
 
 def _refuse(flag: str, problem: str) -> int:

@@ -69,6 +69,19 @@ def test_a_udp_caller_with_a_3400_byte_invite_reaches_a_tcp_member(
     assert status.counters.rejected == {} and status.tcp is not None and status.tcp["connected"] == 2
 
 
+def test_a_3400_byte_invite_for_udp_members_that_refuse_tcp_goes_over_udp(
+    alg: AlgProcess, members: list[SippUas], tmp_path: Path
+) -> None:
+    """§18.1.1: the ALG tries TCP for a request over 1300 bytes; a member that only speaks UDP
+    resets the connection, and the request goes over UDP after all (it used to be dropped)."""
+    scenario = str(SCENARIOS / "big_invite_uac.xml")
+    result = run_calls(alg, tmp_path, "u1", calls=20, rate=20, scenario=scenario)
+    assert result.ok and result.successful_calls == 20, result.summary()
+    status = settled(alg)
+    assert status.tcp is not None and status.tcp["udp_fallbacks"] == 20 and status.tcp["connected"] == 0
+    assert status.tcp["send_failures"] == 0
+
+
 def test_a_tcp_caller_reaches_udp_members(alg: AlgProcess, members: list[SippUas], tmp_path: Path) -> None:
     result = run_calls(alg, tmp_path, "tn", calls=200, rate=100)
     assert result.ok and result.successful_calls == 200, result.summary()

@@ -34,6 +34,7 @@ class Pair:
         self.follower = Follower(config, node_id="shadow", tap=TapBuffer() if tap else None)
         self.sent: list[SendMessage] = []
         self.dropped: list[str] = []
+        self.lapses: list[str] = []
         self._to_shadow: list[bytes] = []
         self._to_primary: list[bytes] = []
         self._primary_channel, self._shadow_channel = channel_pair()
@@ -121,6 +122,8 @@ class Pair:
         self.sent += effects.send
         if effects.write:
             self._to_shadow.append(self._primary_channel.seal(effects.write))
+        if effects.lapse:
+            self.lapses.append(effects.lapse)
         if effects.drop:
             self.dropped.append(effects.drop)
 

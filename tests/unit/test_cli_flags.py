@@ -147,6 +147,7 @@ def test_serve_flag_wins_over_the_file_and_the_file_holds_without_it(tmp_path: P
 
 LOOPBACK, EXPERIMENT = "sipshadow.lab.loopback.run_loopback", "sipshadow.lab.experiment.run_experiment"
 CHAOS = "sipshadow.lab.chaos.run_chaos"
+FUZZ = "sipshadow.lab.live_fuzz.run_live_fuzz"
 UP, FAIL, DOWN = "sipshadow.lab.lab_cli.lab_up", "sipshadow.lab.lab_cli.lab_fail", "sipshadow.lab.lab_cli.lab_down"
 
 
@@ -168,6 +169,11 @@ LAB = [
     Passed("lab chaos", "--rate", ("--rate", "50"), CHAOS, lambda got: got["config"].rate, 50.0),
     Passed("lab chaos", "--seed", ("--seed", "7"), CHAOS, lambda got: got["config"].seed, 7),
     Passed("lab chaos", "--out", ("--out", "runs/c1"), CHAOS, lambda got: under_cwd(got["config"].out), "runs/c1"),
+    Passed("lab fuzz", "--seconds", ("--seconds", "12"), FUZZ, lambda got: got["config"].seconds, 12.0),
+    Passed("lab fuzz", "--rate", ("--rate", "40"), FUZZ, lambda got: got["config"].rate, 40.0),
+    Passed("lab fuzz", "--fuzz-rate", ("--fuzz-rate", "90"), FUZZ, lambda got: got["config"].fuzz_rate, 90.0),
+    Passed("lab fuzz", "--seed", ("--seed", "5"), FUZZ, lambda got: got["config"].seed, 5),
+    Passed("lab fuzz", "--out", ("--out", "runs/f1"), FUZZ, lambda got: under_cwd(got["config"].out), "runs/f1"),
     Passed("lab loopback", "--calls", ("--calls", "10"), LOOPBACK, lambda got: got["calls"], 10),
     Passed("lab loopback", "--rate", ("--rate", "2.5"), LOOPBACK, lambda got: got["rate"], 2.5),
     Passed("lab loopback", "--policy", ("--policy", "call-id-hash"), LOOPBACK, lambda got: got["policy"],

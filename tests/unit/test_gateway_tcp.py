@@ -98,6 +98,10 @@ def test_a_request_over_1300_bytes_for_a_udp_member_goes_over_tcp_unless_configu
     message = parse_message(out.data)
     assert message.values("via")[0].startswith("SIP/2.0/TCP 192.0.2.1:5060;")
     assert message.values("record-route") == [TCP_RR, UDP_RR]
+    assert out.udp_data is not None  # for a member that refuses the connection (§18.1.1: retry over UDP)
+    over_udp = parse_message(out.udp_data)
+    assert over_udp.values("via")[0].startswith("SIP/2.0/UDP 192.0.2.1:5060;")
+    assert over_udp.values("record-route") == [UDP_RR] and over_udp.body == message.body
     kept = send(make_gateway(UDP, UDP, large_requests_over_tcp=False), big, CALLER, UDP)
     assert kept.transport == UDP and parse_message(kept.data).values("record-route") == [UDP_RR]
 

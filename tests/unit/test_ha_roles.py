@@ -31,7 +31,7 @@ INPUTS = st.one_of(
     st.just(roles.HoldElapsed()),
     st.builds(roles.Stalled, st.floats(0, 10)),
 )
-ACTIONS = (roles.Listen, roles.ServePrimary, roles.Follow, roles.TakeOver, roles.DropShadow, roles.StepDown,
+ACTIONS = (roles.Listen, roles.ServePrimary, roles.Follow, roles.TakeOver, roles.StopWaitingForShadow, roles.StepDown,
            roles.Fence, roles.Unfence, roles.Hold)  # fmt: skip
 
 

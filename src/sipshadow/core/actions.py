@@ -33,9 +33,13 @@ class SendMessage(NamedTuple):
     TCP the adaptor writes on its live connection whose peer is `destination`, else it opens
     one to `destination`, or to `fallback` when given (§18.2.2: a response whose request's
     connection has closed goes to the Via's received address and sent-by port).
+    `udp_data`: a request sent over TCP only for its size (§18.1.1) as it reads over UDP, for
+    the adaptor to send instead when the member refuses the connection (a reset: §18.1.1 says
+    retry over UDP).
     """
 
     data: bytes
     destination: Address
     transport: str = UDP
     fallback: Address | None = None
+    udp_data: bytes | None = None

@@ -487,7 +487,8 @@ class Gateway:
         both sides use, or two when they differ (RFC 5658 §3.2, the outbound side's on top).
 
         A request for a UDP member that comes out larger than `UDP_REQUEST_LIMIT_BYTES` goes
-        over TCP instead, when the config allows (§18.1.1). Over TCP a request towards a caller
+        over TCP instead, when the config allows (§18.1.1), with its UDP form for a member that
+        refuses the connection. Over TCP a request towards a caller
         whose connection has closed goes to its Request-URI (the caller's Contact) instead.
         """
         if branch is None:
@@ -506,8 +507,9 @@ class Gateway:
                 request.pop_front("record-route")
                 if event.transport != UDP:
                     request.pop_front("record-route")
-            transport = TCP
-            data = self._with_route_and_via(request, branch, event.transport, transport, record_route)
+            over_udp = data  # what a member that refuses TCP gets instead (§18.1.1)
+            data = self._with_route_and_via(request, branch, event.transport, TCP, record_route)
+            return [SendMessage(data, destination, TCP, None, over_udp)]
         fallback = None
         if transport == TCP and destination not in self.member_index:
             fallback = _uri_address(request.uri)

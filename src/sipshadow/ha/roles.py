@@ -17,13 +17,13 @@ timers and the outcome of the actions it ran; it decides nothing itself. The tab
     taking-over   TakeoverDone                   → —                             primary
     taking-over   TakeoverFailed                 → Follow, Hold(ABORT_HOLD_S)    shadow
     shadow        TakeoverOrdered                → TakeOver(claimed epoch)       taking-over
-    primary       PeerSilent                     → DropShadow                    primary
+    primary       PeerSilent                     → StopWaitingForShadow                    primary
     primary       StandbyOrdered                 → StepDown, Follow              shadow
     fenced        StandbyOrdered                 → StepDown, Follow              shadow
     primary       PeerBeat(primary, newer)       → StepDown, Follow              shadow
     primary       Stalled(longer than window)    → Fence, Hold(window)           fenced
     fenced        PeerBeat(primary, newer)       → StepDown, Follow              shadow
-    fenced        PeerSilent                     → Unfence, DropShadow           primary
+    fenced        PeerSilent                     → Unfence, StopWaitingForShadow           primary
     fenced        HoldElapsed                    → Unfence                       primary
 
 Any other (role, input) pair changes nothing but what the node knows (peer alive, arbiter
@@ -172,8 +172,9 @@ class TakeOver:
 
 
 @dataclass(frozen=True, slots=True)
-class DropShadow:
-    """The shadow is dead: stop holding outputs for its acknowledgement."""
+class StopWaitingForShadow:
+    """The shadow is silent: stop holding outputs for its acknowledgement until it has caught
+    up again (dead, it is dropped when its link closes or its time to catch up runs out)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +201,7 @@ class Hold:
     seconds: float
 
 
-Action = Listen | ServePrimary | Follow | TakeOver | DropShadow | StepDown | Fence | Unfence | Hold
+Action = Listen | ServePrimary | Follow | TakeOver | StopWaitingForShadow | StepDown | Fence | Unfence | Hold
 
 
 class RoleMachine:
@@ -327,7 +328,7 @@ class RoleMachine:
 
     def _primary_peer_silent(self, event: PeerSilent) -> list[Action]:
         self.peer_alive = False
-        return [DropShadow()]
+        return [StopWaitingForShadow()]
 
     def _stalled(self, event: Stalled) -> list[Action]:
         if event.seconds <= self.window_s:
@@ -340,7 +341,7 @@ class RoleMachine:
         self._note(event)
         self.role = Role.PRIMARY
         actions: list[Action] = [Unfence()]
-        return [*actions, DropShadow()] if isinstance(event, PeerSilent) else actions
+        return [*actions, StopWaitingForShadow()] if isinstance(event, PeerSilent) else actions
 
     def _claim(self) -> int:
         """The next epoch this node may own: above all seen, of its rank's parity."""

@@ -3,8 +3,12 @@
 Every event the core took becomes a log entry (`log.entry_for`) with the next sequence number.
 Output commit (DESIGN.md, "Replication"): the datagrams an event produced are released only
 once the shadow has acknowledged that event's entry, so the shadow never knows less than the
-world has seen. A shadow that leaves an output unacknowledged for `commit_timeout_s` is
-declared dead: everything held is released and the primary runs solo. While no shadow is
+world has seen. A shadow that leaves an output unacknowledged for `commit_timeout_s`, or that
+falls silent on the heartbeat link (`stop_waiting`), is no longer waited for: everything held
+is released, and outputs leave at once until it has caught up again (`joining`, below). The
+log goes on flowing to it meanwhile, so a shadow that was only slow (a busy host, a pause)
+needs no new snapshot; one that never catches up is dropped after `join_timeout_s`, and one
+whose link closes at once. While no shadow is
 attached nothing is logged or held. Time comes in with the events (`now`, seconds on the
 loop's monotonic clock); the asyncio shell (`runtime.primary_link`) only moves bytes.
 
@@ -51,12 +55,14 @@ SNAPSHOT_ROWS_PER_FRAME = 2000
 #: A joining shadow whose acknowledgements trail the log by at most this share of the commit
 #: timeout has caught up: output commit starts.
 CAUGHT_UP_SHARE = 0.25
-#: Seconds a shadow has to take the snapshot and catch up with the log before it is dropped.
-JOIN_TIMEOUT_S = 30.0
+#: Seconds a shadow has to take the snapshot (or, when it was no longer waited for, to come
+#: back) and catch up with the log before it is dropped. The log it has not acknowledged waits
+#: in the primary's memory meanwhile.
+JOIN_TIMEOUT_S = 10.0
 T = TypeVar("T")
 
 STATS = ("entries_sent", "frames_sent", "acks", "snapshots_sent", "shadow_losses", "commit_timeouts",
-         "payloads_sent", "joins", "join_timeouts")  # fmt: skip
+         "payloads_sent", "joins", "join_timeouts", "commit_lapses")  # fmt: skip
 
 
 class Recorder:
@@ -103,17 +109,15 @@ class Recorder:
         self._payloads: deque[tuple[int, bytes]] = deque()
         #: Where each TCP connection stands, as the shadow counts it (`replication.streams`).
         self.streams = StreamLedger()
-        #: Bytes of entries written so far, and (last seq, running total) per frame written,
-        #: for the replication lag in bytes (`lag_bytes`): one tuple per frame, not per entry.
+        #: Bytes of entries written so far, and (last seq, running total, first entry's event
+        #: time) per frame written and not yet acknowledged: the replication lag in bytes
+        #: (`lag_bytes`) and, while joining, how far behind the log the shadow is.
         self._bytes_written = 0
-        self._frame_marks: deque[tuple[int, int]] = deque()
+        self._frame_marks: deque[tuple[int, int, float]] = deque()
         self._bytes_acked = 0
         #: The snapshot's dialog rows still to send (None: no state transfer under way).
         self._cut: TableExport | None = None
         self._join_deadline = 0.0
-        #: While joining: (last seq, first entry's event time) per frame of entries written, for
-        #: how far behind the log the shadow's acknowledgements are.
-        self._join_marks: deque[tuple[int, float]] = deque()
 
     @property
     def lag_entries(self) -> int:
@@ -203,9 +207,7 @@ class Recorder:
         batch, self._batch = self._batch, []
         self.stats["entries_sent"] += len(batch)
         self._bytes_written += sum(_entry_bytes(entry) for entry in batch)
-        self._frame_marks.append((batch[-1].seq, self._bytes_written))
-        if self.joining:
-            self._join_marks.append((batch[-1].seq, batch[0].now))
+        self._frame_marks.append((batch[-1].seq, self._bytes_written, batch[0].now))
         frames: list[Message] = [Entries(chunk, self.released) for chunk in _chunks(batch, _entry_bytes)]
         self._released_sent = self.released
         self.stats["frames_sent"] += len(frames)
@@ -255,13 +257,10 @@ class Recorder:
     def _catching_up(self, seq: int, now: float) -> None:
         """A joining shadow acknowledged `seq` at `now`: output commit starts once every row is
         sent and the oldest entry it has not acknowledged is recent enough."""
-        marks = self._join_marks
-        while marks and marks[0][0] <= seq:
-            marks.popleft()
-        oldest = marks[0][1] if marks else self._batch[0].now if self._batch else now  # unacknowledged
+        marks = self._frame_marks  # `_acknowledged` has dropped those up to `seq`
+        oldest = marks[0][2] if marks else self._batch[0].now if self._batch else now  # unacknowledged
         if self._cut is None and now - oldest <= self.commit_timeout_s * CAUGHT_UP_SHARE:
             self.joining = False
-            marks.clear()
             self.stats["joins"] += 1
 
     def attach(self, now: float) -> Effects:
@@ -300,7 +299,6 @@ class Recorder:
         """Forget what was logged or being sent for the last shadow."""
         self._batch.clear()
         self._payloads.clear()
-        self._join_marks.clear()
         self.joining = False
         if self._cut is not None:
             self._cut = None
@@ -323,18 +321,32 @@ class Recorder:
         return self._pending[0][1] + self.commit_timeout_s if self._pending else None
 
     def on_deadline(self, now: float) -> Effects:
-        """At or after `next_deadline`: a shadow that still has not acknowledged is dead."""
+        """At or after `next_deadline`: a shadow that has not acknowledged within the commit
+        timeout is no longer waited for (`stop_waiting`); one that has not caught up within the
+        join timeout is dropped (its link closes; it may come back with a new snapshot)."""
         if self.joining:
             if now < self._join_deadline:
                 return Effects()
             self.stats["join_timeouts"] += 1
             return Effects(send=self.detach(),
-                           drop=f"shadow did not catch up with the log within {self.join_timeout_s:.0f} s")  # fmt: skip
+                           drop=f"shadow did not catch up with the log within {self.join_timeout_s:g} s")  # fmt: skip
         if not self._pending or now < self._pending[0][1] + self.commit_timeout_s:
             return Effects()
         waited_ms = (now - self._pending[0][1]) * 1000
         self.stats["commit_timeouts"] += 1
-        return Effects(send=self.detach(), drop=f"shadow did not acknowledge for {waited_ms:.0f} ms")
+        return Effects(send=self.stop_waiting(now), lapse=f"shadow did not acknowledge for {waited_ms:.0f} ms")
+
+    def stop_waiting(self, now: float) -> list[SendMessage]:
+        """Hold nothing more for the shadow until it catches up again (`joining`, with
+        `join_timeout_s` from `now`): it was slow (commit timeout) or silent on the heartbeat
+        link. Returns everything held, to be sent now. The log goes on flowing to it: a shadow
+        that comes back needs no new snapshot."""
+        if not self.attached or self.joining:
+            return []
+        self.joining = True
+        self._join_deadline = now + self.join_timeout_s
+        self.stats["commit_lapses"] += 1
+        return self.release_all()
 
 
 def _entry_bytes(entry: LogEntry) -> int:

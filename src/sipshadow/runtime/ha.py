@@ -200,9 +200,9 @@ class HaNode:
             self._settled.set()
         elif isinstance(action, roles.TakeOver):
             await self._take_over(action.epoch)
-        elif isinstance(action, roles.DropShadow):
+        elif isinstance(action, roles.StopWaitingForShadow):
             if self.serving is not None:
-                self.serving.link.shadow_gone()
+                self.serving.link.shadow_silent()
         elif isinstance(action, roles.StepDown):
             if self._planned_step_down:  # a switchover or the external detector's order
                 self._planned_step_down = False

@@ -36,7 +36,7 @@ Metric names (label in braces):
   `sipshadow_replication_shadow_losses_total`, `sipshadow_replication_commit_timeouts_total`,
   `sipshadow_replication_payloads_sent_total`, `sipshadow_replication_refused_frames_total`,
   `sipshadow_replication_release_errors_total`, `sipshadow_replication_joins_total`,
-  `sipshadow_replication_join_timeouts_total`
+  `sipshadow_replication_join_timeouts_total`, `sipshadow_replication_commit_lapses_total`
 - HA: `sipshadow_role{role}` (starting|shadow|taking-over|primary|fenced|solo), `sipshadow_epoch`,
   `sipshadow_peer_alive`, `sipshadow_arbiter_peer_alive`, `sipshadow_takeovers_total`,
   `sipshadow_aborted_takeovers_total`, `sipshadow_heartbeats_refused_total`,
@@ -158,6 +158,8 @@ REPLICATION: tuple[Scalar, ...] = (
     ("joins", "sipshadow_replication_joins_total", "Shadows that caught up with the log after their snapshot."),
     ("join_timeouts", "sipshadow_replication_join_timeouts_total",
      "Shadows dropped for not catching up with the log within the join timeout."),
+    ("commit_lapses", "sipshadow_replication_commit_lapses_total",
+     "Times outputs stopped waiting for a slow or silent shadow until it caught up again."),
 )  # fmt: skip
 
 HA: tuple[Scalar, ...] = (

@@ -151,6 +151,7 @@ class Node:
             streams = Streams(self.on_stream_message, self._stream_limits)
             streams.needed = self._tcp_peers_in_dialogs
             streams.on_established, streams.on_closed = self._stream_opened, self._stream_closed
+            streams.send_udp = self.sender.send
             await streams.start(listen, listener)
             self.streams = streams
 

@@ -162,8 +162,11 @@ class PrimaryLink:
                 self._notice = self._loop.call_later(RELEASE_NOTICE_S, self._send_notice)
         if effects.write and self.connection is not None:
             self.connection.write(effects.write)
+        if effects.lapse:
+            log.warning("%s: outputs no longer wait for it until it catches up", effects.lapse)
+            self._arm()  # from the held outputs' commit timeout to the join's deadline
         if effects.drop:
-            log.error("%s: shadow declared dead, running SOLO", effects.drop)
+            log.error("%s: shadow dropped, running SOLO", effects.drop)
             self.shadow_gone()
 
     def _release(self, outputs: list[SendMessage]) -> None:
@@ -250,8 +253,17 @@ class PrimaryLink:
             self._release(self.recorder.detach())
             log.warning("shadow lost: running SOLO until a shadow rejoins")
 
+    def shadow_silent(self) -> None:
+        """The shadow fell silent on the heartbeat link: stop holding outputs for it. Its link
+        stays: a shadow that was only busy catches up from the log, with no new snapshot."""
+        recorder = self.recorder
+        if recorder.attached and not recorder.joining:
+            self._release(recorder.stop_waiting(self._loop.time()))
+            log.warning("shadow silent on the heartbeat link: outputs no longer wait for it until it catches up")
+            self._arm()
+
     def shadow_gone(self) -> None:
-        """The shadow is dead (commit timeout, or silent on the heartbeat link): stop holding."""
+        """The shadow is dead (its link failed, or it never caught up): close its link."""
         if self.connection is not None:
             self.connection.close()
             self.detach(self.connection)

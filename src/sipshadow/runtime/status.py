@@ -58,6 +58,7 @@ class ReplicationStatus(msgspec.Struct, kw_only=True):
     payloads_sent: int = 0  #: datagrams sent to a shadow that had no tapped copy
     joins: int = 0  #: shadows that caught up with the log after their snapshot (output commit on)
     join_timeouts: int = 0  #: shadows dropped for not catching up within the join timeout
+    commit_lapses: int = 0  #: times outputs stopped waiting for a slow or silent shadow until it caught up
     refused_frames: int = 0  #: frames from a shadow that failed authentication or decoding
     release_errors: int = 0  #: released outputs the sender raised on
     last_snapshot_ms: float = 0.0  #: from the last Hello until every snapshot row was written, ms

@@ -42,7 +42,7 @@ log = logging.getLogger("sipshadow.tcp")
 COUNTERS = (
     "accepted", "connected", "closed", "refused_total", "refused_per_source", "unframable", "partial_timeouts",
     "idle_closed", "connect_failures", "write_overflows", "keepalives", "send_failures", "repaired",
-    "repair_failures",
+    "repair_failures", "udp_fallbacks",
 )  # fmt: skip
 #: A rebuilt connection's TCP timestamp clock runs this far ahead of the dead primary's last
 #: known value: the peer drops a segment whose timestamp went back (PAWS, RFC 7323 §5), never
@@ -83,8 +83,9 @@ class SipStream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: The peer's (IP, port): known in advance for a connection this node opens.
         self.peer: Address | None = peer
-        #: What was written before the connection was up (an outbound one being opened).
-        self.waiting: list[bytes] = []
+        #: What was written before the connection was up (an outbound one being opened), each
+        #: with its UDP form when it may go over UDP instead (`SendMessage.udp_data`).
+        self.waiting: list[tuple[bytes, bytes | None]] = []
         self.last_activity = streams.loop.time()
         self.partial_since: float | None = None
         self.closed = False
@@ -108,7 +109,7 @@ class SipStream(asyncio.Protocol):
             return
         self.streams.established(self)  # before anything is written: where the count begins
         transport.set_write_buffer_limits(high=self.streams.limits.write_buffer_bytes)
-        for data in self.waiting:
+        for data, _ in self.waiting:
             transport.write(data)
         self.waiting.clear()
 
@@ -141,10 +142,10 @@ class SipStream(asyncio.Protocol):
 
     # -- actions ------------------------------------------------------------------------------
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, udp_data: bytes | None = None) -> None:
         transport = self.transport
         if transport is None:
-            self.waiting.append(data)
+            self.waiting.append((data, udp_data))
             return
         if transport.is_closing():
             self.streams.counters["send_failures"] += 1
@@ -196,6 +197,8 @@ class Streams:
         #: to if it was) and closed (a primary logs them for its shadow).
         self.on_established: Callable[[Address, socket.socket, TcpState | None], None] | None = None
         self.on_closed: Callable[[Address], None] | None = None
+        #: Sends datagrams from the service socket: requests a member refused over TCP.
+        self.send_udp: Callable[[list[SendMessage]], None] | None = None
 
     async def start(self, listen: Address, listener: socket.socket | None = None) -> None:
         """Listen on TCP at `listen` (the UDP service port), on `listener` if given (bound
@@ -345,7 +348,7 @@ class Streams:
             stream = self._open(peer)
             if stream is None:
                 return
-        stream.write(output[0])
+        stream.write(output[0], output[4])
 
     def _open(self, destination: Address) -> SipStream | None:
         host, port = destination
@@ -373,9 +376,14 @@ class Streams:
         except (OSError, TimeoutError) as error:
             self.counters["connect_failures"] += 1
             self._warn.log(logging.WARNING, "connect", "cannot open TCP to %s:%d: %s", *peer, error)
-            dropped = len(stream.waiting)
+            over_udp = [SendMessage(udp, peer) for _, udp in stream.waiting if udp is not None]
+            if over_udp and isinstance(error, ConnectionRefusedError) and self.send_udp is not None:
+                self.counters["udp_fallbacks"] += len(over_udp)  # a reset: retry over UDP (§18.1.1)
+                self.send_udp(over_udp)
+            else:
+                over_udp = []
+            self.counters["send_failures"] += len(stream.waiting) - len(over_udp)
             stream.waiting.clear()
-            self.counters["send_failures"] += dropped
             if self.by_peer.get(peer) is stream:
                 del self.by_peer[peer]
             if self.on_closed is not None:
