@@ -102,6 +102,8 @@ def test_a_request_over_1300_bytes_for_a_udp_member_goes_over_tcp_unless_configu
     over_udp = parse_message(out.udp_data)
     assert over_udp.values("via")[0].startswith("SIP/2.0/UDP 192.0.2.1:5060;")
     assert over_udp.values("record-route") == [UDP_RR] and over_udp.body == message.body
+    huge = request("INVITE", body="v=0\r\n" + "a=x:" + "p" * 20000 + "\r\n", extra=("Content-Type: application/sdp",))
+    assert send(make_gateway(UDP, UDP), huge, CALLER, UDP).udp_data is None  # past UDP_FALLBACK_LIMIT_BYTES
     kept = send(make_gateway(UDP, UDP, large_requests_over_tcp=False), big, CALLER, UDP)
     assert kept.transport == UDP and parse_message(kept.data).values("record-route") == [UDP_RR]
 

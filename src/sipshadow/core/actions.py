@@ -11,6 +11,11 @@ TCP = "tcp"
 #: §18.1.1: a request larger than this goes over a congestion-controlled transport when the
 #: path MTU is unknown.
 UDP_REQUEST_LIMIT_BYTES = 1300
+#: A request moved to TCP for its size goes over UDP after all, when the member refuses the
+#: connection, only up to this size: past it IPv4 cuts the datagram into a dozen fragments or
+#: more, one loss loses it all, and real UAS break on it (SIPp 3.6.1 dies on 64 KB requests
+#: that live fuzzing made). Beyond it, the request is dropped.
+UDP_FALLBACK_LIMIT_BYTES = 16384
 
 
 def uri_host(host: str) -> str:

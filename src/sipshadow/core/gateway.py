@@ -13,7 +13,16 @@ import ipaddress
 from dataclasses import replace
 from typing import Any
 
-from sipshadow.core.actions import TCP, UDP, UDP_REQUEST_LIMIT_BYTES, Address, SendMessage, format_address, uri_host
+from sipshadow.core.actions import (
+    TCP,
+    UDP,
+    UDP_FALLBACK_LIMIT_BYTES,
+    UDP_REQUEST_LIMIT_BYTES,
+    Address,
+    SendMessage,
+    format_address,
+    uri_host,
+)
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
 from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, TableExport
@@ -488,7 +497,7 @@ class Gateway:
 
         A request for a UDP member that comes out larger than `UDP_REQUEST_LIMIT_BYTES` goes
         over TCP instead, when the config allows (§18.1.1), with its UDP form for a member that
-        refuses the connection. Over TCP a request towards a caller
+        refuses the connection, up to `UDP_FALLBACK_LIMIT_BYTES`. Over TCP a request towards a caller
         whose connection has closed goes to its Request-URI (the caller's Contact) instead.
         """
         if branch is None:
@@ -507,7 +516,8 @@ class Gateway:
                 request.pop_front("record-route")
                 if event.transport != UDP:
                     request.pop_front("record-route")
-            over_udp = data  # what a member that refuses TCP gets instead (§18.1.1)
+            # What a member that refuses TCP gets instead (§18.1.1), if it is not huge.
+            over_udp = data if len(data) <= UDP_FALLBACK_LIMIT_BYTES else None
             data = self._with_route_and_via(request, branch, event.transport, TCP, record_route)
             return [SendMessage(data, destination, TCP, None, over_udp)]
         fallback = None

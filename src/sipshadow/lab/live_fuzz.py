@@ -106,6 +106,8 @@ class _Watch:
         self.pids = {host: lab.nodes[host].pid for host in HOSTS}
         self.last: dict[str, StatusDocument] = {}
         self.crashed: set[str] = set()
+        #: SIPp callees that exited: what the ALG forwarded broke them (their calls fail then).
+        self.members_exited: set[str] = set()
         self.unsynced_looks = 0
 
     def look(self) -> None:
@@ -118,6 +120,9 @@ class _Watch:
                 self.last[host] = node.status()
             except (OSError, ValueError):
                 continue
+        for index, member in enumerate(self.lab.members):
+            if not member.running():
+                self.members_exited.add(f"member-{index + 1}")
         shadow = self.last.get("shadow")
         if shadow is not None and shadow.ha is not None and not (shadow.ha.shadow and shadow.ha.shadow.synced):
             self.unsynced_looks += 1
@@ -136,7 +141,8 @@ def _summary(config: FuzzConfig, corpus: int, fuzzed: dict[str, Any], watch: _Wa
         "fuzz_sent": fuzzed.get("sent", 0), "fuzz_answers": fuzzed.get("answers", {}),
         "fuzz_by_operator": fuzzed.get("sent_by_operator", {}),
         "calls_placed": placed, "calls_successful": successful, "calls_failed": failed,
-        "crashes": sorted(watch.crashed), "roles": roles, "takeovers": takeovers,
+        "crashes": sorted(watch.crashed), "members_exited": sorted(watch.members_exited), "roles": roles,
+        "takeovers": takeovers,
         "divergences": replica.divergences if replica is not None else None,
         "shadow_entries_applied": replica.entries_applied if replica is not None else None,
         "shadow_unsynced_looks": watch.unsynced_looks,
