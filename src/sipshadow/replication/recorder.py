@@ -287,7 +287,7 @@ class Recorder:
         return Effects(send=send, write=write)
 
     def detach(self) -> list[SendMessage]:
-        """The shadow is gone (its link closed, or declared dead): run solo, release all held."""
+        """The shadow is gone (its link closed, or it never caught up): run solo, release all held."""
         if not self.attached:
             return []
         self.attached = False
