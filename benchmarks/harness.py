@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,15 @@ SIPP_TRANSPORTS: dict[str, tuple[str, str]] = {"udp": ("u1", "u1"), "tcp": ("tn"
 #: previous step's (or path's) would be throttled by the UAC, not by the path under test.
 SETTLE_TIME_WAIT = 1000
 SETTLE_MAX_WAIT_S = 75.0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# Every benchmark imports this module: a SIGTERM (a timeout, a kill) then unwinds like Ctrl-C,
+# so the `with` blocks stop the nodes and SIPp instead of leaving them running.
+signal.signal(signal.SIGTERM, _interrupt)
 
 
 ALG_CONFIG = (
