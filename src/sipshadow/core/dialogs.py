@@ -210,7 +210,7 @@ class Call:
 
     def as_row(self) -> tuple[Any, ...]:
         """(call_id, member index, caller host, caller port, counted, heap_at, [Attempt rows],
-        [Dialog rows], caller transport, hash): one element of `DialogTable.export_state()`."""
+        [Dialog rows], caller transport, hash): one row of a snapshot (`TableExport.take`)."""
         return (
             self.call_id, self.member, self.caller[0], self.caller[1], self.counted, self.heap_at,
             [attempt.as_row() for attempt in self.attempts.values()],
@@ -482,11 +482,6 @@ class DialogTable:
 
     # -- state transfer -------------------------------------------------------------------
 
-    def export_state(self) -> list[tuple[Any, ...]]:
-        """Every call as its `Call.as_row()` tuple, in table order (a snapshot for a joining shadow)."""
-        self.settle()
-        return [call.as_row() for call in self.calls.values()]
-
     def begin_export(self) -> TableExport:
         """A cut of the table as it stands now, whose rows the caller takes over time while the
         table keeps changing (`TableExport`); `end_export` when every row is taken or the cut is
@@ -500,7 +495,7 @@ class DialogTable:
         self._export = None
 
     def import_state(self, rows: list[Any], digest: int | None = None) -> None:
-        """Replace the contents with `export_state()` rows; counts and heap follow.
+        """Replace the contents with a snapshot's rows (`Call.as_row()`); counts and heap follow.
 
         Each row carries its call's hash, so a large table is not hashed again here (that
         would stall the joining shadow): the rows must add up to the sender's `digest`, and
@@ -522,7 +517,7 @@ class DialogTable:
         self.active_per_member = [0] * len(self.active_per_member)
 
     def import_rows(self, rows: list[Any]) -> None:
-        """Add `export_state()` rows; TypeError, ValueError or IndexError on a malformed row."""
+        """Add snapshot rows (`Call.as_row()`); TypeError, ValueError or IndexError on a malformed row."""
         states = tuple(DialogState)
         for call_id, member, host, port, counted, heap_at, attempts, dialogs, transport, hashed in rows:
             call = Call(call_id, member, (host, port), counted, transport)

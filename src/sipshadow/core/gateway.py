@@ -496,9 +496,10 @@ class Gateway:
         both sides use, or two when they differ (RFC 5658 §3.2, the outbound side's on top).
 
         A request for a UDP member that comes out larger than `UDP_REQUEST_LIMIT_BYTES` goes
-        over TCP instead, when the config allows (§18.1.1), with its UDP form for a member that
-        refuses the connection, up to `UDP_FALLBACK_LIMIT_BYTES`. Over TCP a request towards a caller
-        whose connection has closed goes to its Request-URI (the caller's Contact) instead.
+        over TCP instead, when the config allows (§18.1.1), with its UDP form (up to
+        `UDP_FALLBACK_LIMIT_BYTES`) for a member that refuses the connection. Over TCP a request
+        towards a caller whose connection has closed goes to its Request-URI (the caller's
+        Contact) instead.
         """
         if branch is None:
             branch = self._branch(request, via, destination)

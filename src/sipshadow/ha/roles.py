@@ -17,13 +17,13 @@ timers and the outcome of the actions it ran; it decides nothing itself. The tab
     taking-over   TakeoverDone                   → —                             primary
     taking-over   TakeoverFailed                 → Follow, Hold(ABORT_HOLD_S)    shadow
     shadow        TakeoverOrdered                → TakeOver(claimed epoch)       taking-over
-    primary       PeerSilent                     → StopWaitingForShadow                    primary
+    primary       PeerSilent                     → StopWaitingForShadow          primary
     primary       StandbyOrdered                 → StepDown, Follow              shadow
     fenced        StandbyOrdered                 → StepDown, Follow              shadow
     primary       PeerBeat(primary, newer)       → StepDown, Follow              shadow
     primary       Stalled(longer than window)    → Fence, Hold(window)           fenced
     fenced        PeerBeat(primary, newer)       → StepDown, Follow              shadow
-    fenced        PeerSilent                     → Unfence, StopWaitingForShadow           primary
+    fenced        PeerSilent                     → Unfence, StopWaitingForShadow primary
     fenced        HoldElapsed                    → Unfence                       primary
 
 Any other (role, input) pair changes nothing but what the node knows (peer alive, arbiter

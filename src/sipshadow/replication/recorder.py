@@ -158,10 +158,7 @@ class Recorder:
         self._batch.append(entry)
         if not self.with_payload and type(event) is MessageReceived:
             self._payloads.append((self.seq, event.data))
-        if self.joining:
-            self.released = self.seq
-            return outputs
-        if not self.output_commit:
+        if self.joining or not self.output_commit:
             self.released = self.seq
             return outputs
         if outputs:

@@ -323,11 +323,9 @@ class Node:
         """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
         if self._transport is None:
             return
+        if self.on_stall is not None and self._held_outputs is None:
+            self._stood_still(self._loop.time())  # a release after a stall must not let stale outputs out
         if self._held_outputs is not None:
-            self._held_outputs.extend(outputs)
-            return
-        self._stood_still(self._loop.time())
-        if self._held_outputs is not None:  # just fenced: this is what a stall would have let out
             self._held_outputs.extend(outputs)
             return
         self.sent_datagrams += len(outputs)

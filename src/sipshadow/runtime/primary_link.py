@@ -162,9 +162,8 @@ class PrimaryLink:
                 self._notice = self._loop.call_later(RELEASE_NOTICE_S, self._send_notice)
         if effects.write and self.connection is not None:
             self.connection.write(effects.write)
-        if effects.lapse:
+        if effects.lapse:  # from `on_deadline` only, whose caller re-arms for the join's deadline
             log.warning("%s: outputs no longer wait for it until it catches up", effects.lapse)
-            self._arm()  # from the held outputs' commit timeout to the join's deadline
         if effects.drop:
             log.error("%s: shadow dropped, running SOLO", effects.drop)
             self.shadow_gone()

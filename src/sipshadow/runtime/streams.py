@@ -376,14 +376,15 @@ class Streams:
         except (OSError, TimeoutError) as error:
             self.counters["connect_failures"] += 1
             self._warn.log(logging.WARNING, "connect", "cannot open TCP to %s:%d: %s", *peer, error)
-            over_udp = [SendMessage(udp, peer) for _, udp in stream.waiting if udp is not None]
-            if over_udp and isinstance(error, ConnectionRefusedError) and self.send_udp is not None:
-                self.counters["udp_fallbacks"] += len(over_udp)  # a reset: retry over UDP (§18.1.1)
-                self.send_udp(over_udp)
-            else:
-                over_udp = []
-            self.counters["send_failures"] += len(stream.waiting) - len(over_udp)
-            stream.waiting.clear()
+            waiting, stream.waiting = stream.waiting, []
+            retry = []  # a reset: what has a UDP form goes over UDP after all (§18.1.1)
+            send_udp = self.send_udp
+            if isinstance(error, ConnectionRefusedError) and send_udp is not None:
+                retry = [SendMessage(udp, peer) for _, udp in waiting if udp is not None]
+                if retry:
+                    self.counters["udp_fallbacks"] += len(retry)
+                    send_udp(retry)
+            self.counters["send_failures"] += len(waiting) - len(retry)
             if self.by_peer.get(peer) is stream:
                 del self.by_peer[peer]
             if self.on_closed is not None:
