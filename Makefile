@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core keepalived systemd
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core keepalived systemd postgresql
 STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
 
@@ -42,7 +42,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy src/sipshadow
-	$(BIN)/mypy --strict src/sipshadow/core src/sipshadow/sip src/sipshadow/determinism src/sipshadow/replication src/sipshadow/ha src/sipshadow/runtime src/sipshadow/link
+	$(BIN)/mypy --strict src/sipshadow/core src/sipshadow/sip src/sipshadow/determinism src/sipshadow/replication src/sipshadow/ha src/sipshadow/runtime src/sipshadow/link src/sipshadow/records
 
 bench: setup
 	$(BIN)/python benchmarks/cps.py

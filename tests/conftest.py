@@ -69,3 +69,6 @@ def alg(tmp_path: Path, members: list[SippUas]) -> Iterator[AlgProcess]:
     )
     with process:
         yield process
+
+
+from tests.postgres_server import clean_postgres, postgres_server  # noqa: E402, F401

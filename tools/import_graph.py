@@ -13,7 +13,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-LAYERS = ("sip", "core", "determinism", "link", "replication", "ha", "detect", "net", "runtime", "lab", "cli")
+LAYERS = ("sip", "core", "determinism", "link", "replication", "ha", "detect", "net", "records", "runtime", "lab", "cli")
 SHELLS = ("runtime", "detect", "net")
 IO_MODULES = {"asyncio", "socket", "threading", "subprocess", "time", "random", "os", "selectors", "signal"}
 

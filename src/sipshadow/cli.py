@@ -1,4 +1,4 @@
-"""The `sipshadow` command line: `serve` a node, read its `stats`, run the `lab`."""
+"""The `sipshadow` command line: `serve` a node, read its `stats`, its call records (`cdr`), run the `lab`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="raw JSON instead of a table")
 
     add_ctl_parser(commands)
+
+    cdr = commands.add_parser("cdr", help="call records: export them, flush a stopped node's journal")
+    cdr_commands = cdr.add_subparsers(dest="cdr_command", required=True)
+    export = cdr_commands.add_parser("export", help="records to stdout, by the time of their INVITE")
+    flush = cdr_commands.add_parser("flush", help="a stopped node's journal into its store")
+    for sub in (export, flush):
+        sub.add_argument("--config", type=Path, help="the node's TOML config: its [cdr] store and journal")
+        sub.add_argument("--store", help="a SQLite file or a postgresql:// URL (instead of --config)")
+    export.add_argument("--since", help="UTC, ISO 8601 (2026-11-30T06:00:00Z) or epoch seconds; inclusive")
+    export.add_argument("--until", help="UTC, as --since; exclusive")
+    export.add_argument("--format", default="csv", choices=("csv", "json"), help="csv (a header line) or json")
+    flush.add_argument("--journal", type=Path, help="the journal file (instead of --config)")
 
     lab = commands.add_parser("lab", help="experiments with real SIPp")
     lab_commands = lab.add_subparsers(dest="lab_command", required=True)
@@ -101,7 +113,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "stats":
         return _stats(args)
+    if args.command == "cdr":
+        return _cdr(args)
     return _lab(args)
+
+
+def _cdr(args: argparse.Namespace) -> int:
+    from sipshadow.records import export
+    from sipshadow.records.store import StoreError
+    from sipshadow.records.stores import open_store
+    from sipshadow.runtime.config import ConfigError, load_file, records_config
+
+    store, journal = args.store, getattr(args, "journal", None)
+    if args.config is not None:
+        try:
+            records = records_config(load_file(args.config).cdr)
+        except ConfigError as error:
+            print(f"sipshadow: {error}", file=sys.stderr)
+            return 2
+        if records is None:
+            return _refuse("--config", f"{args.config} has no [cdr] store")
+        store, journal = store or records.store, journal or records.journal
+    if not store:
+        return _refuse("--store", "give --store or --config")
+    try:
+        since = export.parse_time(args.since) if getattr(args, "since", None) else None
+        until = export.parse_time(args.until) if getattr(args, "until", None) else None
+    except ValueError as error:
+        return _refuse("--since/--until", str(error))
+    try:
+        target = open_store(store)
+        if args.cdr_command == "export":
+            export.export(target, sys.stdout, since=since, until=until, fmt=args.format)
+            return 0
+        if journal is None:
+            return _refuse("--journal", "give --journal or --config")
+        written, duplicates, left = export.flush(target, journal)
+    except (StoreError, ValueError, OSError) as error:
+        print(f"sipshadow: cdr {args.cdr_command}: {error}", file=sys.stderr)
+        return 1
+    print(f"{written} records written, {duplicates} already there, {left} journal bytes left")
+    return 0 if left == 0 else 1
 
 
 def _lab(args: argparse.Namespace) -> int:

@@ -346,6 +346,48 @@ def test_ctl_without_a_node_says_so_in_one_line_and_exits_2(tmp_path: Path, caps
     assert err.count("\n") == 1 and "cannot reach the node" in err
 
 
+# -- cdr: export and flush read the store and journal they are given ------------------------
+
+
+def cdr_record(number: int) -> Any:
+    from sipshadow.core.records import CallRecord
+
+    return CallRecord(record_id=f"{number:032x}", call_id=f"c{number}", from_tag="f", to_tag="t", from_uri="sip:a@x",
+                      to_uri="sip:b@x", caller="192.0.2.10:5060", member="192.0.2.21:5080", transport="udp",
+                      invited_at=1_800_000_000.0 + 60 * number, answered_at=None,
+                      ended_at=1_800_000_001.0 + 60 * number, status=486, ended_by="callee", end_reason="failed",
+                      duration_s=0.0)  # fmt: skip
+
+
+def test_cdr_flags_pick_the_store_the_journal_the_window_and_the_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sipshadow.core.records import encode_record
+    from sipshadow.records.sqlite import SqliteStore
+
+    store = tmp_path / "cdr.sqlite"
+    SqliteStore(store).write([cdr_record(0), cdr_record(1)])
+    journal = tmp_path / "left.journal"
+    journal.write_bytes(encode_record(cdr_record(2)) + b"\n" + encode_record(cdr_record(1)) + b"\n")
+    assert main(["cdr", "flush", "--store", str(store), "--journal", str(journal)]) == 0
+    assert capsys.readouterr().out.startswith("1 records written, 1 already there, 0 journal bytes left")
+    config = tmp_path / "node.toml"
+    config.write_text(f'[cdr]\nstore = "{store}"\njournal = "{tmp_path / "node.journal"}"\n')
+    (tmp_path / "node.journal").write_bytes(encode_record(cdr_record(3)) + b"\n")
+    assert main(["cdr", "flush", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("1 records written")
+    # 2027-01-15T08:01:00Z is record 1's INVITE; --since inclusive, --until exclusive
+    assert main(["cdr", "export", "--store", str(store), "--format", "json", "--since", "2027-01-15T08:01:00Z",
+                 "--until", str(1_800_000_000.0 + 180)]) == 0  # fmt: skip
+    assert [row["call_id"] for row in json.loads(capsys.readouterr().out)] == ["c1", "c2"]
+    assert main(["cdr", "export", "--config", str(config)]) == 0  # csv by default, every record
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("record_id,call_id") and len(lines) == 5
+    assert ",2027-01-15T08:00:00.000000Z," in lines[1]
+    assert main(["cdr", "export", "--store", str(store), "--since", "yesterday"]) == 2
+    assert "--since/--until" in capsys.readouterr().err
+
+
 # -- every flag has a row; every help documents its flags ------------------------------------
 
 PROVED = {
@@ -360,6 +402,10 @@ PROVED = {
     ("ctl undrain", "member"): "test_ctl_flags_reach_the_control_socket",
     ("ctl takeover", "--reason"): "test_ctl_flags_reach_the_control_socket",
     ("ctl standby", "--reason"): "test_ctl_flags_reach_the_control_socket",
+    **{("cdr export", flag): "test_cdr_flags_pick_the_store_the_journal_the_window_and_the_format"
+       for flag in ("--config", "--store", "--since", "--until", "--format")},
+    **{("cdr flush", flag): "test_cdr_flags_pick_the_store_the_journal_the_window_and_the_format"
+       for flag in ("--config", "--store", "--journal")},
 }
 
 

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sipshadow import __version__
 from sipshadow.core.counters import Counters
+from sipshadow.records.writer import RecordsStatus
 from sipshadow.runtime import metrics
-from sipshadow.runtime.metrics import CORE, HA, MEMBER, REPLICATION, ROLES, SHADOW, TAP, Metrics, Scalar
+from sipshadow.runtime.metrics import CORE, HA, MEMBER, RECORDS, REPLICATION, ROLES, SHADOW, TAP, Metrics, Scalar
 from sipshadow.runtime.status import (
     FollowerStatus,
     HaStatus,
@@ -222,6 +223,7 @@ def test_every_field_of_the_document_is_exported_or_deliberately_not() -> None:
     assert set(ReplicationStatus.__struct_fields__) == exported(REPLICATION) | {"last_snapshot_ms"}
     assert set(FollowerStatus.__struct_fields__) == exported(SHADOW) | {"gated_outputs"}  # in ha.gated_outputs
     assert set(TapStatus.__struct_fields__) == exported(TAP)
+    assert set(RecordsStatus.__struct_fields__) == exported(RECORDS) | {"last_error"}  # text: the status file
     apart = {"role", "mode", "input", "takeovers", "tap", "shadow", "alarms", "link_refused"}
     assert set(HaStatus.__struct_fields__) == exported(HA) | apart
 

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from sipshadow.core import GatewayConfig, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.config import POLICIES
+from sipshadow.core.events import SetClock
 from tests.unit.messages import ALG, CALLER, MEMBERS, request, response_to
 from tests.unit.replication_pair import Pair
 
@@ -31,6 +32,7 @@ operations = st.one_of(
     st.tuples(st.just("timer"), st.floats(0.0, 8.0)),
     st.tuples(st.just("probe_answer"), st.integers(0, 1)),
     st.tuples(st.just("garbage"), st.binary(max_size=40)),
+    st.tuples(st.just("clock"), st.floats(1.7e9, 1.8e9)),
 )
 
 
@@ -43,13 +45,15 @@ class Driver:
         self.probes: dict[int, bytes] = {}
         self.cseq = 1
 
-    def event(self, operation: tuple) -> MessageReceived | TimerExpired | None:
+    def event(self, operation: tuple) -> MessageReceived | TimerExpired | SetClock | None:
         kind = operation[0]
         self.now += 0.01
         self.cseq += 1
         if kind == "timer":
             self.now += operation[1]
             return TimerExpired(self.now)
+        if kind == "clock":  # the wall clock's anchor for call records
+            return SetClock(operation[1], self.now)
         if kind == "garbage":
             return MessageReceived(operation[1], CALLER, self.now)
         if kind == "probe_answer":
@@ -90,18 +94,20 @@ class Driver:
 @given(
     policy=st.sampled_from(POLICIES),
     seed=st.integers(0, 2**32),
+    records=st.booleans(),
     ops=st.lists(operations, min_size=1, max_size=60),
     data=st.data(),
 )
 def test_shadow_replaying_the_log_equals_the_primary_after_every_step(
-    policy: str, seed: int, ops: list[tuple], data: st.DataObject
+    policy: str, seed: int, records: bool, ops: list[tuple], data: st.DataObject
 ) -> None:
     """The real recorder and follower, wired over the real wire format (`Pair`): after every
     event the shadow's core equals the primary's, and output commit lets out every output,
     in order, once the shadow has acknowledged it."""
     # The join point is drawn within the example, so the shadow always joins and is checked.
     join_at = data.draw(st.integers(0, len(ops) - 1), label="join_at")
-    config = GatewayConfig(ALG, tuple(MemberSpec(m, w) for m, w in zip(MEMBERS, (1, 2), strict=True)), policy, **CONFIG)
+    config = GatewayConfig(ALG, tuple(MemberSpec(m, w) for m, w in zip(MEMBERS, (1, 2), strict=True)), policy,
+                           call_records=records, **CONFIG)  # fmt: skip
     pair = Pair(config, seed=seed)
     driver = Driver()
     produced = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).parents[2] / "src" / "sipshadow"
-STRICT = ("core", "sip", "determinism", "replication", "ha", "runtime", "link")
+STRICT = ("core", "sip", "determinism", "replication", "ha", "runtime", "link", "records")
 
 
 def test_the_tree_type_checks_and_the_pure_packages_strictly() -> None:

@@ -35,6 +35,8 @@ class GatewayConfig:
     replicas must compute the same branches), drawn at start on a solo node. The default
     b"" (an unkeyed MAC, forgeable by anyone who reads this code) is for unit tests only.
 
+    `call_records`: make a call record (`core.records`) for every INVITE attempt, as an output.
+
     `large_requests_over_tcp`: a request for a UDP member larger than 1300 bytes goes over TCP
     (§18.1.1, a MUST when the path MTU is unknown; off for members that do not listen on TCP).
     """
@@ -50,3 +52,4 @@ class GatewayConfig:
     aliases: tuple[Address, ...] = field(default=())
     branch_key: bytes = field(default=b"", repr=False)
     large_requests_over_tcp: bool = True
+    call_records: bool = False

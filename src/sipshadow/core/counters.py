@@ -53,6 +53,8 @@ class Counters:
     #: Reloads taken (`Reconfigure`) and drains or undrains that changed a member (`SetDraining`).
     reconfigurations: int = 0
     drain_changes: int = 0
+    #: Call records made (`core.records`): one per INVITE attempt and per late-forked answer.
+    call_records: int = 0
 
     def request(self, method: str) -> None:
         self.requests += 1

@@ -71,6 +71,12 @@ from typing import Any
 
 from sipshadow.core.actions import UDP, Address
 
+#: What a call record needs beyond the routing state, kept from the INVITE to the call's end
+#: (`core.records`): (From URI, To URI, INVITE time in UTC s, INVITE CSeq, answer time in UTC
+#: s or None). A tuple: immutable, so an attempt hands it to its dialog as is, and its repr
+#: (hashed into the digest) is the same on every replica.
+Draft = tuple[str, str, float, int, float | None]
+
 
 class DialogState(IntEnum):
     """RFC 3261 §12: early until a 2xx, confirmed until BYE, then terminated (kept to linger).
@@ -90,11 +96,11 @@ class Attempt:
     provisional responses push back (§16.7 item 2).
     """
 
-    __slots__ = ("branch", "cseq", "expires_at", "from_tag", "method", "source", "transport")
+    __slots__ = ("branch", "cseq", "draft", "expires_at", "from_tag", "method", "source", "transport")
 
     def __init__(
         self, branch: str, method: str, from_tag: str, cseq: int, source: Address, expires_at: float,
-        transport: str = UDP,
+        transport: str = UDP, draft: Draft | None = None,
     ) -> None:  # fmt: skip
         self.branch = branch
         self.method = method
@@ -104,12 +110,14 @@ class Attempt:
         self.expires_at = expires_at
         #: How the request came (UDP or TCP): requests towards its caller go back that way.
         self.transport = transport
+        #: An INVITE's call record in the making, when records are on (else None).
+        self.draft = draft
 
     def as_row(self) -> tuple[Any, ...]:
-        """(branch, method, from_tag, cseq, source host, source port, expires_at, transport)."""
+        """(branch, method, from_tag, cseq, source host, source port, expires_at, transport, draft)."""
         return (
             self.branch, self.method, self.from_tag, self.cseq, self.source[0], self.source[1], self.expires_at,
-            self.transport,
+            self.transport, self.draft,
         )  # fmt: skip
 
 
@@ -121,7 +129,8 @@ class Dialog:
     that attempt's non-2xx final); `on_path` says whether the ALG is on its route.
     """
 
-    __slots__ = ("branch", "callee_tag", "caller", "caller_tag", "expires_at", "on_path", "state", "transport", "usage")
+    __slots__ = ("branch", "callee_tag", "caller", "caller_tag", "draft", "expires_at", "on_path", "state", "transport",
+                 "usage")  # fmt: skip
 
     def __init__(
         self,
@@ -135,6 +144,7 @@ class Dialog:
         *,
         on_path: bool = True,
         transport: str = UDP,
+        draft: Draft | None = None,
     ) -> None:
         self.caller_tag = caller_tag
         self.callee_tag = callee_tag
@@ -146,6 +156,8 @@ class Dialog:
         self.on_path = on_path
         #: The caller's transport (UDP or TCP): the callee's requests reach it that way.
         self.transport = transport
+        #: An answered call's record in the making (its answer time set), until the call ends.
+        self.draft = draft
 
     @property
     def live(self) -> bool:
@@ -154,10 +166,10 @@ class Dialog:
 
     def as_row(self) -> tuple[Any, ...]:
         """(caller_tag, callee_tag, state value, caller host, caller port, branch, usage, expires_at, on_path,
-        transport)."""
+        transport, draft)."""
         return (
             self.caller_tag, self.callee_tag, self.state.value, self.caller[0], self.caller[1], self.branch,
-            self.usage, self.expires_at, self.on_path, self.transport,
+            self.usage, self.expires_at, self.on_path, self.transport, self.draft,
         )  # fmt: skip
 
 
@@ -229,11 +241,15 @@ def call_hash(call: Call) -> int:
             f"\x1e{a.branch}\x1f{a.method}\x1f{a.from_tag}\x1f{a.cseq}\x1f{a.source[0]}\x1f{a.source[1]}"
             f"\x1f{a.expires_at!r}\x1f{a.transport}"
         )
+        if a.draft is not None:
+            text += f"\x1f{a.draft!r}"
     for d in call.dialogs.values():
         text += (
             f"\x1d{d.caller_tag}\x1f{d.callee_tag}\x1f{d.state:d}\x1f{d.caller[0]}\x1f{d.caller[1]}\x1f{d.branch}"
             f"\x1f{d.usage}\x1f{d.expires_at!r}\x1f{d.on_path:d}\x1f{d.transport}"
         )
+        if d.draft is not None:
+            text += f"\x1f{d.draft!r}"
     return int.from_bytes(hashlib.blake2b(text.encode("latin-1", "replace"), digest_size=8).digest(), "little")
 
 
@@ -395,6 +411,8 @@ class DialogTable:
             # Confirming: the 2xx's Record-Route fixes the route set (§12.1.2), whatever the 1xx said.
             confirming = dialog.state is DialogState.CONFIRMED
             known.on_path = dialog.on_path if confirming else known.on_path or dialog.on_path
+            if confirming:
+                known.draft = dialog.draft  # the first 2xx answers the call
         self._changed(call)
 
     def touch(self, call: Call, dialog: Dialog, expires_at: float | None) -> None:
@@ -409,13 +427,15 @@ class DialogTable:
         self._changed(call)
 
     def terminate(self, call: Call, dialog: Dialog, linger_until: float) -> None:
-        """BYE (or a final NOTIFY): the dialog ends and lingers for retransmissions."""
+        """BYE (or a final NOTIFY): the dialog ends and lingers for retransmissions; its call
+        record, if any, has been made (its draft goes)."""
         if dialog.state is DialogState.TERMINATED and dialog.expires_at <= linger_until:
             return
         if self._export is not None:
             self._export.preserve(call)
         dialog.state = DialogState.TERMINATED
         dialog.expires_at = linger_until
+        dialog.draft = None
         self._changed(call)
 
     def _changed(self, call: Call) -> None:
@@ -521,14 +541,15 @@ class DialogTable:
         states = tuple(DialogState)
         for call_id, member, host, port, counted, heap_at, attempts, dialogs, transport, hashed in rows:
             call = Call(call_id, member, (host, port), counted, transport)
-            for branch, method, from_tag, cseq, a_host, a_port, expires_at, a_transport in attempts:
+            for branch, method, from_tag, cseq, a_host, a_port, expires_at, a_transport, *draft in attempts:
                 call.attempts[branch] = Attempt(
-                    branch, method, from_tag, cseq, (a_host, a_port), expires_at, a_transport
+                    branch, method, from_tag, cseq, (a_host, a_port), expires_at, a_transport, _draft(draft)
                 )
-            for tag, callee_tag, state, d_host, d_port, branch, usage, expires_at, on_path, d_transport in dialogs:
+            for tag, callee_tag, state, d_host, d_port, branch, usage, expires_at, on_path, d_transport, *draft \
+                    in dialogs:
                 call.dialogs[(tag, callee_tag)] = Dialog(
                     tag, callee_tag, states[state], (d_host, d_port), branch, usage, expires_at,
-                    on_path=on_path, transport=d_transport,
+                    on_path=on_path, transport=d_transport, draft=_draft(draft),
                 )  # fmt: skip
             call.heap_at = heap_at
             call.hash = hashed
@@ -546,3 +567,13 @@ class DialogTable:
         self._digest = computed
         self._expiry = [(call.heap_at, call_id) for call_id, call in self.calls.items() if call.heap_at != float("inf")]
         heapq.heapify(self._expiry)
+
+
+def _draft(tail: list[Any]) -> Draft | None:
+    """A row's draft (its last field; absent in rows of a version without records), as the
+    tuple it was: the wire turns tuples into lists, and the digest hashes its repr."""
+    if not tail or tail[0] is None:
+        return None
+    from_uri, to_uri, invited_at, cseq, answered_at = tail[0]
+    answered = None if answered_at is None else float(answered_at)
+    return (str(from_uri), str(to_uri), float(invited_at), int(cseq), answered)

@@ -63,6 +63,16 @@ class SetDraining:
     now: float
 
 
-#: What an operator changes in a running core (`sipshadow ctl reload | drain | undrain`).
-Control = Reconfigure | SetDraining
-Event = MessageReceived | TimerExpired | Reconfigure | SetDraining
+@dataclass(frozen=True, slots=True)
+class SetClock:
+    """The wall clock's anchor for call records (`core.records`): UTC seconds since the epoch =
+    event clock + `utc_offset`. The primary's shell sends one when it starts serving and when
+    the clocks drift apart; an event, so the shadow dates records exactly as the primary."""
+
+    utc_offset: float
+    now: float
+
+
+#: What the shell changes in a running core (`sipshadow ctl reload | drain | undrain`, the clock).
+Control = Reconfigure | SetDraining | SetClock
+Event = MessageReceived | TimerExpired | Reconfigure | SetDraining | SetClock

@@ -25,12 +25,27 @@ from sipshadow.core.actions import (
 )
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
-from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, TableExport
+from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, Draft, TableExport
 from sipshadow.core.entropy import Entropy
-from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetDraining, TimerExpired
+from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetClock, SetDraining, TimerExpired
 from sipshadow.core.health import HealthMonitor
 from sipshadow.core.membership import Membership
 from sipshadow.core.policies import make_policy, stable_hash
+from sipshadow.core.records import (
+    BYE,
+    CALLEE,
+    CALLER,
+    CANCELLED,
+    EXPIRED,
+    FAILED,
+    GATEWAY,
+    OFF_PATH,
+    RECORDS,
+    CallRecord,
+    clean_text,
+    encode_record,
+    record_id,
+)
 from sipshadow.core.replies import build_reply, lenient_via, salvage_reply
 from sipshadow.core.validation import Rejection, check_request, unsupported_extensions
 from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via, parse_message
@@ -51,6 +66,10 @@ _INVITE_CLASS = frozenset({"INVITE", "CANCEL", "ACK"})
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 #: With a 503 when every member is drained or retired (§21.5.4): try again after a while.
 _RETRY_AFTER = "Retry-After: 5"
+#: Where a record is "sent" (`SendMessage.destination` of a `RECORDS` output): the store.
+_RECORD_STORE: Address = ("", 0)
+#: From and To URIs are kept this long at most in a record (bounded memory per call).
+_URI_LIMIT = 256
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -117,6 +136,10 @@ class Gateway:
         self.health = HealthMonitor(count, config.probe_interval_s, config.probe_misses)
         self.counters = Counters(calls_per_member=[0] * count)
         self.policy = make_policy(config.policy, config.members, entropy)
+        #: UTC seconds = event clock + this (`SetClock`): dates call records alike on replicas.
+        self.utc_offset = 0.0
+        #: Call records made during the current event, appended to its outputs.
+        self._records: list[SendMessage] = []
         self._follow_membership()
 
     # -- the one entry point --------------------------------------------------------------
@@ -137,12 +160,20 @@ class Gateway:
         `next_deadline()` again after each call.
         """
         if type(event) is MessageReceived:
-            return self._on_datagram(event)
-        if type(event) is TimerExpired:
-            return self._on_timer(event.now)
-        if type(event) is Reconfigure:
+            outputs = self._on_datagram(event)
+        elif type(event) is TimerExpired:
+            outputs = self._on_timer(event.now)
+        elif type(event) is Reconfigure:
             return self._on_reconfigure(event)
-        return self._on_set_draining(event)  # type: ignore[arg-type]
+        elif type(event) is SetClock:
+            self.utc_offset = event.utc_offset
+            return []
+        else:
+            return self._on_set_draining(event)  # type: ignore[arg-type]
+        if self._records:  # call records after the message that ended the call (`core.records`)
+            outputs.extend(self._records)
+            self._records.clear()
+        return outputs
 
     def next_deadline(self) -> float | None:
         """When the core next needs a `TimerExpired` (dialog expiry or a probe round), or None.
@@ -172,6 +203,7 @@ class Gateway:
             f"{self.table.digest}\x1f{self.policy.cursor}\x1f{self.health.summary()}"
             f"\x1f{counters.calls}\x1f{counters.requests}\x1f{counters.responses}"
             f"\x1f{self.config.policy}\x1f{self.membership.summary()}"
+            f"\x1f{self.config.call_records:d}\x1f{self.utc_offset!r}"
         )
         return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
 
@@ -205,6 +237,7 @@ class Gateway:
             "membership": {"members": self.membership.export_state(), "policy": self.config.policy,
                            "probe_interval_s": self.config.probe_interval_s,
                            "probe_misses": self.config.probe_misses},
+            "records": {"on": self.config.call_records, "utc_offset": self.utc_offset},
         }  # fmt: skip
         return state, cut
 
@@ -243,6 +276,10 @@ class Gateway:
     def finish_import(self, state: dict[str, Any]) -> None:
         """The last step: the rows checked against the state's digest, the rest of the state."""
         self.table.finish_import(state.get("dialogs_digest"))
+        records = state.get("records")
+        if records is not None:  # the primary's: its shadow makes the same records, dated alike
+            self.config = replace(self.config, call_records=bool(records["on"]))
+            self.utc_offset = float(records["utc_offset"])
         self.policy.cursor = state["cursor"]
         self.health.import_state(state["health"])
         counters = dict(state["counters"])
@@ -365,8 +402,9 @@ class Gateway:
         destination = self.members[call.member]
         branch = self._branch(request, via, destination)
         cseq: tuple[int, str] = request.cseq  # type: ignore[assignment]
+        draft = self._draft(request, cseq[0], event.now) if method == "INVITE" and self.config.call_records else None
         attempt = Attempt(branch, method, request.from_tag or "", cseq[0], event.source,
-                          event.now + self.config.early_timeout_s, event.transport)  # fmt: skip
+                          event.now + self.config.early_timeout_s, event.transport, draft)  # fmt: skip
         self.table.add_attempt(call, attempt)
         transport = self.member_transports[call.member]
         return self._forward(request, event, via, max_forwards, destination, transport, branch, record_route=True)
@@ -425,7 +463,7 @@ class Gateway:
                 return []
             return self._reply(request, via, event, 481, "Call/Transaction Does Not Exist")
         destination, transport = self._towards(call, dialog, from_caller)
-        self._follow(call, dialog, request, event.now)
+        self._follow(call, dialog, request, event.now, from_caller)
         return self._forward(request, event, via, max_forwards, destination, transport)
 
     def _towards(self, call: Call, dialog: Dialog, from_caller: bool) -> tuple[Address, str]:
@@ -435,9 +473,12 @@ class Gateway:
             return self.members[call.member], self.member_transports[call.member]
         return dialog.caller, dialog.transport
 
-    def _follow(self, call: Call, dialog: Dialog, request: SipMessage, now: float) -> None:
+    def _follow(self, call: Call, dialog: Dialog, request: SipMessage, now: float, from_caller: bool) -> None:
         """What a request does to its dialog: BYE or a final NOTIFY ends it, any other refreshes it."""
         if _ends(dialog, request):
+            if dialog.draft is not None and dialog.state is DialogState.CONFIRMED:
+                self._record(call, dialog.caller_tag, dialog.callee_tag, dialog.draft, dialog.branch, dialog.caller,
+                             dialog.transport, now, 200, CALLER if from_caller else CALLEE, BYE)  # fmt: skip
             self.table.terminate(call, dialog, now + self.config.terminated_linger_s)
         elif dialog.state is DialogState.CONFIRMED:
             self.table.touch(call, dialog, now + self.config.confirmed_timeout_s)
@@ -667,20 +708,89 @@ class Gateway:
                 self.table.put_dialog(call, early)
             return
         if status < 300:
+            draft = self._answered(call, attempt, from_tag, to_tag, now)
             if to_tag is not None:  # a 2xx always establishes its dialog
                 on_path = self._record_routed(response)
                 idle = config.confirmed_timeout_s if on_path else config.terminated_linger_s
                 confirmed = Dialog(from_tag, to_tag, DialogState.CONFIRMED, caller, branch, method, now + idle,
-                                   on_path=on_path, transport=transport)  # fmt: skip
+                                   on_path=on_path, transport=transport, draft=draft)  # fmt: skip
                 self.table.put_dialog(call, confirmed)
+            elif draft is not None:
+                self._record(call, from_tag, "", draft, branch, caller, transport, now, status, GATEWAY, OFF_PATH)
             self.table.end_attempt(call, branch, failed=False, linger_until=now + config.terminated_linger_s)
             return
         linger_until = now + config.terminated_linger_s
+        if attempt is not None and attempt.draft is not None:
+            cancelled = status == 487  # Request Terminated: the caller's CANCEL (§9.2)
+            self._record(call, from_tag, to_tag or "", attempt.draft, branch, caller, transport, now, status,
+                         CALLER if cancelled else CALLEE, CANCELLED if cancelled else FAILED)  # fmt: skip
         if to_tag is not None:  # kept to route the ACK of this non-2xx (§17.1.1.3)
             ended = Dialog(from_tag, to_tag, DialogState.TERMINATED, caller, branch, method, linger_until,
                            transport=transport)  # fmt: skip
             self.table.put_dialog(call, ended)
         self.table.end_attempt(call, branch, failed=True, linger_until=linger_until)
+
+    # -- call records (`core.records`) ----------------------------------------------------
+
+    def _draft(self, request: SipMessage, cseq: int, now: float) -> Draft:
+        """A new INVITE's record in the making: its From and To URIs and when it came (UTC)."""
+        return (_uri_of(request.first("from")), _uri_of(request.first("to")), now + self.utc_offset, cseq, None)
+
+    def _answered(self, call: Call, attempt: Attempt | None, from_tag: str, to_tag: str | None,
+                  now: float) -> Draft | None:  # fmt: skip
+        """The draft a 2xx's dialog carries: the attempt's, answered now; for a late fork
+        (§13.2.2.4), an answered sibling's with this answer time. None when the dialog is known
+        already (a retransmission: the first 2xx answered it) or there is no record to make."""
+        if to_tag is not None and (from_tag, to_tag) in call.dialogs:
+            known = call.dialogs[(from_tag, to_tag)]
+            if known.state is not DialogState.EARLY:
+                return known.draft if known.state is DialogState.CONFIRMED else None
+        source = attempt.draft if attempt is not None else None
+        if source is None and attempt is None:
+            source = next((d.draft for d in call.dialogs.values() if d.caller_tag == from_tag and d.draft), None)
+        if source is None:
+            return None
+        from_uri, to_uri, invited_at, cseq, _ = source
+        return (from_uri, to_uri, invited_at, cseq, now + self.utc_offset)
+
+    def _record(
+        self, call: Call, from_tag: str, to_tag: str, draft: Draft, branch: str, caller: Address, transport: str,
+        now: float, status: int, ended_by: str, end_reason: str, *, utc: bool = False,
+    ) -> None:  # fmt: skip
+        """Make the call record of an attempt or answered dialog that ends at `now` (UTC already
+        with `utc`); it leaves with this event's outputs."""
+        from_uri, to_uri, invited_at, cseq, answered_at = draft
+        ended_at = now if utc else now + self.utc_offset
+        record = CallRecord(
+            record_id=record_id(call.call_id, from_tag, to_tag, cseq, branch), call_id=clean_text(call.call_id),
+            from_tag=clean_text(from_tag), to_tag=clean_text(to_tag), from_uri=clean_text(from_uri),
+            to_uri=clean_text(to_uri), caller=format_address(caller),
+            member=format_address(self.members[call.member]), transport=transport, invited_at=invited_at,
+            answered_at=answered_at, ended_at=ended_at, status=status, ended_by=ended_by, end_reason=end_reason,
+            duration_s=max(0.0, ended_at - answered_at) if answered_at is not None else 0.0,
+        )  # fmt: skip
+        self.counters.call_records += 1
+        self._records.append(SendMessage(encode_record(record), _RECORD_STORE, RECORDS))
+
+    def _reaped(self, call: Call, lost: list[Attempt | Dialog], now: float) -> None:
+        """Records of what expired: an INVITE with no final response by Timer C (408, §16.8), a
+        confirmed call with no BYE and no request within `confirmed_timeout_s`, and an answered
+        call whose 2xx lost our Record-Route and none of whose requests came through us since
+        (its end is unknown: it is recorded as ended when answered, `OFF_PATH`)."""
+        for part in lost:
+            if part.draft is None:
+                continue
+            if type(part) is Attempt:
+                self._record(call, part.from_tag, "", part.draft, part.branch, part.source, part.transport, now,
+                             408, GATEWAY, EXPIRED)  # fmt: skip
+            elif type(part) is Dialog and part.state is DialogState.CONFIRMED and part.on_path:
+                self._record(call, part.caller_tag, part.callee_tag, part.draft, part.branch, part.caller,
+                             part.transport, now, 200, GATEWAY, EXPIRED)  # fmt: skip
+            elif type(part) is Dialog and part.state is DialogState.CONFIRMED:  # its requests bypassed us
+                answered = part.draft[4]
+                self._record(call, part.caller_tag, part.callee_tag, part.draft, part.branch, part.caller,
+                             part.transport, answered if answered is not None else now, 200, GATEWAY, OFF_PATH,
+                             utc=True)  # fmt: skip
 
     def _record_routed(self, response: SipMessage) -> bool:
         """Whether the 2xx kept our Record-Route: if not, the dialog's requests bypass us."""
@@ -734,7 +844,9 @@ class Gateway:
     # -- timers and health ----------------------------------------------------------------
 
     def _on_timer(self, now: float) -> Outputs:
-        for _call, lost in self.table.expire(now):
+        for call, lost in self.table.expire(now):
+            if self.config.call_records:
+                self._reaped(call, lost, now)
             if any(type(part) is Dialog and part.state is DialogState.CONFIRMED for part in lost):
                 self.counters.dialogs_reaped_confirmed += 1
             elif any(type(part) is Attempt or part.state is DialogState.EARLY for part in lost):  # type: ignore[union-attr]
@@ -828,6 +940,16 @@ class Gateway:
 
 #: The MAC's peer for a request sent to a host name: responses may come from any address.
 UNBOUND_PEER: Address = ("*", 0)
+
+
+def _uri_of(value: str | None) -> str:
+    """The URI of a From or To value, at most `_URI_LIMIT` characters; "" when unreadable."""
+    if value is None:
+        return ""
+    try:
+        return NameAddr.parse(value).uri[:_URI_LIMIT]
+    except SipParseError:
+        return ""
 
 
 def _sent_by_fallback(via: Via) -> Address:

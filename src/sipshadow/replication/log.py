@@ -13,7 +13,7 @@ import msgspec
 
 from sipshadow.core import Event, MemberSpec, MessageReceived, TimerExpired
 from sipshadow.core.actions import UDP
-from sipshadow.core.events import Control, Reconfigure, SetDraining
+from sipshadow.core.events import Control, Reconfigure, SetClock, SetDraining
 
 DATAGRAM = 0
 TIMER = 1
@@ -61,7 +61,7 @@ def entry_for(
     seq: int, event: Event, draws: tuple[float, ...], state: int, *, with_payload: bool = True, stream_bytes: int = 0
 ) -> LogEntry:
     """The log entry of an event the primary just handled."""
-    if isinstance(event, (Reconfigure, SetDraining)):
+    if isinstance(event, (Reconfigure, SetDraining, SetClock)):
         return LogEntry(seq, CONTROL, event.now, payload=encode_control(event), draws=draws, state=state)
     if isinstance(event, MessageReceived):
         host, port = event.source
@@ -92,11 +92,13 @@ def event_for(entry: LogEntry, payload: bytes | None = None) -> Event:
 
 def encode_control(event: Control) -> bytes:
     """msgpack of ["reconfigure", [[host, port, weight, transport], ...], policy, probe_interval_s,
-    probe_misses] or ["drain", host, port, draining]; `now` travels in the entry."""
+    probe_misses], ["drain", host, port, draining] or ["clock", utc_offset]; `now` travels in the entry."""
     if isinstance(event, Reconfigure):
         members = [[*spec.address, spec.weight, spec.transport] for spec in event.members]
         return msgspec.msgpack.encode(["reconfigure", members, event.policy, event.probe_interval_s,
                                        event.probe_misses])  # fmt: skip
+    if isinstance(event, SetClock):
+        return msgspec.msgpack.encode(["clock", event.utc_offset])
     return msgspec.msgpack.encode(["drain", *event.member, event.draining])
 
 
@@ -112,6 +114,9 @@ def decode_control(payload: bytes, now: float) -> Control:
         if fields[0] == "drain":
             _, host, port, draining = fields
             return SetDraining((str(host), int(port)), bool(draining), now)
+        if fields[0] == "clock":
+            _, utc_offset = fields
+            return SetClock(float(utc_offset), now)
     except (msgspec.DecodeError, TypeError, ValueError, IndexError, KeyError) as error:
         raise ValueError(f"not a control entry: {error}") from None
     raise ValueError(f"not a control entry: {fields[0]!r}")

@@ -15,6 +15,8 @@ Layout (every key optional but `cluster.members`; flags given on the command lin
     [control]   socket = "PATH" (`sipshadow ctl`; off when empty)
     [metrics]   listen = "HOST:PORT" (Prometheus exposition at /metrics; off when empty)
     [log]       level = "info", format = "text" | "json"
+    [cdr]       store = "PATH.sqlite" | "postgresql://USER@HOST/DB" (call records; off when empty),
+                journal = "PATH" (default STORE.journal for SQLite; required for PostgreSQL), fsync = false
     [replication]  role = "solo", mode = "active", listen = "HOST:PORT", peer = "HOST:PORT",
                    key = "..." or key_file = "PATH", output_commit = true, commit_timeout_ms = 200,
                    heartbeat_interval_ms = 10, heartbeat_misses = 4, node_id = "...", peer_node_id = "...",
@@ -34,6 +36,7 @@ import msgspec
 
 from sipshadow.core.actions import TCP, UDP, Address
 from sipshadow.core.config import POLICIES, GatewayConfig, MemberSpec
+from sipshadow.records.stores import is_postgres
 from sipshadow.runtime.addresses import is_ip_literal, parse_address
 from sipshadow.runtime.streams import StreamLimits
 
@@ -121,6 +124,12 @@ class MetricsSection(_Strict):
     listen: str = ""
 
 
+class CdrSection(_Strict):
+    store: str = ""
+    journal: str = ""
+    fsync: bool = False
+
+
 class ReplicationSection(_Strict):
     role: str = "solo"
     mode: str = "active"
@@ -159,6 +168,7 @@ class ConfigFile(_Strict):
     log: LogSection = msgspec.field(default_factory=LogSection)
     control: ControlSection = msgspec.field(default_factory=ControlSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    cdr: CdrSection = msgspec.field(default_factory=CdrSection)
     replication: ReplicationSection = msgspec.field(default_factory=ReplicationSection)
 
 
@@ -188,6 +198,16 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """Where call records go (`sipshadow.records`): `store` a SQLite path or a PostgreSQL URL,
+    `journal` the local file that holds them until the store has them, `fsync` each append."""
+
+    store: str
+    journal: Path
+    fsync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Everything a node needs, validated."""
 
@@ -201,6 +221,7 @@ class NodeConfig:
     log_format: str = "text"
     control_socket: Path | None = None
     metrics_listen: Address | None = None
+    records: RecordsConfig | None = None
     #: Legal but risky settings, one line each, logged when the node starts.
     warnings: tuple[str, ...] = ()
 
@@ -270,6 +291,7 @@ def build(
         raise ConfigError("log.format", f"expected one of {', '.join(LOG_FORMATS)}")
     metrics_listen = _address("metrics.listen", file.metrics.listen) if file.metrics.listen else None
     replication = _replication(file.replication, role, peer, listen_address)
+    records = records_config(file.cdr)
     gateway = GatewayConfig(
         service=advertise,
         members=specs,
@@ -282,6 +304,7 @@ def build(
         aliases=(listen_address,) if listen_address != advertise else (),
         branch_key=branch_key(replication.key if replication is not None else None),
         large_requests_over_tcp=file.tcp.large_requests_over_tcp,
+        call_records=records is not None,
     )
     status_path = status_file if status_file is not None else file.status.file
     return NodeConfig(
@@ -295,8 +318,33 @@ def build(
         log_format=file.log.format,
         control_socket=Path(file.control.socket) if file.control.socket else None,
         metrics_listen=metrics_listen,
+        records=records,
         warnings=tuple(warnings),
     )
+
+
+def records_config(section: CdrSection) -> RecordsConfig | None:
+    """`[cdr]`: off without a store; a SQLite file's directory must exist, a PostgreSQL URL parse."""
+    if not section.store:
+        if section.journal:
+            raise ConfigError("cdr.journal", "given without cdr.store (where the records go)")
+        return None
+    if is_postgres(section.store):
+        from psycopg.conninfo import conninfo_to_dict  # only when configured: psycopg is a large import
+
+        try:
+            conninfo_to_dict(section.store)
+        except Exception as error:  # psycopg's ProgrammingError: a malformed URL
+            raise ConfigError("cdr.store", f"not a usable PostgreSQL URL: {error}") from None
+        if not section.journal:
+            raise ConfigError("cdr.journal", "required with a PostgreSQL store: a local file that holds the records"
+                              " the database has not taken yet")  # fmt: skip
+    elif not Path(section.store).parent.is_dir():
+        raise ConfigError("cdr.store", f"directory {Path(section.store).parent} does not exist")
+    journal = Path(section.journal) if section.journal else Path(section.store + ".journal")
+    if not journal.parent.is_dir():
+        raise ConfigError("cdr.journal", f"directory {journal.parent} does not exist")
+    return RecordsConfig(section.store, journal, section.fsync)
 
 
 def _replication(

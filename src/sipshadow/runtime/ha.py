@@ -30,6 +30,7 @@ from sipshadow.determinism import RecordingEntropy, SystemEntropy
 from sipshadow.ha import roles
 from sipshadow.ha.roles import Role, RoleMachine
 from sipshadow.link import Peering
+from sipshadow.records.writer import RecordWriter
 from sipshadow.replication.follower import Handover
 from sipshadow.replication.segments import SegmentStore
 from sipshadow.replication.streams import Connection
@@ -48,9 +49,11 @@ log = logging.getLogger("sipshadow.ha")
 class HaNode:
     """One member of the pair: the role machine, and what each role runs."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, records: RecordWriter | None = None) -> None:
         assert config.replication is not None
         self.config = config
+        #: Where call records go while this node serves (journal, then store).
+        self.records = records
         self.replication: ReplicationConfig = config.replication
         replication = self.replication
         window_s = replication.heartbeat_interval_s * replication.heartbeat_misses
@@ -236,7 +239,7 @@ class HaNode:
             tap_mode=self.tap_mode,
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
             backlog=handover.unlogged if handover else None, tap_socket=tap_socket, stream_limits=self.config.tcp,
-            expected=expected, listener=listener,
+            expected=expected, listener=listener, records=self.records,
         )  # fmt: skip
         serving.link.on_commit_delay = self.on_commit_delay
         serving.node.on_stall = self._node_stalled

@@ -17,13 +17,16 @@ Metric names (label in braces):
   `sipshadow_send_family_mismatches_total`, `sipshadow_send_unresolvable_total`,
   `sipshadow_send_resolution_overflow_total`, `sipshadow_send_self_loops_total`,
   `sipshadow_send_resolutions_total`, `sipshadow_tcp_connections`, `sipshadow_tcp_events_total{event}`
+- call records (`[cdr]`): `sipshadow_records_{submitted,written,duplicates,write_failures}_total`,
+  `sipshadow_records_{journal_errors,corrupt,lost}_total`, `sipshadow_records_pending_bytes`,
+  `sipshadow_records_held_in_memory`
 - core: `sipshadow_requests_total{method}`, `sipshadow_responses_total{class}`, `sipshadow_calls_total`,
   `sipshadow_subscriptions_total`, `sipshadow_rejections_total{status}`, `sipshadow_malformed_total{kind}`,
   `sipshadow_stray_responses_total`, `sipshadow_forged_responses_total`, `sipshadow_unroutable_acks_total`,
   `sipshadow_keepalives_total`, `sipshadow_response_loops_total`, `sipshadow_routed_all_down_total`,
   `sipshadow_dialogs_reaped_total{state}`, `sipshadow_probes_sent_total`, `sipshadow_stray_probe_answers_total`,
   `sipshadow_member_down_events_total`, `sipshadow_member_up_events_total`, `sipshadow_reconfigurations_total`,
-  `sipshadow_drain_changes_total`
+  `sipshadow_drain_changes_total`, `sipshadow_call_records_total`
 - members (`member` = HOST:PORT): `sipshadow_member_calls_total`, `sipshadow_member_active_calls`,
   `sipshadow_member_up`, `sipshadow_member_draining`, `sipshadow_member_retired`,
   `sipshadow_member_missed_probes`, `sipshadow_member_weight`
@@ -123,6 +126,7 @@ CORE: tuple[Scalar, ...] = (
     ("member_up_events", "sipshadow_member_up_events_total", "Times a member was marked up again."),
     ("reconfigurations", "sipshadow_reconfigurations_total", "Configuration reloads the core took."),
     ("drain_changes", "sipshadow_drain_changes_total", "Drains or undrains that changed a member."),
+    ("call_records", "sipshadow_call_records_total", "Call records the core made (one per INVITE attempt)."),
 )  # fmt: skip
 
 MEMBER: tuple[Scalar, ...] = (
@@ -198,6 +202,18 @@ TAP: tuple[Scalar, ...] = (
     ("received", "sipshadow_tap_received_total", "Datagrams the shadow tapped."),
     ("matched", "sipshadow_tap_matched_total", "Tapped datagrams claimed by a log entry."),
     ("pruned", "sipshadow_tap_pruned_total", "Tapped datagrams dropped past the tap horizon, unclaimed."),
+)  # fmt: skip
+
+RECORDS: tuple[Scalar, ...] = (
+    ("submitted", "sipshadow_records_submitted_total", "Call records released to the journal."),
+    ("written", "sipshadow_records_written_total", "Call records new in the store."),
+    ("duplicates", "sipshadow_records_duplicates_total", "Call records the store had already (absorbed)."),
+    ("write_failures", "sipshadow_records_write_failures_total", "Store transactions that failed (retried)."),
+    ("journal_errors", "sipshadow_records_journal_errors_total", "Journal appends that failed (records in memory)."),
+    ("corrupt", "sipshadow_records_corrupt_total", "Journal lines that did not decode (cut short by a crash)."),
+    ("lost", "sipshadow_records_lost_total", "Call records dropped: journal unwritable, memory bound reached."),
+    ("pending_bytes", "sipshadow_records_pending_bytes", "Journal bytes the store has not taken yet."),
+    ("held_in_memory", "sipshadow_records_held_in_memory", "Call records waiting for the journal to take writes."),
 )  # fmt: skip
 
 Family = CounterMetricFamily | GaugeMetricFamily
@@ -289,6 +305,8 @@ def families(document: StatusDocument) -> Iterator[Family]:
     if document.tcp is not None:
         yield _by("sipshadow_tcp_events_total", "TCP connection events at the service address, by event.",
                   "event", document.tcp)  # fmt: skip
+    if document.records is not None:
+        yield from _table(document.records, RECORDS)
     replication = document.replication
     if replication is not None:
         yield from _table(replication, REPLICATION)

@@ -19,8 +19,10 @@ from collections.abc import Callable
 
 from sipshadow.core import Event, Gateway, MessageReceived, TimerExpired
 from sipshadow.core.actions import TCP, UDP, Address, SendMessage
-from sipshadow.core.events import Control
+from sipshadow.core.events import Control, SetClock
+from sipshadow.core.records import RECORDS
 from sipshadow.net import tcp_repair
+from sipshadow.records.writer import RecordWriter
 from sipshadow.replication.streams import ConnectionBase
 from sipshadow.runtime.handover import ServiceSockets
 from sipshadow.runtime.logformat import call_id_of
@@ -37,6 +39,9 @@ SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 STALL_FENCE_S = 0.45
 #: How often the node notes that its loop turns (s).
 PULSE_S = 0.05
+#: A wall clock stepped by more than this (s) is told to the core again (`SetClock`): call
+#: records are dated to within it.
+CLOCK_DRIFT_S = 0.1
 #: linux/in.h and linux/in6.h (not exported by the socket module).
 IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
 #: Datagrams a fenced node keeps for later (about a second at thousands of calls/s).
@@ -110,8 +115,12 @@ async def adopt_endpoint(sock: socket.socket) -> tuple[asyncio.DatagramTransport
 class Node:
     """Wires a Gateway to a socket and the loop clock; makes no decisions of its own."""
 
-    def __init__(self, gateway: Gateway, stream_limits: StreamLimits | None = None) -> None:
+    def __init__(self, gateway: Gateway, stream_limits: StreamLimits | None = None,
+                 records: RecordWriter | None = None) -> None:  # fmt: skip
         self.gateway = gateway
+        #: Where released call records go (journal, then store); None: records are not kept.
+        self.records = records
+        self._records_unkept = 0
         self.internal_errors = 0
         self.sent_datagrams = 0
         #: On a primary, every event goes through the replicator, which decides when to send.
@@ -163,6 +172,7 @@ class Node:
         self._transport, self._endpoint = transport, endpoint
         config = self.gateway.config
         self.sender.attach(transport, own=(config.service, *config.aliases))
+        self._anchor_clock()
         self._rearm()
 
     def open_input(self) -> None:
@@ -185,6 +195,8 @@ class Node:
 
     def _on_pulse(self) -> None:
         self._stood_still(self._loop.time())
+        if self.gateway.config.call_records and self._transport is not None and self._fenced is None:
+            self._anchor_clock(only_if_drifted=True)
         self._pulse_at = self._loop.time()
         self._pulse = self._loop.call_later(PULSE_S, self._on_pulse)
 
@@ -299,6 +311,18 @@ class Node:
         self._take(event)
         self._rearm()
 
+    def _anchor_clock(self, *, only_if_drifted: bool = False) -> None:
+        """Tell the core how the event clock maps to UTC (`SetClock`), for call records: when
+        the node starts serving (a new primary's clock is its own) and when the wall clock was
+        stepped by more than `CLOCK_DRIFT_S` since."""
+        if not self.gateway.config.call_records:
+            return
+        now = self._loop.time()
+        offset = time.time() - now
+        if only_if_drifted and abs(offset - self.gateway.utc_offset) <= CLOCK_DRIFT_S:
+            return
+        self.control(SetClock(offset, now))
+
     def now(self) -> float:
         """The event clock (the loop's), for an event built outside the node."""
         return self._loop.time()
@@ -334,11 +358,23 @@ class Node:
         for output in outputs:
             if output[2] != UDP:
                 datagrams = [o for o in outputs if o[2] == UDP]
+                records = [o[0] for o in outputs if o[2] == RECORDS]
+                if records:
+                    self._keep_records(records)
                 for stream_output in outputs:
-                    if stream_output[2] != UDP and streams is not None:
+                    if stream_output[2] == TCP and streams is not None:
                         streams.send(stream_output)
                 break
         self.sender.send(datagrams)
+
+    def _keep_records(self, records: list[bytes]) -> None:
+        """Released call records to the journal (`records.writer`); without one, counted."""
+        if self.records is not None:
+            self.records.submit(records)
+            return
+        if not self._records_unkept:
+            log.warning("call records are made but this node has no [cdr] store: they are not kept")
+        self._records_unkept += len(records)
 
     def _tcp_peers_in_dialogs(self) -> list[Address]:
         """The TCP peers a call still needs (its caller, over TCP): kept open however idle."""
@@ -361,7 +397,8 @@ class Node:
                         internal_errors=self.internal_errors, send_errors=self.send_errors,
                         sender=self.sender.counters, replication=replication,
                         tcp_connections=self.streams.live if self.streams is not None else None,
-                        tcp=self.streams.counters if self.streams is not None else None)  # fmt: skip
+                        tcp=self.streams.counters if self.streams is not None else None,
+                        records=self.records.status() if self.records is not None else None)  # fmt: skip
 
     def audit_streams(self) -> int:
         """Compare, for each TCP connection, what the replication ledger counted with what the

@@ -15,6 +15,7 @@ import msgspec
 
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
+from sipshadow.records.writer import open_writer
 from sipshadow.runtime.config import NodeConfig
 from sipshadow.runtime.control import CommandError, ControlServer
 from sipshadow.runtime.ha import HandoffRefused, HaNode
@@ -106,18 +107,41 @@ class Running:
 
 
 async def _start(config: NodeConfig) -> Running:
-    """Start a solo node or an HA node."""
+    """Start a solo node or an HA node (and its call records' writer, when `[cdr]` is on)."""
+    cdr = config.records
+    records = open_writer(cdr.store, cdr.journal, fsync=cdr.fsync) if cdr is not None else None
+    if records is not None:
+        records.start()
+    try:
+        if config.replication is None:
+            node = Node(Gateway(config.gateway, SystemEntropy()), config.tcp, records)
+            await node.start(config.listen)
+            close: Callable[[], Awaitable[None]] = _async(node.close)
+            status: Status = node.status
+        else:
+            ha = HaNode(config, records)
+            await ha.start()
+            close, status = ha.close, ha.status
+    except BaseException:
+        if records is not None:
+            await asyncio.to_thread(records.stop)
+        raise
+
+    async def close_all() -> None:
+        await close()
+        if records is not None:  # what the store has not taken stays in the journal for the next start
+            await asyncio.to_thread(records.stop)
+
     if config.replication is None:
-        node = Node(Gateway(config.gateway, SystemEntropy()), config.tcp)
-        await node.start(config.listen)
+        return Running(status, close_all, node=node)
+    return Running(status, close_all, ha=ha)
 
-        async def close_solo() -> None:
-            node.close()
 
-        return Running(node.status, close_solo, node=node)
-    ha = HaNode(config)
-    await ha.start()
-    return Running(ha.status, ha.close, ha=ha)
+def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def closer() -> None:
+        close()
+
+    return closer
 
 
 async def _operate(config: NodeConfig, running: Running, operator: Operator) -> list[Callable[[], None]]:

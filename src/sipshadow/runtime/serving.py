@@ -18,6 +18,7 @@ from sipshadow.core import Gateway, SendMessage
 from sipshadow.core.actions import Address
 from sipshadow.determinism import RecordingEntropy
 from sipshadow.link import Peering
+from sipshadow.records.writer import RecordWriter
 from sipshadow.replication.recorder import Recorder
 from sipshadow.runtime.config import ReplicationConfig
 from sipshadow.runtime.following import TapSocket
@@ -46,12 +47,12 @@ class Serving:
         epoch: int, peering: Peering, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
         resend: list[SendMessage] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
         stream_limits: StreamLimits | None = None, expected: list[Address] | None = None,
-        listener: socket.socket | None = None,
+        listener: socket.socket | None = None, records: RecordWriter | None = None,
     ) -> Serving:  # fmt: skip
         """Serve: the socket (the tap's, or bound now), then what a takeover owes the world, then
         the replication server. In tap mode log entries carry digests, not payloads (the shadow
         has the bytes from the mirror). Raises OSError if the service address is still owned."""
-        node = Node(gateway, stream_limits)
+        node = Node(gateway, stream_limits, records)
         log_recorder = Recorder(
             gateway, recorder, epoch=epoch, start_seq=start_seq, output_commit=replication.output_commit,
             commit_timeout_s=replication.commit_timeout_s, with_payload=not tap_mode,

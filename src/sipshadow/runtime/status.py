@@ -24,6 +24,7 @@ from sipshadow.core.actions import format_address
 from sipshadow.core.counters import Counters
 from sipshadow.ha.roles import RoleMachine
 from sipshadow.link import Peering
+from sipshadow.records.writer import RecordsStatus
 from sipshadow.replication.follower import Follower
 from sipshadow.runtime.config import ReplicationConfig
 
@@ -160,6 +161,7 @@ class StatusDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
     tcp_connections: int | None = None
     tcp: dict[str, int] | None = None
     replication: ReplicationStatus | None = None  #: a primary with a replication link
+    records: RecordsStatus | None = None  #: call records, when `[cdr]` is on
     ha: HaStatus | None = None  #: a node of an HA pair
 
 
@@ -178,6 +180,7 @@ def snapshot(
     replication: ReplicationStatus | None = None,
     tcp_connections: int | None = None,
     tcp: dict[str, int] | None = None,
+    records: RecordsStatus | None = None,
 ) -> StatusDocument:
     """Counters plus live state: dialogs held, active calls and health per member; the
     serving shell adds its own error counts, its sender's counters and replication."""
@@ -209,6 +212,7 @@ def snapshot(
         replication=replication,
         tcp_connections=tcp_connections,
         tcp=dict(tcp) if tcp is not None else None,
+        records=records,
     )
     return msgspec.structs.replace(document, **sender) if sender else document
 
