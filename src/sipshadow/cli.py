@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     experiment.add_argument("--transport", default="udp", metavar="T[,T]",
                             help="how the caller reaches the ALG, comma separated: udp, tcp (SIPp -t tn: a connection "
                                  "per call), tcp1 (-t t1: one connection for all)")  # fmt: skip
+    experiment.add_argument("--records", default="sqlite", choices=("sqlite", "postgres", "off"),
+                            help="where the nodes write call records (postgres: a real server the experiment runs)")
     experiment.add_argument("--parallel", type=int, default=4, help="test beds run at once")
     experiment.add_argument("--no-cost", action="store_true", help="skip the failure-free cost measurement")
     experiment.add_argument("--out", type=Path, default=Path("runs/experiment"), help="results, figure, report, logs")
@@ -212,6 +214,7 @@ def _experiment(args: argparse.Namespace) -> int:
         modes=modes, rates=rates, call_duration_s=args.call_duration, fail_at_s=args.fail_at, repeat=args.repeat,
         after_failure_s=args.after_failure,
         members=args.members, parallel=args.parallel, fault=args.fault, out=args.out.resolve(), transports=transports,
+        records=args.records,
     )  # fmt: skip
     return run_experiment(config, measure_cost=not args.no_cost)
 

@@ -199,6 +199,8 @@ LAB = [
            lambda got: got["config"].members, "kamailio"),
     Passed("lab experiment", "--fault", ("--fault", "kill"), EXPERIMENT, lambda got: got["config"].fault, "kill"),
     Passed("lab experiment", "--parallel", ("--parallel", "2"), EXPERIMENT, lambda got: got["config"].parallel, 2),
+    Passed("lab experiment", "--records", ("--records", "postgres"), EXPERIMENT,
+           lambda got: got["config"].records, "postgres"),
     Passed("lab experiment", "--transport", ("--transport", "udp,tcp1"), EXPERIMENT,
            lambda got: got["config"].transports, ("udp", "tcp1")),
     Passed("lab experiment", "--no-cost", ("--no-cost",), EXPERIMENT, lambda got: got["measure_cost"], False),

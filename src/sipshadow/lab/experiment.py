@@ -8,6 +8,12 @@ Active calls (the paper's denominator): every call placed that had not already c
 when the primary failed, i.e. the calls up at the failure plus the calls offered after it.
 With the default call duration (>= fail_at) no call completes before the failure, so every
 call placed is active. Loss ratio = failed calls / active calls.
+
+Call records (`records`: "sqlite", the default, or "postgres", a real server the experiment
+starts, or "off"): both nodes of a bed write to one store; after the run, the journals the
+nodes left are flushed (as a restarted node would) and the store is checked against SIPp:
+one record per call placed, each call SIPp completed with its answer and its BYE, no Call-ID
+recorded twice (`check_records`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from sipshadow.lab.bed.testbed import down_all
 from sipshadow.lab.netns_lab import NetnsLab
+from sipshadow.lab.postgres import PostgresServer
 from sipshadow.lab.report import series_name
 from sipshadow.lab.sipp import SippResult, read_stat_rows
 from sipshadow.runtime.config import HA_MODES
@@ -37,8 +44,12 @@ TRANSPORTS = {"udp": "u1", "tcp": "tn", "tcp1": "t1"}
 #: the connections it does not know, so network mode over TCP loses every active call here.
 CSV_FIELDS = (
     "transport", "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio",
-    "failover_ms",
+    "failover_ms", "records_expected", "records_written", "records_duplicates", "records_missing",
+    "records_unbilled",
 )  # fmt: skip
+#: Where the experiment's call records go: a SQLite file per bed, a PostgreSQL database per
+#: bed on one real server the experiment runs, or nowhere.
+RECORD_STORES = ("sqlite", "postgres", "off")
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class ExperimentConfig:
     #: Beds run at once only while their call rates add up to this (a bed alone may exceed it):
     #: a 2-core machine running four beds at 200 cps starves the replicas it measures.
     rate_budget_cps: int = 300
+    records: str = "sqlite"
 
 
 @dataclass
@@ -76,6 +88,14 @@ class RunResult:
     failure_causes: dict[str, int] = field(default_factory=dict)
     #: The start of SIPp's error log when a run with HA lost calls: what a failed run shows.
     sipp_errors: str = ""
+    #: Call records against SIPp (`check_records`): calls placed; records in the store;
+    #: records beyond one per Call-ID; calls placed with no record; calls SIPp completed whose
+    #: record is missing or incomplete (no answer time, or not ended by a BYE). None: records off.
+    records_expected: int | None = None
+    records_written: int | None = None
+    records_duplicates: int | None = None
+    records_missing: int | None = None
+    records_unbilled: int | None = None
 
     def row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CSV_FIELDS}
@@ -97,6 +117,19 @@ class Runner:
         self.prefixes: set[str] = set()
         self.aborted = threading.Event()
         self._lock = threading.Lock()
+        #: The PostgreSQL server the runs write records to (`records = "postgres"`), started by
+        #: `run_experiment`.
+        self.postgres: PostgresServer | None = None
+
+    def records_store(self, name: str, workdir: Path) -> str | None:
+        """Where the run `name` writes call records: its own SQLite file or database."""
+        if self.config.records == "sqlite":
+            return str(workdir / "records.sqlite")
+        if self.config.records == "postgres" and self.postgres is not None:
+            database = name.replace("-", "_")
+            self.postgres.create_database(database)
+            return self.postgres.socket_dsn(database)
+        return None
 
     def grid(self) -> list[tuple[str, int, int, str]]:
         c = self.config
@@ -113,9 +146,12 @@ class Runner:
         result = RunResult(mode, rate, repeat, transport)
         suffix = "" if transport == "udp" else f"-{transport}"
         workdir = c.out / "runs" / f"{mode}-{rate}cps-{repeat}{suffix}"
-        lab = NetnsLab(workdir, mode=mode, members=c.members)
         step = "bring up the test bed"
         try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "records.sqlite").unlink(missing_ok=True)  # a previous experiment's
+            store = self.records_store(workdir.name, workdir)
+            lab = NetnsLab(workdir, mode=mode, members=c.members, records=store)
             with self._lock:
                 self.prefixes.add(lab.testbed.prefix)
             if self.aborted.is_set():
@@ -138,6 +174,10 @@ class Runner:
                 fill(result, sipp, fault_wall)
                 if mode != "none" and result.calls_failed:
                     result.sipp_errors = sipp.errors_text()[:SIPP_ERRORS_SHOWN]
+            if store is not None:
+                step = "check the call records"
+                lab.flush_records()
+                check_records(result, store, sipp)
         except Aborted:
             result.error = "aborted"
         except Exception as error:  # a failed run is reported with its step, and the grid goes on
@@ -172,6 +212,20 @@ def fill(result: RunResult, sipp: SippResult, fault_wall: float) -> None:
     result.calls_failed = sipp.failed_calls + (sipp.total_calls - sipp.successful_calls - sipp.failed_calls)
     result.loss_ratio = round(result.calls_failed / result.calls_active, 4) if result.calls_active else 0.0
     result.failure_causes = sipp.failure_causes
+
+
+def check_records(result: RunResult, store: str, sipp: SippResult) -> None:
+    """The store's records against SIPp's counts (SIPp's Call-IDs are distinct per call)."""
+    from sipshadow.records.stores import open_store
+
+    records = open_store(store).read()
+    call_ids = {record.call_id for record in records}
+    complete = {record.call_id for record in records if record.answered_at is not None and record.end_reason == "bye"}
+    result.records_expected = sipp.total_calls
+    result.records_written = len(records)
+    result.records_duplicates = len(records) - len(call_ids)
+    result.records_missing = max(0, sipp.total_calls - len(call_ids))
+    result.records_unbilled = max(0, sipp.successful_calls - len(complete))
 
 
 def completed_before(sipp: SippResult, fault_wall: float) -> int:
@@ -322,7 +376,10 @@ def run_experiment(config: ExperimentConfig, *, measure_cost: bool = True) -> in
                         progress.console.print(f"{label}: causes {result.failure_causes}; SIPp's errors begin:",
                                                result.sipp_errors, markup=False, highlight=False)  # fmt: skip
 
-            results = run_grid(runner, done)
+            with contextlib.ExitStack() as stack:
+                if config.records == "postgres":
+                    runner.postgres = stack.enter_context(PostgresServer())
+                results = run_grid(runner, done)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: every test bed torn down; partial logs kept in " + str(config.out))
         return 130
@@ -338,6 +395,7 @@ def run_experiment(config: ExperimentConfig, *, measure_cost: bool = True) -> in
             return 130
     if table:
         draw_figure(table, config.out / "figure.png")
-    write_report(config.out / "report.md", table, as_dict(config), time.monotonic() - started, errors, cost)
+    write_report(config.out / "report.md", table, as_dict(config), time.monotonic() - started, errors, cost,
+                 records=[result.row() for result in results if result.records_expected is not None])
     console.print((config.out / "report.md").read_text())
     return 1 if errors else 0

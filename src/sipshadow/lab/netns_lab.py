@@ -68,6 +68,7 @@ class NetnsLab:
         members: str = "sipp",
         member_transport: str = "udp",
         detector: str = "heartbeat",
+        records: str | None = None,
     ) -> None:
         if members not in MEMBER_KINDS:
             raise ValueError(f"members must be one of {', '.join(MEMBER_KINDS)}")
@@ -89,6 +90,8 @@ class NetnsLab:
         #: through `sipshadow ctl takeover | standby`; its processes by host.
         self.detector = detector
         self.keepalived: dict[str, subprocess.Popen[bytes]] = {}
+        #: Where both nodes write call records (a SQLite path or a PostgreSQL URL), or None.
+        self.records = records
 
     @property
     def service(self) -> tuple[str, int]:
@@ -107,7 +110,8 @@ class NetnsLab:
 
     def node_config(self, host: str, role: str) -> str:
         peer = "shadow" if host == "primary" else "primary"
-        return NODE_CONFIG.format(
+        cdr = f'[cdr]\nstore = "{self.records}"\njournal = "{self.journal_of(host)}"\n' if self.records else ""
+        return cdr + NODE_CONFIG.format(
             role=role, mode=self.mode, key=self.key, interface=SERVICE_IF,
             own=self.topology.replication_address_of(host), peer=self.topology.replication_address_of(peer),
             own_service=self.topology.address_of(host), peer_service=self.topology.address_of(peer),
@@ -115,6 +119,27 @@ class NetnsLab:
             heartbeat_interval_ms=self.heartbeat[0], heartbeat_misses=self.heartbeat[1],
             control=self.control_socket(host), detector=self.detector,
         )  # fmt: skip
+
+    def journal_of(self, host: str) -> Path:
+        """The node's call-record journal (its own: one writer per journal)."""
+        return self.workdir / f"records-{host}.journal"
+
+    def flush_records(self) -> tuple[int, int]:
+        """After `down`: what the nodes' journals still hold into the store, as each node would
+        at its next start (a crashed or killed node left its journal): (written, duplicates).
+        Raises StoreError or OSError when the store does not take them."""
+        from sipshadow.records.export import flush
+        from sipshadow.records.stores import open_store
+
+        written = duplicates = 0
+        for host in ("primary", "shadow"):
+            journal = self.journal_of(host)
+            if self.records and journal.exists() and journal.stat().st_size:
+                new, old, left = flush(open_store(self.records), journal)
+                if left:
+                    raise OSError(f"{journal}: {left} bytes the store did not take")
+                written, duplicates = written + new, duplicates + old
+        return written, duplicates
 
     def control_socket(self, host: str) -> Path:
         """The node's control socket (a file: reachable from outside its namespace)."""

@@ -99,8 +99,38 @@ def versions() -> dict[str, str]:
     }
 
 
+def records_section(rows: list[dict[str, Any]], store: str) -> list[str]:
+    """The call records of every run against SIPp's counts, and what they add up to."""
+    order = list(TRANSPORT_LABELS)
+    rows = sorted(rows, key=lambda r: (order.index(r["transport"]), list(LABELS).index(r["mode"]), r["rate_cps"],
+                                       r["repeat"]))  # fmt: skip
+    lines = ["", f"## Call records ({store}: one store per run, shared by both nodes)", "",
+             "Expected: calls SIPp placed. Written: records in the store after the run (the journals the nodes left",
+             "flushed, as a restarted node does). Duplicates: records beyond one per Call-ID. Missing: calls placed",
+             "with no record. Unbilled: calls SIPp completed whose record is missing or has no answer or no BYE.", "",
+             "| mode | rate (cps) | run | calls lost | expected | written | duplicates | missing | unbilled |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        label = series_label(series_name(r["mode"], r["transport"]), with_udp=len({x["transport"] for x in rows}) > 1)
+        lines.append(f"| {label} | {r['rate_cps']} | {r['repeat']} | {r['calls_failed']} | {r['records_expected']} | "
+                     f"{r['records_written']} | {r['records_duplicates']} | {r['records_missing']} | "
+                     f"{r['records_unbilled']} |")  # fmt: skip
+    duplicates = sum(r["records_duplicates"] for r in rows)
+    unbilled = sum(r["records_unbilled"] for r in rows)
+    active = [r for r in rows if r["mode"] == "active"]
+    active_missing = sum(r["records_missing"] for r in active)
+    lines += ["", f"- Duplicated records, every mode and run: **{duplicates}**.",
+              f"- Completed calls without a complete record, every mode and run: **{unbilled}**.",
+              f"- Active replication: {sum(r['records_expected'] for r in active)} calls placed, "
+              f"{sum(r['records_written'] for r in active)} records, **{active_missing} missing**.",
+              "- Without HA and with network-level HA, the missing records are those of the calls the failure lost:",
+              "  the new node never knew them, so nobody can bill them."]  # fmt: skip
+    return lines
+
+
 def write_report(
-    path: Path, table: Table, config: dict[str, Any], wall_s: float, errors: list[str], cost: dict[str, Any] | None
+    path: Path, table: Table, config: dict[str, Any], wall_s: float, errors: list[str], cost: dict[str, Any] | None,
+    *, records: list[dict[str, Any]] | None = None,
 ) -> None:
     lines = [
         "# sipshadow: the paper's Figure 2, reproduced",
@@ -149,6 +179,8 @@ def write_report(
             lines.append(f"| {LABELS[mode]} | {rate} (ladder {cell['ladder']}) | {median:.3f} |")
         lines += ["", "Response time: OPTIONS round trips from the client namespace to the VIP, answered by the",
                   "ALG's core (so they pass through output commit), during a steady SIPp load."]  # fmt: skip
+    if records:
+        lines += records_section(records, config.get("records", "sqlite"))
     if errors:
         lines += ["", "## Runs that failed", "", *[f"- {error}" for error in errors]]
     lines += ["", "## Machine and versions", ""]
