@@ -214,3 +214,24 @@ def test_utf8_and_nul_in_headers_become_text_every_store_takes() -> None:
     [record] = respond(gateway, forwarded, 486)
     assert record.from_uri == "sip:jos\u00e9@example.org"
     assert "\x00" not in record.call_id
+
+
+def test_a_record_the_old_primary_never_released_is_reissued_by_the_new_one_byte_for_byte() -> None:
+    from tests.unit.replication_pair import Pair
+
+    config = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0, call_records=True)
+    pair = Pair(config)
+    pair.connect()
+    pair.deliver()
+    pair.event(SetClock(OFFSET, 0.0))
+    [forwarded] = pair.datagram(request("INVITE"), CALLER)
+    pair.datagram(response_to(forwarded.data, 200, "OK"), forwarded.destination)
+    pair.deliver()
+    pair.advance(0.05)  # the call was answered well before the end (outside the resend window)
+    ended = pair.datagram(request("BYE", to_tag="callee-tag", cseq=2, branch="z9hG4bKbye"), CALLER)
+    pair.to_shadow_only()  # the BYE's entry reached the shadow; its release never happened
+    [record] = [output for output in ended if output.transport == RECORDS]
+    assert record not in pair.sent  # held for the shadow's acknowledgement
+    handover = pair.take_over()
+    assert [output for output in handover.resend if output.transport == RECORDS] == [record]
+    assert decode_record(record.data).end_reason == "bye"
