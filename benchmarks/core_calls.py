@@ -1,16 +1,20 @@
 """Core-only cost of one call (7 messages) through `Gateway.handle`, no sockets: JSON out.
 
-Tells how much of the ALG's per-call budget the pure core takes, next to the I/O in cps.py.
+Tells how much of the ALG's per-call budget the pure core takes, next to the I/O in cps.py,
+and what call records add to it: rounds with records off and on alternate in one run (the
+BYE then also yields the call's record, encoded), so both see the same machine.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 import time
 
 from sipshadow.core import Gateway, GatewayConfig, MemberSpec, MessageReceived
+from sipshadow.core.events import SetClock
 from sipshadow.determinism import SystemEntropy
 
 ALG, CALLER = ("127.0.0.1", 5060), ("127.0.0.1", 5061)
@@ -68,21 +72,34 @@ def one_call(gateway: Gateway, n: int, now: float) -> int:
         sent += len(handle(MessageReceived(respond(forwarded.data, status, reason, n), member, now)))
     for method, cseq, step in (("ACK", 1, 2), ("BYE", 2, 3)):
         request = IN_DIALOG.format(method=method, n=n, cseq=cseq, step=step).encode()
-        (forwarded,) = handle(MessageReceived(request, CALLER, now))
-        sent += 1
+        forwarded, *record = handle(MessageReceived(request, CALLER, now))  # the BYE's record, when on
+        sent += 1 + len(record)
     sent += len(handle(MessageReceived(respond(forwarded.data, 200, "OK", n), member, now)))
     return sent
 
 
-def main(calls: int = 20000) -> None:
-    config = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0)
+def timed(calls: int, *, records: bool) -> float:
+    """Seconds for `calls` calls through a fresh gateway."""
+    config = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0, call_records=records)
     gateway = Gateway(config, SystemEntropy(1))
-    # Messages are built before timing would be fairer, but building is a small share here;
-    # measure it separately so the figure is the core's own.
+    gateway.handle(SetClock(1_790_000_000.0, 0.0))
     start = time.perf_counter()
     for n in range(calls):
         one_call(gateway, n, 0.0)
-    total = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def main(calls: int = 20000, rounds: int = 5) -> None:
+    per_round = max(1, calls // rounds)
+    off: list[float] = []
+    on: list[float] = []
+    for _ in range(rounds):  # alternating, so drift on a shared machine hits both alike
+        off.append(timed(per_round, records=False))
+        on.append(timed(per_round, records=True))
+    calls = per_round * rounds
+    total = sum(off)
+    # Messages are built before timing would be fairer, but building is a small share here;
+    # measure it separately so the figure is the core's own.
     build_start = time.perf_counter()
     for n in range(calls):
         INVITE.format(n=n, length=len(SDP), body=SDP).encode()
@@ -95,6 +112,11 @@ def main(calls: int = 20000) -> None:
                 "messages_per_call": 7,
                 "us_per_call_including_message_building": round(total / calls * 1e6, 1),
                 "us_per_call_core_estimate": round((total - build) / calls * 1e6, 1),
+                "records": {
+                    "us_per_call_off_median_round": round(statistics.median(off) / per_round * 1e6, 1),
+                    "us_per_call_on_median_round": round(statistics.median(on) / per_round * 1e6, 1),
+                    "on_over_off": round(statistics.median(on) / statistics.median(off), 3),
+                },
                 "python": sys.version.split()[0],
                 "machine": platform.machine(),
             }

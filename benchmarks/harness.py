@@ -149,7 +149,8 @@ def trial(
             extra_args=["-nr", "-l", str(rate * 10)], timeout=seconds + 60, recv_timeout=5.0,
             transport=uac_transport,
         )  # fmt: skip
-        result = uac.start().wait()
+        stack.enter_context(uac)  # a SIGTERM mid-step stops the UAC too
+        result = uac.wait()
         elapsed = time.monotonic() - started
         cpu_after, shadow_after = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
         intact = front.replication_intact() if hasattr(front, "replication_intact") else None

@@ -13,8 +13,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-LAYERS = ("sip", "core", "determinism", "link", "replication", "ha", "detect", "net", "records", "runtime", "lab", "cli")
-SHELLS = ("runtime", "detect", "net")
+LAYERS = (
+    "sip", "core", "determinism", "link", "replication", "ha", "detect", "net", "records", "runtime", "lab", "cli",
+)  # fmt: skip
+SHELLS = ("runtime", "detect", "net", "records")
 IO_MODULES = {"asyncio", "socket", "threading", "subprocess", "time", "random", "os", "selectors", "signal"}
 
 

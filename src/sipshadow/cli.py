@@ -159,6 +159,9 @@ def _cdr(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a crash in a C extension under the lab's threads says where, in every thread
     if args.lab_command == "loopback":
         from sipshadow.core.config import POLICIES
         from sipshadow.lab.loopback import run_loopback

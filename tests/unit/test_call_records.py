@@ -235,3 +235,23 @@ def test_a_record_the_old_primary_never_released_is_reissued_by_the_new_one_byte
     handover = pair.take_over()
     assert [output for output in handover.resend if output.transport == RECORDS] == [record]
     assert decode_record(record.data).end_reason == "bye"
+
+
+def test_the_uri_shortcut_agrees_with_the_name_addr_parser() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from sipshadow.core.gateway import _uri_of
+    from sipshadow.sip import NameAddr, SipParseError
+
+    text = st.text(alphabet='ab <>;="@:,\\ ', max_size=30)
+
+    @given(st.one_of(text, st.builds(lambda d, u, p: f"{d}<sip:{u}>{p}", text, text, text)))
+    def agrees(value: str) -> None:
+        try:
+            expected = NameAddr.parse(value).uri[:256]
+        except SipParseError:
+            return  # unreadable: the shortcut may still find a URI; the record keeps what it can
+        assert _uri_of(value) == expected
+
+    agrees()

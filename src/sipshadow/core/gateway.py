@@ -943,9 +943,20 @@ UNBOUND_PEER: Address = ("*", 0)
 
 
 def _uri_of(value: str | None) -> str:
-    """The URI of a From or To value, at most `_URI_LIMIT` characters; "" when unreadable."""
+    """The URI of a From or To value, at most `_URI_LIMIT` characters; "" when unreadable.
+
+    A value with no quoted display name is cut at its angle brackets (or its parameters)
+    without a full parse: From carries a fresh tag in every call, so the parse memo never hits."""
     if value is None:
         return ""
+    if '"' not in value:
+        less = value.find("<")
+        if less >= 0:
+            greater = value.find(">", less)
+            if greater > less:
+                return value[less + 1 : greater].strip()[:_URI_LIMIT]
+        elif "," not in value:
+            return value.split(";", 1)[0].strip()[:_URI_LIMIT]
     try:
         return NameAddr.parse(value).uri[:_URI_LIMIT]
     except SipParseError:

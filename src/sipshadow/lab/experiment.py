@@ -45,7 +45,7 @@ TRANSPORTS = {"udp": "u1", "tcp": "tn", "tcp1": "t1"}
 CSV_FIELDS = (
     "transport", "mode", "rate_cps", "repeat", "calls_attempted", "calls_active", "calls_failed", "loss_ratio",
     "failover_ms", "records_expected", "records_written", "records_duplicates", "records_missing",
-    "records_unbilled",
+    "records_unbilled", "records_absorbed",
 )  # fmt: skip
 #: Where the experiment's call records go: a SQLite file per bed, a PostgreSQL database per
 #: bed on one real server the experiment runs, or nowhere.
@@ -96,6 +96,9 @@ class RunResult:
     records_duplicates: int | None = None
     records_missing: int | None = None
     records_unbilled: int | None = None
+    #: Records the store already had when a node (or the flush) wrote them: a takeover's
+    #: re-issue of what the old primary may not have released, absorbed by the store's identity.
+    records_absorbed: int | None = None
 
     def row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CSV_FIELDS}
@@ -176,8 +179,9 @@ class Runner:
                     result.sipp_errors = sipp.errors_text()[:SIPP_ERRORS_SHOWN]
             if store is not None:
                 step = "check the call records"
-                lab.flush_records()
+                _, flushed_again = lab.flush_records()
                 check_records(result, store, sipp)
+                result.records_absorbed = flushed_again + lab.records_absorbed()
         except Aborted:
             result.error = "aborted"
         except Exception as error:  # a failed run is reported with its step, and the grid goes on

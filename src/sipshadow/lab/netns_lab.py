@@ -141,6 +141,15 @@ class NetnsLab:
                 written, duplicates = written + new, duplicates + old
         return written, duplicates
 
+    def records_absorbed(self) -> int:
+        """Records the store already had when the nodes wrote them, from their last status files."""
+        absorbed = 0
+        for node in self.nodes.values():
+            with contextlib.suppress(OSError, ValueError):
+                records = node.status().records
+                absorbed += records.duplicates if records is not None else 0
+        return absorbed
+
     def control_socket(self, host: str) -> Path:
         """The node's control socket (a file: reachable from outside its namespace)."""
         return self.workdir / f"control-{host}.sock"

@@ -108,13 +108,16 @@ def records_section(rows: list[dict[str, Any]], store: str) -> list[str]:
              "Expected: calls SIPp placed. Written: records in the store after the run (the journals the nodes left",
              "flushed, as a restarted node does). Duplicates: records beyond one per Call-ID. Missing: calls placed",
              "with no record. Unbilled: calls SIPp completed whose record is missing or has no answer or no BYE.", "",
-             "| mode | rate (cps) | run | calls lost | expected | written | duplicates | missing | unbilled |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "Absorbed: records the store already had when a node wrote them again (a takeover re-issues what the",
+             "old primary may not have released); the store keeps one per record identity.", "",
+             "| mode | rate (cps) | run | calls lost | expected | written | duplicates | missing | unbilled "
+             "| absorbed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         label = series_label(series_name(r["mode"], r["transport"]), with_udp=len({x["transport"] for x in rows}) > 1)
         lines.append(f"| {label} | {r['rate_cps']} | {r['repeat']} | {r['calls_failed']} | {r['records_expected']} | "
                      f"{r['records_written']} | {r['records_duplicates']} | {r['records_missing']} | "
-                     f"{r['records_unbilled']} |")  # fmt: skip
+                     f"{r['records_unbilled']} | {r['records_absorbed']} |")  # fmt: skip
     duplicates = sum(r["records_duplicates"] for r in rows)
     unbilled = sum(r["records_unbilled"] for r in rows)
     active = [r for r in rows if r["mode"] == "active"]
