@@ -159,9 +159,13 @@ def _cdr(args: argparse.Namespace) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
+    import contextlib
     import faulthandler
+    import io
 
-    faulthandler.enable()  # a crash in a C extension under the lab's threads says where, in every thread
+    if sys.__stderr__ is not None:  # a crash in a C extension in the lab's threads says where, in each
+        with contextlib.suppress(io.UnsupportedOperation, ValueError):
+            faulthandler.enable(file=sys.__stderr__)
     if args.lab_command == "loopback":
         from sipshadow.core.config import POLICIES
         from sipshadow.lab.loopback import run_loopback
