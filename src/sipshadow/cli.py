@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -146,7 +147,11 @@ def _cdr(args: argparse.Namespace) -> int:
     try:
         target = open_store(store)
         if args.cdr_command == "export":
-            export.export(target, sys.stdout, since=since, until=until, fmt=args.format)
+            try:
+                export.export(target, sys.stdout, since=since, until=until, fmt=args.format)
+                sys.stdout.flush()
+            except BrokenPipeError:  # `| head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         if journal is None:
             return _refuse("--journal", "give --journal or --config")

@@ -767,7 +767,7 @@ class Gateway:
             to_uri=clean_text(to_uri), caller=format_address(caller),
             member=format_address(self.members[call.member]), transport=transport, invited_at=invited_at,
             answered_at=answered_at, ended_at=ended_at, status=status, ended_by=ended_by, end_reason=end_reason,
-            duration_s=max(0.0, ended_at - answered_at) if answered_at is not None else 0.0,
+            duration_s=round(max(0.0, ended_at - answered_at), 6) if answered_at is not None else 0.0,
         )  # fmt: skip
         self.counters.call_records += 1
         self._records.append(SendMessage(encode_record(record), _RECORD_STORE, RECORDS))

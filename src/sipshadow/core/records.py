@@ -35,7 +35,7 @@ class CallRecord(msgspec.Struct, frozen=True, kw_only=True):
     the dialog's identity, stable across replicas and takeovers. `to_tag` is "" when the
     attempt got no tagged final response. `caller`, `member`: "host:port". `answered_at`: the
     first 2xx, None if unanswered. `status`: the final status (200 for an answered call; 408
-    when Timer C expired). `duration_s`: answered to ended, 0 when unanswered.
+    when Timer C expired). `duration_s`: answered to ended, to the microsecond; 0 when unanswered.
     """
 
     record_id: str

@@ -51,7 +51,10 @@ class Handover:
     `resend`: outputs the old primary may not have sent (`Replica.unreleased_outputs`);
     `unlogged`: tapped datagrams no entry claimed, in arrival order, to be processed first;
     `stranded`: entries received but not applicable (their payload never came); `streams`:
-    the TCP connections to rebuild; `last_now`: the primary's event clock at the last entry.
+    the TCP connections to rebuild; `last_now`: the primary's event clock at the last entry;
+    `clock_offset`: the primary's event clock less this node's loop clock, as the latest entries
+    frame showed it on arrival (the new primary's event clock carries on from it: two hosts'
+    monotonic clocks have nothing in common; on one host it is a fraction of a millisecond).
     """
 
     gateway: Gateway
@@ -61,6 +64,7 @@ class Handover:
     stranded: int
     streams: StreamLedger = field(default_factory=StreamLedger)
     last_now: float = 0.0
+    clock_offset: float = 0.0
 
 
 class Follower:
@@ -86,6 +90,8 @@ class Follower:
         self._waiting: deque[LogEntry] = deque()
         self._payloads: dict[int, bytes] = {}
         self._last_tap_now = 0.0  # the event clock of the last tapped copy (tap horizon arithmetic)
+        #: The primary's event clock less ours, at the arrival of the latest entries frame.
+        self.clock_offset = 0.0
         self._requested: set[int] = set()
         self._request_at: float | None = None
         self._snapshot: Snapshot | None = None
@@ -139,6 +145,8 @@ class Follower:
             return self._restoring(lambda: self.replica.gateway.import_rows(rows),
                                    self._parts == self._snapshot.parts)  # fmt: skip
         if isinstance(message, Entries) and self.synced:
+            if message.entries:
+                self.clock_offset = message.entries[-1].now - now
             self._waiting.extend(message.entries)
             effects = self._drain(now)
             self.note_released(message.released)
@@ -209,7 +217,7 @@ class Follower:
         self.disconnected()
         replica = self.replica
         return Handover(replica.gateway, replica.applied_seq, resend, unlogged, stranded, replica.streams,
-                        replica.last_now)  # fmt: skip
+                        replica.last_now, self.clock_offset)  # fmt: skip
 
     # -- inside ---------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ class HaNode:
             start_seq=handover.start_seq if handover else 0, resend=handover.resend if handover else None,
             backlog=handover.unlogged if handover else None, tap_socket=tap_socket, stream_limits=self.config.tcp,
             expected=expected, listener=listener, records=self.records,
+            clock_offset=handover.clock_offset if handover else 0.0,
         )  # fmt: skip
         serving.link.on_commit_delay = self.on_commit_delay
         serving.node.on_stall = self._node_stalled

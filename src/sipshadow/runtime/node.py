@@ -140,6 +140,10 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._started_at = time.monotonic()
+        #: The event clock is the loop's plus this (s): 0 on a node that started serving; at a
+        #: takeover, what carries on the old primary's clock (the core's deadlines are on it,
+        #: and a host of its own has a monotonic clock of its own).
+        self.clock_offset = 0.0
         self._all_down = False
         #: TCP at the service address (`start_streams`); None until then.
         self.streams: Streams | None = None
@@ -219,8 +223,9 @@ class Node:
 
     def on_datagram(self, data: bytes, source: tuple[str, int], transport: str = UDP, consumed: int = 0) -> None:
         """One message in: from the UDP endpoint (any datagram), or framed off a TCP connection."""
-        event = MessageReceived(data, source[:2], self._loop.time(), transport)
-        self._stood_still(event.now)
+        now = self._loop.time()
+        self._stood_still(now)
+        event = MessageReceived(data, source[:2], now + self.clock_offset, transport)
         if self._fenced is not None:
             if len(self._fenced) < FENCE_QUEUE_LIMIT:
                 self._fenced.append((event, consumed))
@@ -236,7 +241,7 @@ class Node:
         self._stood_still(self._loop.time())
         if self._fenced is not None:
             return  # `unfence` re-arms
-        self._take(TimerExpired(self._loop.time()))
+        self._take(TimerExpired(self.now()))
         self._rearm()
         self._say_if_all_down()
 
@@ -279,13 +284,13 @@ class Node:
             return
         base = ConnectionBase(
             state.local[0], state.local[1], state.send_seq, state.recv_seq, state.mss, state.send_wscale,
-            state.recv_wscale, state.sack, state.timestamps, state.timestamp, state.window, self._loop.time(),
+            state.recv_wscale, state.sack, state.timestamps, state.timestamp, state.window, self.now(),
         )  # fmt: skip
-        self.replicator.record_stream(peer, base, self._loop.time())
+        self.replicator.record_stream(peer, base, self.now())
 
     def _stream_closed(self, peer: Address) -> None:
         if self.replicator is not None:
-            self.replicator.record_stream(peer, None, self._loop.time())
+            self.replicator.record_stream(peer, None, self.now())
 
     def fence(self, *, hold_outputs: bool = False) -> None:
         """Take no input: datagrams wait (up to `FENCE_QUEUE_LIMIT`), timers do not fire. With
@@ -317,15 +322,15 @@ class Node:
         stepped by more than `CLOCK_DRIFT_S` since."""
         if not self.gateway.config.call_records:
             return
-        now = self._loop.time()
+        now = self.now()
         offset = time.time() - now
         if only_if_drifted and abs(offset - self.gateway.utc_offset) <= CLOCK_DRIFT_S:
             return
         self.control(SetClock(offset, now))
 
     def now(self) -> float:
-        """The event clock (the loop's), for an event built outside the node."""
-        return self._loop.time()
+        """The event clock (the loop's plus `clock_offset`), for an event built outside the node."""
+        return self._loop.time() + self.clock_offset
 
     def give_up_service_sockets(self) -> ServiceSockets:
         """A handoff on one host (`runtime.handover`): duplicates of the UDP socket and the TCP
@@ -389,7 +394,7 @@ class Node:
             self._timer.cancel()
         deadline = self.gateway.next_deadline()
         self._timer_at = deadline
-        self._timer = None if deadline is None else self._loop.call_at(deadline, self._on_timer)
+        self._timer = None if deadline is None else self._loop.call_at(deadline - self.clock_offset, self._on_timer)
 
     def status(self) -> StatusDocument:
         replication = self.replicator.status() if self.replicator is not None else None

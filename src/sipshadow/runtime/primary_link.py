@@ -70,7 +70,8 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 class PrimaryLink:
     """Sits between the core and the service socket on the primary."""
 
-    def __init__(self, recorder: Recorder, send: Sender, *, peering: Peering) -> None:
+    def __init__(self, recorder: Recorder, send: Sender, *, peering: Peering,
+                 clock: Callable[[], float] | None = None) -> None:  # fmt: skip
         self.recorder = recorder
         self.send = send
         self.peering = peering
@@ -86,6 +87,8 @@ class PrimaryLink:
         self._deadline: asyncio.TimerHandle | None = None
         self._notice: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        #: The event clock (the node's, `Node.now`): the recorder's times are its events'.
+        self._clock: Callable[[], float] = clock or self._loop.time
         #: Called with each held output's commit delay (s) when the shadow's ack releases it.
         self.on_commit_delay: Callable[[float], None] | None = None
         #: Called when the attached shadow asks for a handoff (its reason).
@@ -146,11 +149,11 @@ class PrimaryLink:
             self._deadline.cancel()
         deadline = self.recorder.next_deadline()
         if deadline is not None:
-            self._deadline = self._loop.call_at(deadline, self._on_deadline)
+            self._deadline = self._loop.call_later(max(0.0, deadline - self._clock()), self._on_deadline)
 
     def _on_deadline(self) -> None:
         self._deadline = None
-        self.execute(self.recorder.on_deadline(self._loop.time()))
+        self.execute(self.recorder.on_deadline(self._clock()))
         if self.recorder.attached:
             self._arm()
 
@@ -186,9 +189,9 @@ class PrimaryLink:
         self.connection = connection
         started = time.perf_counter()
         with collection_paused():
-            self.execute(self.recorder.receive(hello, self._loop.time()))
+            self.execute(self.recorder.receive(hello, self._clock()))
         self._transfer_started = started
-        self._joined_at_hello = self._loop.time()
+        self._joined_at_hello = self._clock()
         self._schedule_flush()
         self._arm()  # the time the shadow has to catch up
         log.info("shadow %s attached at entry %d: snapshot under way, %.1f ms for the cut", hello.node_id,
@@ -207,7 +210,7 @@ class PrimaryLink:
                 self.on_handoff_request(message.reason)
         elif connection is self.connection:
             recorder = self.recorder
-            now = self._loop.time()
+            now = self._clock()
             if isinstance(message, Ack) and self.on_commit_delay is not None:
                 for logged_at in recorder.pending_since(message.seq):
                     self.on_commit_delay(now - logged_at)
@@ -257,7 +260,7 @@ class PrimaryLink:
         stays: a shadow that was only busy catches up from the log, with no new snapshot."""
         recorder = self.recorder
         if recorder.attached and not recorder.joining:
-            self._release(recorder.stop_waiting(self._loop.time()))
+            self._release(recorder.stop_waiting(self._clock()))
             log.warning("shadow silent on the heartbeat link: outputs no longer wait for it until it catches up")
             self._arm()
 

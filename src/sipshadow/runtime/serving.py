@@ -47,17 +47,18 @@ class Serving:
         epoch: int, peering: Peering, tap_mode: bool, start_seq: int = 0, tap_socket: TapSocket | None = None,
         resend: list[SendMessage] | None = None, backlog: list[tuple[bytes, Address]] | None = None,
         stream_limits: StreamLimits | None = None, expected: list[Address] | None = None,
-        listener: socket.socket | None = None, records: RecordWriter | None = None,
+        listener: socket.socket | None = None, records: RecordWriter | None = None, clock_offset: float = 0.0,
     ) -> Serving:  # fmt: skip
         """Serve: the socket (the tap's, or bound now), then what a takeover owes the world, then
         the replication server. In tap mode log entries carry digests, not payloads (the shadow
         has the bytes from the mirror). Raises OSError if the service address is still owned."""
         node = Node(gateway, stream_limits, records)
+        node.clock_offset = clock_offset  # a takeover carries on the old primary's event clock
         log_recorder = Recorder(
             gateway, recorder, epoch=epoch, start_seq=start_seq, output_commit=replication.output_commit,
             commit_timeout_s=replication.commit_timeout_s, with_payload=not tap_mode,
         )  # fmt: skip
-        link = node.replicator = PrimaryLink(log_recorder, node.send, peering=peering)
+        link = node.replicator = PrimaryLink(log_recorder, node.send, peering=peering, clock=node.now)
         if tap_socket is not None:
             node.adopt(*tap_socket, hold=True)  # the socket that took the tap serves from now on
             await node.start_streams(listen, listener)
