@@ -4,7 +4,8 @@ Rules (the reason active replication works; `tests/unit/test_purity.py` guards t
 
 1. Nothing in `sip/` or `core/` imports a clock, randomness, sockets, threads or the OS.
 2. Every input is an event (`core.events`) that carries `now`; `Gateway.handle(event)` is the
-   only way to change state, and it returns the datagrams to send (`core.actions`).
+   only way to change state, and it returns the datagrams to send (`core.actions`) and the
+   call records to keep (`core.records`), both as outputs.
 3. Every other non-deterministic value (a weighted draw) comes from the injected `Entropy`
    (`core.entropy`); the primary records it, the shadow replays it.
 4. Timers are one deadline (`Gateway.next_deadline()`); the adaptor delivers a `TimerExpired`

@@ -145,7 +145,8 @@ class Gateway:
     # -- the one entry point --------------------------------------------------------------
 
     def handle(self, event: Event) -> Outputs:
-        """Take one event; return the datagrams to send, a list of `SendMessage` in send order.
+        """Take one event; return the datagrams to send, a list of `SendMessage` in send order,
+        then the call records it made (transport `core.records.RECORDS`: for the record store).
 
         A datagram gives at most one: the request forwarded (our Via on top, Record-Route on a
         dialog-creating one, §16.6), the response forwarded along its Via stack (§16.7), or
@@ -788,9 +789,9 @@ class Gateway:
                              part.transport, now, 200, GATEWAY, EXPIRED)  # fmt: skip
             elif type(part) is Dialog and part.state is DialogState.CONFIRMED:  # its requests bypassed us
                 answered = part.draft[4]
+                ended = answered if answered is not None else now + self.utc_offset
                 self._record(call, part.caller_tag, part.callee_tag, part.draft, part.branch, part.caller,
-                             part.transport, answered if answered is not None else now, 200, GATEWAY, OFF_PATH,
-                             utc=True)  # fmt: skip
+                             part.transport, ended, 200, GATEWAY, OFF_PATH, utc=True)  # fmt: skip
 
     def _record_routed(self, response: SipMessage) -> bool:
         """Whether the 2xx kept our Record-Route: if not, the dialog's requests bypass us."""
