@@ -49,6 +49,7 @@ class LoopbackPair:
         heartbeat_interval_ms: int = 10,
         heartbeat_misses: int = 4,
         probe_interval_ms: int = 500,
+        records: str | None = None,
     ) -> None:
         self.service = service
         self.members = list(members)
@@ -67,9 +68,17 @@ class LoopbackPair:
             "b": NODE_CONFIG.format(role="shadow", own=ports["b"], peer=ports["a"], control=self.control["b"],
                                     **settings),
         }  # fmt: skip
+        if records:  # one store, a journal per node (kept across its restarts)
+            for name in "ab":
+                self.configs[name] = (f'[cdr]\nstore = "{records}"\njournal = "{self.journal_of(name)}"\n'
+                                      + self.configs[name])  # fmt: skip
         self.replication_ports = ports
         self.nodes: dict[str, AlgProcess] = {}
         self.restarts = 0
+
+    def journal_of(self, name: str) -> Path:
+        """Node `name`'s call-record journal (with `records`)."""
+        return self.workdir / f"records-{name}.journal"
 
     def _process(self, name: str, ready: str) -> AlgProcess:
         workdir = self.workdir / f"node-{name}-{self.restarts}"
