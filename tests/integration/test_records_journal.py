@@ -96,3 +96,35 @@ def test_the_writer_moves_batches_of_any_size(tmp_path: Path, count: int) -> Non
     wait_for(lambda: writer.stats["written"] == count)
     writer.stop()
     assert writer.status().written == count and writer.status().pending_bytes == 0
+
+
+CUT_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from sipshadow.records.journal import Journal
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+path = Path(sys.argv[1])
+journal = Journal(path)
+journal.append([b"a" * 100, b"b" * 100])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (250, hard))  # the disk is full past 250 bytes
+try:
+    journal.append([b"c" * 100, b"d" * 100])
+except OSError as error:
+    print("cut:", error.errno)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again: the caller appends them again
+journal.append([b"c" * 100, b"d" * 100])
+print(journal.read(0)[0])
+"""
+
+
+def test_an_append_cut_short_by_a_full_disk_loses_no_line_when_appended_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CUT_WRITE, str(tmp_path / "j")], capture_output=True, text=True,
+                          timeout=30, check=True)  # fmt: skip
+    assert "cut: 27" in done.stdout  # EFBIG, after part of the batch went in
+    lines = eval(done.stdout.splitlines()[-1])  # the journal's lines, as bytes literals
+    assert lines == [b"a" * 100, b"b" * 100, b"c" * 48, b"c" * 100, b"d" * 100]  # the cut one alone on its line

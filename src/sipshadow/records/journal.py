@@ -32,16 +32,20 @@ class Journal:
         self._lock = threading.Lock()
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         size = os.fstat(self._fd).st_size
-        if size and os.pread(self._fd, 1, size - 1) != b"\n":
-            os.write(self._fd, b"\n")  # a line cut short by a crash stays one bad line, not two
+        #: The file may end in the middle of a line (a crash, a write cut short by a full disk):
+        #: the next append starts on a line of its own, so the cut line stays one bad line.
+        self._cut = bool(size) and os.pread(self._fd, 1, size - 1) != b"\n"
 
     def append(self, lines: list[bytes]) -> None:
-        """Append `lines` (each without its newline) in one write."""
-        data = memoryview(b"\n".join(lines) + b"\n")
+        """Append `lines` (each without its newline) in one write. On OSError part of them may
+        be in the file, cut: append them again (the store keeps one of each)."""
+        data = memoryview((b"\n" if self._cut else b"") + b"\n".join(lines) + b"\n")
         with self._lock:
+            self._cut = True
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
+            self._cut = False
             if self.fsync:
                 os.fdatasync(self._fd)
 
@@ -50,7 +54,7 @@ class Journal:
 
     def read(self, offset: int, limit: int = READ_LIMIT_BYTES) -> tuple[list[bytes], int]:
         """Whole lines from byte `offset` on, about `limit` bytes of them (at least one line if
-        any is complete), and the offset after the last one returned."""
+        any is complete; empty ones included), and the offset after the last one returned."""
         chunk = os.pread(self._fd, limit, offset)
         end = chunk.rfind(b"\n")
         while end < 0 and len(chunk) == limit:  # one line longer than the limit
@@ -59,7 +63,7 @@ class Journal:
             end = chunk.rfind(b"\n")
         if end < 0:
             return [], offset
-        return [line for line in chunk[:end].split(b"\n") if line], offset + end + 1
+        return chunk[:end].split(b"\n"), offset + end + 1
 
     def empty_if_read(self, offset: int) -> bool:
         """Empty the file if `offset` is its end (everything in it is in the store): True if so."""

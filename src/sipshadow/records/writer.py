@@ -122,6 +122,8 @@ class RecordWriter:
     def stop(self, timeout_s: float = 2.0) -> None:
         """Write what is journaled if the store takes it within `timeout_s`, then stop (what is
         left stays in the journal for the next start)."""
+        if self._unjournaled:  # held since the journal failed: one more try to put them on disk
+            self.submit([])
         self._stopping = True
         self._stop.set()
         self._wake.set()
@@ -160,7 +162,8 @@ class RecordWriter:
                     self._offset = 0
                 return True
             for start in range(0, len(lines), BATCH):
-                records = self._decoded(lines[start : start + BATCH])
+                batch = lines[start : start + BATCH]
+                records = self._decoded(batch)
                 try:
                     new = self.store.write(records) if records else 0
                 except StoreError as error:
@@ -171,11 +174,14 @@ class RecordWriter:
                     return False
                 self.stats["written"] += new
                 self.stats["duplicates"] += len(records) - new
-            self._offset = end
+                self._offset += sum(len(line) + 1 for line in batch)  # past this batch: not written twice
+            self._offset = end  # where the batches above took it
 
     def _decoded(self, lines: list[bytes]) -> list[CallRecord]:
         records = []
         for line in lines:
+            if not line:
+                continue
             try:
                 records.append(decode_record(line))
             except (msgspec.DecodeError, ValueError):
