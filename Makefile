@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/cps.py
 	$(BIN)/python benchmarks/replication.py
 	$(BIN)/python benchmarks/failover_netns.py
+	$(BIN)/python benchmarks/records_cost.py
 
 # Mutation testing (mutmut) of the pure packages with the unit tests alone; not part of `test`.
 # A seeded sample: 500 of the ~3000 mutants spread over the packages by size, at least 40 each
