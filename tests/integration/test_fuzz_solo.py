@@ -56,7 +56,9 @@ def test_fuzzed_node_answers_400_counts_malformed_requests_and_keeps_serving(alg
     report = run_fuzzer(alg.listen, corpus, seconds=3.0, rate=300, seed=20261130, source=(FUZZER, 0))
 
     assert alg.child.running(), alg.log_file.read_text()[-2000:]
-    assert report.errors == 0 and report.sent > 300, report
+    # 900 at the full rate; generating mutations is CPU work, and a loaded 2-core CI machine
+    # has sent as few as 192 in the 3 s (the rate is a ceiling, the fuzzer never waits for answers)
+    assert report.errors == 0 and report.sent > 100, report
     assert report.seconds < 3.0 + 0.5, report
     assert report.answers.get("400", 0) > 0, report
     assert counters(alg).malformed_requests > malformed

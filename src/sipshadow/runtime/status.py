@@ -255,11 +255,17 @@ def write_atomically(path: Path, document: StatusDocument) -> None:
     os.replace(temporary, path)
 
 
+#: Built once, at import: msgspec builds a type's decoding info on its first use, and two
+#: threads decoding a status document for the first time at once crashed the lab's experiment
+#: runner (SIGSEGV in msgspec._core while the other thread resolved the annotations).
+_STATUS_DECODER = msgspec.json.Decoder(StatusDocument)
+
+
 def read_status(path: Path) -> StatusDocument:
     """The status document in `path`. Raises OSError when it cannot be read and
-    `NotAStatusDocument` (a ValueError) when it is not a status document."""
+    `NotAStatusDocument` (a ValueError) when it is not a status document. Thread-safe."""
     data = path.read_bytes()
     try:
-        return msgspec.json.decode(data, type=StatusDocument)
+        return _STATUS_DECODER.decode(data)
     except msgspec.DecodeError as error:
         raise NotAStatusDocument(f"{path}: not a sipshadow status document ({error})") from None
