@@ -784,14 +784,16 @@ class Gateway:
             if type(part) is Attempt:
                 self._record(call, part.from_tag, "", part.draft, part.branch, part.source, part.transport, now,
                              408, GATEWAY, EXPIRED)  # fmt: skip
-            elif type(part) is Dialog and part.state is DialogState.CONFIRMED and part.on_path:
-                self._record(call, part.caller_tag, part.callee_tag, part.draft, part.branch, part.caller,
-                             part.transport, now, 200, GATEWAY, EXPIRED)  # fmt: skip
-            elif type(part) is Dialog and part.state is DialogState.CONFIRMED:  # its requests bypassed us
-                answered = part.draft[4]
-                ended = answered if answered is not None else now + self.utc_offset
-                self._record(call, part.caller_tag, part.callee_tag, part.draft, part.branch, part.caller,
-                             part.transport, ended, 200, GATEWAY, OFF_PATH, utc=True)  # fmt: skip
+                continue
+            dialog: Dialog = part  # type: ignore[assignment]
+            if dialog.state is not DialogState.CONFIRMED:
+                continue
+            answered = dialog.draft[4]  # type: ignore[index]
+            # on the path: idle past its timeout, ended now; off it: its end unknown, ended when answered
+            ended = now + self.utc_offset if dialog.on_path or answered is None else answered
+            self._record(call, dialog.caller_tag, dialog.callee_tag, dialog.draft, dialog.branch,  # type: ignore[arg-type]
+                         dialog.caller, dialog.transport, ended, 200, GATEWAY,
+                         EXPIRED if dialog.on_path else OFF_PATH, utc=True)  # fmt: skip
 
     def _record_routed(self, response: SipMessage) -> bool:
         """Whether the 2xx kept our Record-Route: if not, the dialog's requests bypass us."""
