@@ -18,7 +18,9 @@ import importlib
 import importlib.metadata
 import inspect
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -342,6 +344,31 @@ def test_ctl_flags_reach_the_control_socket(tmp_path: Path, capsys: pytest.Captu
     assert json.loads(capsys.readouterr().out) == {"command": command, "arguments": arguments}
 
 
+def test_ctl_keepalived_fifo_orders_the_named_instance_from_the_fifo_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, fifo = tmp_path / "control.sock", tmp_path / "vrrp.fifo"
+
+    def keepalived() -> None:  # writes two changes, then ends the reader as keepalived does: SIGTERM
+        deadline = time.monotonic() + 5
+        while not fifo.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, b'INSTANCE "vi_2" MASTER 100\nINSTANCE "sipshadow" MASTER 100\n')
+        os.close(fd)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    writer = threading.Thread(target=keepalived, daemon=True)
+    with echoing_control_socket(path):
+        writer.start()
+        assert main(["ctl", "--socket", str(path), "keepalived-fifo", "--instance", "vi_2", str(fifo)]) == 0
+    writer.join(1)
+    out = capsys.readouterr().out
+    assert "takeover: {'command': 'takeover', 'arguments': {'reason': 'keepalived-MASTER'}}" in out
+    assert out.count("takeover:") == 1, out
+
+
 def test_ctl_without_a_node_says_so_in_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ctl", "--socket", str(tmp_path / "none.sock"), "status"]) == 2
     err = capsys.readouterr().err
@@ -404,6 +431,8 @@ PROVED = {
     ("ctl undrain", "member"): "test_ctl_flags_reach_the_control_socket",
     ("ctl takeover", "--reason"): "test_ctl_flags_reach_the_control_socket",
     ("ctl standby", "--reason"): "test_ctl_flags_reach_the_control_socket",
+    **{("ctl keepalived-fifo", flag): "test_ctl_keepalived_fifo_orders_the_named_instance_from_the_fifo_it_is_given"
+       for flag in ("--instance", "fifo")},
     **{("cdr export", flag): "test_cdr_flags_pick_the_store_the_journal_the_window_and_the_format"
        for flag in ("--config", "--store", "--since", "--until", "--format")},
     **{("cdr flush", flag): "test_cdr_flags_pick_the_store_the_journal_the_window_and_the_format"

@@ -123,9 +123,10 @@ def render_config(
     priority: int,
     advert_int_s: float,
     peer: str | None,
-    notify_master: str,
-    notify_backup: str,
-    notify_fault: str,
+    notify_master: str | None = None,
+    notify_backup: str | None = None,
+    notify_fault: str | None = None,
+    notify_fifo_script: str | None = None,
     version: int = 3,
     nopreempt: bool = True,
     state_dir: Path,
@@ -143,8 +144,15 @@ def render_config(
     multicast (most clouds). `node` is the global router_id, a name for this node in keepalived's
     logs (default: `<instance>-<priority>`). `state_dir` receives keepalived's temporary config copy
     and (with `start_keepalived`) its pid files, so two keepalived processes on one host never share one.
-    The notify commands run as root; they must not contain double quotes.
+    The notify commands run as root; they must not contain double quotes. keepalived forks each
+    hook and does not wait, so two changes close together can reach the node out of order;
+    `notify_fifo_script` (`sipshadow ctl keepalived-fifo`) instead reads every change, in order,
+    from `state_dir`/vrrp.fifo (keepalived appends the FIFO's path to the command). Give either
+    the FIFO reader or hooks.
     """
+    hooks = {"notify_master": notify_master, "notify_backup": notify_backup, "notify_fault": notify_fault}
+    if (notify_fifo_script is None) == (not any(hooks.values())):
+        raise ValueError("give notify_fifo_script or the notify_* hooks, one of the two")
     if not _NAME_RE.match(instance):
         raise ValueError(f"instance {instance!r} must be 1-64 chars of [A-Za-z0-9_.-]")
     node = node or f"{instance}-{priority}"
@@ -200,6 +208,14 @@ def render_config(
         # one more advert first, so the winner re-sends its GARPs (vrrp_garp_lower_prio_repeat) and
         # caches that last heard the loser's GARPs follow the winner
         "    vrrp_higher_prio_send_advert true",
+    ]
+    if notify_fifo_script is not None:
+        # one reader, started by keepalived, gets every state change in order (runtime.keepalived_fifo)
+        lines += [
+            f"    vrrp_notify_fifo {state_dir / 'vrrp.fifo'}",
+            f"    vrrp_notify_fifo_script {_quoted(notify_fifo_script, 'notify_fifo_script')}",
+        ]
+    lines += [
         "}",
         "",
         f"vrrp_instance {instance} {{",
@@ -238,9 +254,7 @@ def render_config(
         "    virtual_ipaddress {",
         f"        {address.ip}/{prefix_len} dev {interface}",
         "    }",
-        f"    notify_master {_quoted(notify_master, 'notify_master')}",
-        f"    notify_backup {_quoted(notify_backup, 'notify_backup')}",
-        f"    notify_fault {_quoted(notify_fault, 'notify_fault')}",
+        *(f"    {hook} {_quoted(command, hook)}" for hook, command in hooks.items() if command is not None),
         "}",
         "",
     ]

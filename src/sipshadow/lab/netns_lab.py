@@ -213,25 +213,23 @@ class NetnsLab:
 
     def start_keepalived(self, host: str, wait_for: str = "BACKUP", timeout_s: float = 10.0) -> None:
         """keepalived in `host`'s namespace for the VIP (priority 150 on the primary host, 100 on
-        the other), its notify hooks calling the node's `ctl takeover | standby`; returns once its
+        the other), its FIFO reader (`ctl keepalived-fifo`) ordering the node's takeover and standby
+        in the order of keepalived's state changes; returns once its
         log says it entered `wait_for` state."""
         from sipshadow.lab import keepalived as ka
 
         peer = "shadow" if host == "primary" else "primary"
         directory = self.workdir / f"keepalived-{host}"
         directory.mkdir(parents=True, exist_ok=True)
-        ctl = directory / "notify.sh"  # a script, so that each call and its answer land in notify.log
-        ctl.write_text(f"#!/bin/sh\necho \"$(date +%s.%N) $*\" >> {directory}/notify.log\n"
-                       f"exec {sys.executable} -m sipshadow.cli ctl --socket {self.control_socket(host)} \"$@\" "
-                       f">> {directory}/notify.log 2>&1\n")  # fmt: skip
-        ctl.chmod(0o755)
+        reader = directory / "notify.sh"  # a script, so that every change and answer lands in notify.log
+        reader.write_text(f"#!/bin/sh\nexec {sys.executable} -m sipshadow.cli ctl --socket {self.control_socket(host)} "
+                          f"keepalived-fifo --instance sipshadow \"$@\" >> {directory}/notify.log 2>&1\n")  # fmt: skip
+        reader.chmod(0o755)
         config = ka.render_config(
             instance="sipshadow", interface=SERVICE_IF, vip=self.topology.vip, prefix_len=32, router_id=51,
             priority=150 if host == "primary" else 100, advert_int_s=ka.DEFAULT_ADVERT_INT_S,
             peer=self.topology.address_of(peer), src=self.topology.address_of(host), node=f"sipshadow-{host}",
-            notify_master=f"{ctl} takeover --reason keepalived-MASTER",
-            notify_backup=f"{ctl} standby --reason keepalived-BACKUP",
-            notify_fault=f"{ctl} standby --reason keepalived-FAULT", state_dir=directory,
+            notify_fifo_script=str(reader), state_dir=directory,
         )  # fmt: skip
         config_path = directory / "keepalived.conf"
         config_path.write_text(config)

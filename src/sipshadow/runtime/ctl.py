@@ -49,6 +49,11 @@ def _ctl_arguments(ctl: argparse.ArgumentParser) -> None:
                        ("standby", "a serving node steps down to shadow (keepalived BACKUP/FAULT)")):  # fmt: skip
         command = ctl_commands.add_parser(name, help=text)
         command.add_argument("--reason", default="", help="logged by the node")
+    fifo = ctl_commands.add_parser(
+        "keepalived-fifo", help="follow keepalived's vrrp_notify_fifo: its state changes, in order (docs/keepalived.md)"
+    )
+    fifo.add_argument("--instance", default="sipshadow", help="the vrrp_instance to follow")
+    fifo.add_argument("fifo", type=Path, metavar="FIFO", help="keepalived passes it as the last argument")
 
 
 def request(path: Path, command: str, timeout_s: float = 30.0, **arguments: Any) -> dict[str, Any]:
@@ -71,6 +76,10 @@ def request(path: Path, command: str, timeout_s: float = 30.0, **arguments: Any)
 
 
 def run_ctl(args: argparse.Namespace) -> int:
+    if args.ctl_command == "keepalived-fifo":
+        from sipshadow.runtime import keepalived_fifo
+
+        return keepalived_fifo.main(args.fifo, args.instance, lambda order, reason: _order(args.socket, order, reason))
     arguments: dict[str, Any] = {}
     if args.ctl_command == "dialogs":
         arguments = {"member": args.member, "limit": args.limit}
@@ -98,6 +107,15 @@ def run_ctl(args: argparse.Namespace) -> int:
     else:
         print(result)
     return 0
+
+
+def _order(path: Path, command: str, reason: str) -> str:
+    """One takeover/standby order: the node's answer as a line; OSError when it cannot be reached."""
+    try:
+        answer = request(path, command, reason=reason)
+    except ValueError as error:
+        return f"refused: the answer is not JSON ({error})"
+    return str(answer.get("result")) if answer.get("ok") else f"refused: {answer.get('error', 'refused')}"
 
 
 def _table(rows: list[list[str]]) -> None:

@@ -93,6 +93,8 @@ class HaNode:
         self.leaving = False
         self._planned_step_down = False
         self._handing_off: asyncio.Task[None] | None = None
+        #: The reason of a takeover order waiting for the primary's handoff (`order_takeover`).
+        self._handoff_asked: str | None = None
         #: Metrics' hooks: a takeover's duration (s), an output commit delay (s).
         self.on_takeover: Callable[[float], None] | None = None
         self.on_commit_delay: Callable[[float], None] | None = None
@@ -113,7 +115,7 @@ class HaNode:
         replication = self.replication
         self._worker = asyncio.get_running_loop().create_task(self._run_actions())
         self.detector = await self._heartbeats(
-            replication.listen, replication.peer, self._on_peer_beat, lambda: self.input(roles.PeerSilent())
+            replication.listen, replication.peer, self._on_peer_beat, self._peer_silent
         )
         if self.machine.has_arbiter:
             assert replication.arbiter_listen is not None and replication.arbiter_peer is not None
@@ -123,6 +125,15 @@ class HaNode:
             )  # fmt: skip
         self.input(roles.Started(configured_primary=replication.role == "primary"))
         await self._settled.wait()
+
+    def _peer_silent(self) -> None:
+        self.input(roles.PeerSilent())
+        if self._handoff_asked is not None and self.machine.role is Role.SHADOW:
+            # keepalived's MASTER came first (its 36 ms detection beats our heartbeat window), so we
+            # asked a primary that was already dead for a handoff: take over now, not after the timeout
+            reason, self._handoff_asked = self._handoff_asked, None
+            log.error("the primary fell silent while we waited for its handoff: taking over alone")
+            self.input(roles.TakeoverOrdered(f"{reason}; the primary fell silent"))
 
     def input(self, event: roles.Input) -> None:
         """Feed the role machine; its actions run in order on the action worker."""
@@ -341,17 +352,19 @@ class HaNode:
     def _handed_off(self, handoff: Handoff) -> None:
         """The primary handed off (a planned switchover): take over now."""
         log.warning("the primary handed off at entry %d: taking over", handoff.seq)
-        self._handoff = handoff
+        self._handoff, self._handoff_asked = handoff, None
         self.input(roles.TakeoverOrdered("handoff"))
 
     def order_takeover(self, reason: str) -> str:
         """`sipshadow ctl takeover` (keepalived MASTER): a shadow takes over. With its primary
         alive and in session, it asks for a handoff (nothing in flight is lost) and takes over
-        alone only if none comes within `handover_timeout_ms`; with the primary silent, at once."""
+        alone only if none comes within `handover_timeout_ms`, or once the primary falls silent
+        (heartbeats) while it waits; with the primary silent already, at once."""
         if self.machine.role is not Role.SHADOW:
             return f"nothing to do: this node is {self.role}"
         link = self.following.link if self.following is not None else None
         if self.machine.peer_alive and link is not None and link.request_handoff(reason):
+            self._handoff_asked = reason
             asyncio.get_running_loop().call_later(self.replication.handover_timeout_s, self._takeover_unless_done,
                                                   f"{reason}; no handoff came")  # fmt: skip
             return f"asked the primary to hand off ({reason})"
@@ -359,6 +372,7 @@ class HaNode:
         return f"taking over ({reason}; no primary in session to hand off)"
 
     def _takeover_unless_done(self, reason: str) -> None:
+        self._handoff_asked = None
         if self.machine.role is Role.SHADOW:
             log.error("no handoff within %g s: taking over alone", self.replication.handover_timeout_s)
             self.input(roles.TakeoverOrdered(reason))
@@ -366,6 +380,7 @@ class HaNode:
     def order_standby(self, reason: str) -> str:
         """`sipshadow ctl standby` (keepalived BACKUP or FAULT): a serving node hands off to its
         synced shadow (`hand_off`, in the background), or steps down alone without one."""
+        self._handoff_asked = None  # a newer order: a pending takeover no longer stands
         if self.machine.role not in (Role.PRIMARY, Role.FENCED):
             return f"nothing to do: this node is {self.role}"
         if self.machine.role is Role.PRIMARY and self.serving is not None and self.serving.link.recorder.attached:
