@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core keepalived systemd postgresql
+DEB_PACKAGES := sip-tester nftables iproute2 iputils-arping tcpdump kamailio procps python3-venv sipsak baresip-core keepalived systemd postgresql gcc libc6-dev python3-dev
 STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
+STAMP_NATIVE := $(VENV)/.native-built
+# the modules tools/compile_core.py compiles with mypyc (sipshadow._native lists them)
+NATIVE_SOURCES := $(wildcard src/sipshadow/sip/*.py src/sipshadow/core/*.py)
 
 .PHONY: setup run loopback test lint bench mutation clean
 
-setup: $(STAMP_DEB) $(STAMP_PY)
+setup: $(STAMP_DEB) $(STAMP_PY) $(STAMP_NATIVE)
 
 # Debian packages (needs root). Skipped when every package is already installed.
 $(STAMP_DEB):
@@ -25,6 +28,12 @@ $(STAMP_PY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The hot path compiled (mypyc, ~40 s); if it fails, sipshadow runs as pure Python (slower) and
+# tests/unit/test_native_build.py says so. Rebuilt whenever one of its sources changes.
+$(STAMP_NATIVE): $(STAMP_PY) $(NATIVE_SOURCES) tools/compile_core.py
+	$(BIN)/python tools/compile_core.py || echo "sipshadow: the compiled core is not built; running as pure Python"
 	@touch $@
 
 # The main job: the paper's failover experiment on network namespaces (root), default settings.
@@ -63,4 +72,5 @@ mutation: setup
 		--seed $(MUTATION_SEED) --min $(MUTATION_MIN)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mutation mutants
+	rm -rf $(VENV) runs .pytest_cache .mutation mutants build
+	find src -name "*.so" -delete

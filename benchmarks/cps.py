@@ -5,6 +5,12 @@ SIPp UAC run of at least `--seconds` seconds with no retransmissions (`-nr`); th
 with zero failed calls is the path's capacity. The ALG's CPU seconds per 1000 calls and its
 memory per held dialog (20 000 long calls) are measured in the same run. All on loopback.
 
+sipshadow runs with every landed feature on (call records into SQLite, the metrics endpoint,
+the status file; `--bare` turns records and metrics off). Every front's CPU is its whole
+process group (Kamailio: the main process and all its workers). The JSON's `summary` block
+has, per path and step, failures per 10 000 calls and CPU seconds per 1000 calls, and the
+sipshadow/Kamailio CPU ratio per step (goal: at most 1.0), so two runs compare at a glance.
+
 `--transport tcp` runs every path over TCP: the UAC opens a connection per call (SIPp -t tn),
 the members are SIPp UAS on TCP (-t t1), sipshadow and Kamailio reach them over TCP.
 `--transport tcp1` is the same with all the UAC's calls on one connection (-t t1). The memory
@@ -22,6 +28,7 @@ import argparse
 import contextlib
 import functools
 import json
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from harness import LADDER, SIPP_TRANSPORTS, Front, alg_front, capacity, direct_front, log, machine
+from harness import FEATURES, LADDER, SIPP_TRANSPORTS, Front, alg_front, capacity, direct_front, log, machine
 from sipshadow.lab.kamailio import KamailioProcess, kamailio_available
 from sipshadow.lab.sipp import SippUac, SippUas, free_port
 
@@ -105,6 +112,42 @@ def memory_per_dialog(
     }
 
 
+def summary(paths: dict[str, Any]) -> dict[str, Any]:
+    """Per path: zero-failure capacity, failures per 10 000 and CPU s per 1000 calls per step;
+    the sipshadow/Kamailio CPU ratio per step both ran, and its median over the steps both passed."""
+    runs = {name: result for name, result in paths.items() if "trials" in result}
+    block: dict[str, Any] = {
+        name: {
+            "max_zero_failure_cps": result["max_zero_failure_cps"],
+            "failures_per_10k": result["failures_per_10k"],
+            "cpu_s_per_1000_calls": {t["rate_cps"]: t["front_cpu_s_per_1000_calls"] for t in result["trials"]},
+        }
+        for name, result in runs.items()
+    }
+    if "sipshadow" in runs and "kamailio" in runs:
+        ours = {t["rate_cps"]: t for t in runs["sipshadow"]["trials"]}
+        theirs = {t["rate_cps"]: t for t in runs["kamailio"]["trials"]}
+        ratios = {
+            rate: round(ours[rate]["front_cpu_s_per_1000_calls"] / theirs[rate]["front_cpu_s_per_1000_calls"], 2)
+            for rate in sorted(ours.keys() & theirs.keys())
+            if ours[rate]["front_cpu_s_per_1000_calls"] and theirs[rate]["front_cpu_s_per_1000_calls"]
+        }
+        passed = [ratio for rate, ratio in ratios.items() if ours[rate]["passed"] and theirs[rate]["passed"]]
+        block["sipshadow_vs_kamailio_cpu"] = {
+            "per_step": ratios,
+            "median_where_both_passed": round(statistics.median(passed), 2) if passed else None,
+            "goal": 1.0,
+        }
+        block["sipshadow_vs_kamailio_capacity"] = round(
+            runs["sipshadow"]["max_zero_failure_cps"] / max(runs["kamailio"]["max_zero_failure_cps"], 1), 3
+        )
+    if "sipshadow" in runs and "direct" in runs:
+        block["sipshadow_vs_direct_capacity"] = round(
+            runs["sipshadow"]["max_zero_failure_cps"] / max(runs["direct"]["max_zero_failure_cps"], 1), 3
+        )
+    return block
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # --quick changes the defaults of --seconds, --ladder and --dialogs; an explicit value wins.
@@ -119,6 +162,7 @@ def main() -> None:
         default="udp",
         help="udp; tcp: a TCP connection per call (SIPp -t tn), members over TCP; tcp1: one UAC connection (-t t1)",
     )
+    parser.add_argument("--bare", action="store_true", help="sipshadow without call records and metrics")
     args = parser.parse_args()
     defaults = (5.0, (500, 1500), 2000) if args.quick else (15.0, LADDER, 20000)
     for option, default in zip(("seconds", "ladder", "dialogs"), defaults, strict=True):
@@ -127,7 +171,7 @@ def main() -> None:
     transport: str = args.transport
     fronts: dict[str, tuple[Front, int]] = {
         "direct": (direct_front, 1),
-        "sipshadow": (functools.partial(alg_front, transport=transport), 2),
+        "sipshadow": (functools.partial(alg_front, transport=transport, features=not args.bare), 2),
         "kamailio": (functools.partial(kamailio_front, transport=transport), 2),
     }
     report: dict[str, Any] = {
@@ -135,6 +179,7 @@ def main() -> None:
         "transport": transport,
         "seconds_per_step": args.seconds,
         "machine": machine(),
+        "sipshadow_features": [] if args.bare else list(FEATURES),
         "paths": {},
     }
     if transport != "udp":
@@ -154,11 +199,7 @@ def main() -> None:
             report["memory"] = memory_per_dialog(
                 root, args.dialogs, rate=1000, hold_s=30 if not args.quick else 8, transport=transport
             )
-    paths = report["paths"]
-    if "direct" in paths and "sipshadow" in paths:
-        report["sipshadow_vs_direct_capacity"] = round(
-            paths["sipshadow"]["max_zero_failure_cps"] / max(paths["direct"]["max_zero_failure_cps"], 1), 3
-        )
+    report["summary"] = summary(report["paths"])
     print(json.dumps(report, indent=2))
 
 

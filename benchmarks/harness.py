@@ -46,6 +46,11 @@ signal.signal(signal.SIGTERM, _interrupt)
 ALG_CONFIG = (
     "[health]\nprobe_interval_ms = 1000\n[dialogs]\nterminated_linger_s = {linger}\n[status]\ninterval_s = 0.5\n"
 )
+#: What a production node also runs, on by default in the rate benchmarks (issue 16: the CPU per
+#: call is compared with every landed feature on): call records into SQLite, a Prometheus endpoint.
+FEATURES_CONFIG = '[cdr]\nstore = "{workdir}/cdr.sqlite"\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+#: The features alg_front turns on, for the JSON.
+FEATURES = ("dialog identity", "call records (SQLite)", "metrics endpoint", "status file")
 
 
 @contextlib.contextmanager
@@ -63,13 +68,15 @@ def member_uris(members: list[tuple[str, int]], transport: str) -> list[tuple[st
 
 @contextlib.contextmanager
 def alg_front(
-    members: list[tuple[str, int]], workdir: Path, linger: float = 2.0, transport: str = "udp"
+    members: list[tuple[str, int]], workdir: Path, linger: float = 2.0, transport: str = "udp", features: bool = True
 ) -> Iterator[AlgProcess]:
+    """A solo `sipshadow serve`; `features`: with call records and metrics (FEATURES_CONFIG)."""
+    extra = FEATURES_CONFIG.format(workdir=workdir, metrics_port=free_port()) if features else ""
     with AlgProcess(
         ("127.0.0.1", free_port()),
         member_uris(members, transport),
         workdir,
-        config_text=ALG_CONFIG.format(linger=linger),
+        config_text=ALG_CONFIG.format(linger=linger) + extra,
     ) as alg:
         yield alg
 
