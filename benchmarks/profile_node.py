@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=800, help="calls per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the load")
     parser.add_argument("--top", type=int, default=25, help="rows per table")
+    parser.add_argument("--sample-hz", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--bare", action="store_true", help="without call records and metrics")
     parser.add_argument("--native", action="store_true", help="C frames too (stops the node per sample: slows it)")
     args = parser.parse_args()
@@ -88,8 +89,8 @@ def main() -> None:
                       timeout=args.seconds + 60, recv_timeout=5.0)  # fmt: skip
         stack.enter_context(uac)
         time.sleep(1.0)  # past the ramp
-        record = [py_spy, "record", "--pid", str(alg.pid), "--rate", "200", "--duration", str(int(args.seconds - 3)),
-                  "--format", "raw", "--output", str(raw)]  # fmt: skip
+        record = [py_spy, "record", "--pid", str(alg.pid), "--rate", str(args.sample_hz),
+                  "--duration", str(int(args.seconds - 3)), "--format", "raw", "--output", str(raw)]  # fmt: skip
         # --native stops the node for each sample (py-spy cannot read C stacks otherwise), which
         # at this rate costs it calls; by default py-spy samples without stopping it
         record.append("--native" if args.native else "--nonblocking")

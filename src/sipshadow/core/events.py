@@ -6,7 +6,7 @@ from sipshadow.core.actions import UDP, Address
 from sipshadow.core.config import MemberSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False, unsafe_hash=True)
 class MessageReceived:
     """A SIP message arrived on the service address from `source` (RFC 3261 §18.2.1).
 
@@ -20,7 +20,16 @@ class MessageReceived:
     data: bytes
     source: Address
     now: float
-    transport: str = UDP
+    transport: str
+
+    def __init__(self, data: bytes, source: Address, now: float, transport: str = UDP) -> None:
+        # written out, not generated: one is made per message, and compiled (mypyc) this
+        # __init__ is native where the dataclass one, frozen or not, is interpreted Python.
+        # Treat it as immutable all the same.
+        self.data = data
+        self.source = source
+        self.now = now
+        self.transport = transport
 
 
 @dataclass(frozen=True, slots=True)

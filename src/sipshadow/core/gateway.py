@@ -980,9 +980,22 @@ def _uri_address(uri_text: str) -> Address | None:
     return uri.host.strip("[]"), uri.port or 5060
 
 
+#: `_is_ip_literal`'s answers by host (a request's destination is one of a few members): the
+#: ipaddress parse costs more than the rest of choosing a branch. Cleared when full.
+_IP_LITERALS: dict[str, bool] = {}
+_IP_LITERALS_LIMIT = 4096
+
+
 def _is_ip_literal(host: str) -> bool:
+    known = _IP_LITERALS.get(host)
+    if known is not None:
+        return known
     try:
         ipaddress.ip_address(host.strip("[]"))
+        literal = True
     except ValueError:
-        return False
-    return True
+        literal = False
+    if len(_IP_LITERALS) >= _IP_LITERALS_LIMIT:
+        _IP_LITERALS.clear()
+    _IP_LITERALS[host] = literal
+    return literal

@@ -202,7 +202,7 @@ class Uri:
         return cls(scheme, user, host, port, parse_params(params), headers)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     """One Via value (§20.42, §18.2.1, RFC 3581 rport).
 
@@ -214,6 +214,13 @@ class Via:
     host: str
     port: int | None
     params: dict[str, str | None]
+
+    def __init__(self, transport: str, host: str, port: int | None, params: dict[str, str | None]) -> None:
+        # written out for the compiled build (see core.events.MessageReceived); immutable by convention
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
 
     @staticmethod
     def parse(text: str) -> Via:
