@@ -113,12 +113,25 @@ def memory_per_dialog(
 
 
 def summary(paths: dict[str, Any]) -> dict[str, Any]:
-    """Per path: zero-failure capacity, failures per 10 000 and CPU s per 1000 calls per step;
-    the sipshadow/Kamailio CPU ratio per step both ran, and its median over the steps both passed."""
+    """Per path: zero-failure capacity, the highest rate carried with under 1 % failed, failures
+    per 10 000 and CPU s per 1000 calls per step; the sipshadow/Kamailio CPU ratio per step both
+    ran, and its median over the steps both carried (under 1 % failed)."""
     runs = {name: result for name, result in paths.items() if "trials" in result}
+
+    def carried(trial: dict[str, Any]) -> bool:  # under 1 % failed: loaded, not collapsed
+        return (trial["calls"] - trial["successful"]) < 0.01 * trial["calls"]
+
+    def under_1pct(result: dict[str, Any]) -> int:
+        rates = [t["rate_cps"] for t in result["trials"]]
+        first_collapse = next((t["rate_cps"] for t in result["trials"] if not carried(t)), None)
+        return max((r for r in rates if first_collapse is None or r < first_collapse), default=0)
+
     block: dict[str, Any] = {
         name: {
             "max_zero_failure_cps": result["max_zero_failure_cps"],
+            # Kamailio loses a few calls in 10 000 at every rate (SIPp -nr): its zero-failure
+            # capacity says little, the highest rate it carried with under 1 % failed says more
+            "max_cps_under_1pct_failed": under_1pct(result),
             "failures_per_10k": result["failures_per_10k"],
             "cpu_s_per_1000_calls": {t["rate_cps"]: t["front_cpu_s_per_1000_calls"] for t in result["trials"]},
         }
@@ -132,14 +145,15 @@ def summary(paths: dict[str, Any]) -> dict[str, Any]:
             for rate in sorted(ours.keys() & theirs.keys())
             if ours[rate]["front_cpu_s_per_1000_calls"] and theirs[rate]["front_cpu_s_per_1000_calls"]
         }
-        passed = [ratio for rate, ratio in ratios.items() if ours[rate]["passed"] and theirs[rate]["passed"]]
+        both = [ratio for rate, ratio in ratios.items() if carried(ours[rate]) and carried(theirs[rate])]
         block["sipshadow_vs_kamailio_cpu"] = {
             "per_step": ratios,
-            "median_where_both_passed": round(statistics.median(passed), 2) if passed else None,
+            "median_where_both_carried_the_load": round(statistics.median(both), 2) if both else None,
             "goal": 1.0,
         }
-        block["sipshadow_vs_kamailio_capacity"] = round(
-            runs["sipshadow"]["max_zero_failure_cps"] / max(runs["kamailio"]["max_zero_failure_cps"], 1), 3
+        theirs_max = under_1pct(runs["kamailio"])
+        block["sipshadow_vs_kamailio_capacity_under_1pct_failed"] = (
+            round(under_1pct(runs["sipshadow"]) / theirs_max, 3) if theirs_max else None
         )
     if "sipshadow" in runs and "direct" in runs:
         block["sipshadow_vs_direct_capacity"] = round(

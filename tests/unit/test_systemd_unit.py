@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 UNIT = Path(__file__).parents[2] / "deploy" / "sipshadow.service"
 INSTALLED = "/usr/local/bin/sipshadow"
 
@@ -25,15 +27,16 @@ def test_the_unit_is_a_notify_service_with_a_watchdog_and_a_handover_timeout() -
     unit = service()
     expected = {
         "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "2s", "Restart": "on-failure",
-        "RuntimeDirectory": "sipshadow", "TimeoutStopSec": "10s", "KillMode": "mixed", "LimitNOFILE": "65536",
+        "RuntimeDirectory": "sipshadow%i", "TimeoutStopSec": "10s", "KillMode": "mixed", "LimitNOFILE": "65536",
         "User": "sipshadow", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/sipshadow", "ProtectKernelModules": "yes",
+        "PrivateTmp": "yes", "ReadWritePaths": "/var/lib/sipshadow%i", "ProtectKernelModules": "yes",
         "ProtectControlGroups": "yes", "RestrictNamespaces": "yes", "LockPersonality": "yes",
         "SystemCallArchitectures": "native", "MemoryDenyWriteExecute": "yes",
     }  # fmt: skip
     assert {key: unit.get(key) for key in expected} == expected
-    assert unit["ExecStart"] == f"{INSTALLED} serve --config /etc/sipshadow/sipshadow.toml"
-    assert unit["ExecReload"] == f"{INSTALLED} ctl --socket /run/sipshadow/control.sock reload"
+    # %i: empty for the plain unit, K for instance sipshadow@K (one node per core)
+    assert unit["ExecStart"] == f"{INSTALLED} serve --config /etc/sipshadow/sipshadow%i.toml"
+    assert unit["ExecReload"] == f"{INSTALLED} ctl --socket /run/sipshadow%i/control.sock reload"
 
 
 def test_takeover_keeps_its_capabilities_address_families_and_proc_sys() -> None:
@@ -48,14 +51,15 @@ def test_takeover_keeps_its_capabilities_address_families_and_proc_sys() -> None
     assert "ProtectKernelTunables" not in unit
 
 
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["sipshadow.service", "sipshadow@2.service"])
+def test_systemd_analyze_verify_accepts_the_unit_and_an_instance_of_it(tmp_path: Path, name: str) -> None:
     """On a copy run from this venv's console script (verify checks the executables exist). The
     exit code alone is not enough: unknown keys and bad values are only warnings on stderr."""
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None, "systemd-analyze is missing: install the Debian package systemd (make setup)"
     script = Path(sys.executable).with_name("sipshadow")
     assert script.is_file(), script
-    copy = tmp_path / "sipshadow.service"
+    copy = tmp_path / name
     copy.write_text(UNIT.read_text().replace(INSTALLED, str(script)))
     verdict = subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60)
     about_ours = [line for line in (verdict.stdout + verdict.stderr).splitlines() if "sipshadow" in line]
