@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import tempfile
@@ -64,7 +65,9 @@ def pair_front(output_commit: bool) -> Any:
     return front
 
 
-FRONTS = {"solo": alg_front, "commit-on": pair_front(True), "commit-off": pair_front(False)}
+#: Solo as bare as the pair's nodes (no call records, no metrics endpoint): like against like.
+FRONTS = {"solo": functools.partial(alg_front, features=False), "commit-on": pair_front(True),
+          "commit-off": pair_front(False)}  # fmt: skip
 
 
 # -- response time ----------------------------------------------------------------------------
