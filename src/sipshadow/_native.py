@@ -21,7 +21,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["COMPILED_PACKAGES", "PURE_ENV", "STATE", "compiled_modules", "extension_of", "sources", "state"]
+__all__ = ["COMPILED_PACKAGES", "NOT_COMPILED", "PURE_ENV", "STATE", "compiled_modules", "extension_of", "sources",
+           "state"]
 
 PURE_ENV = "SIPSHADOW_PURE"
 #: The subpackages tools/compile_core.py compiles (the hot path: parsing and every decision).

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+from sipshadow import _native
 from sipshadow.core import Gateway
 from sipshadow.determinism import SystemEntropy
 from sipshadow.records.writer import open_writer
@@ -74,6 +75,8 @@ async def serve(
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("status %s", _as_json(running.status())))
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload_on_signal(operator)))
     publisher = asyncio.create_task(_publish(running.status, config.status_file, config.status_interval_s))
+    log.info("core: %s", _native.STATE if _native.STATE != "compiled" else
+             f"compiled (mypyc, {len(_native.compiled_modules())} modules)")  # fmt: skip
     notifier.ready(f"serving as {running.ha.role if running.ha is not None else 'solo'}")
     notifier.start_watchdog()
     try:
