@@ -7,7 +7,7 @@ STAMP_DEB := $(VENV)/.deb-installed
 STAMP_PY := $(VENV)/.py-installed
 STAMP_NATIVE := $(VENV)/.native-built
 # the modules tools/compile_core.py compiles with mypyc (sipshadow._native lists them)
-NATIVE_SOURCES := $(wildcard src/sipshadow/sip/*.py src/sipshadow/core/*.py)
+NATIVE_SOURCES := $(wildcard $(addprefix src/sipshadow/,$(addsuffix /*.py,sip core replication link)))
 
 .PHONY: setup run loopback test lint bench mutation clean
 
@@ -30,9 +30,10 @@ $(STAMP_PY): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-# The hot path compiled (mypyc, ~40 s); if it fails, sipshadow runs as pure Python (slower) and
+# The hot path and replication's pure halves compiled (mypyc, ~60 s); if it fails, sipshadow
+# runs as pure Python (slower) and
 # tests/unit/test_native_build.py says so. Rebuilt whenever one of its sources changes.
-$(STAMP_NATIVE): $(STAMP_PY) $(NATIVE_SOURCES) tools/compile_core.py
+$(STAMP_NATIVE): $(STAMP_PY) $(NATIVE_SOURCES) src/sipshadow/_native.py tools/compile_core.py
 	$(BIN)/python tools/compile_core.py || echo "sipshadow: the compiled core is not built; running as pure Python"
 	@touch $@
 

@@ -25,11 +25,16 @@ __all__ = ["COMPILED_PACKAGES", "NOT_COMPILED", "PURE_ENV", "STATE", "compiled_m
            "state"]
 
 PURE_ENV = "SIPSHADOW_PURE"
-#: The subpackages tools/compile_core.py compiles (the hot path: parsing and every decision).
-COMPILED_PACKAGES = ("sip", "core")
-#: Left as Python: msgspec reads the annotations of a Struct (records) and of a dataclass it decodes
-#: (the counters, in the status document), and mypyc does not keep them as written.
-NOT_COMPILED = frozenset({"__init__.py", "records.py", "counters.py"})
+#: The subpackages tools/compile_core.py compiles: the hot path (parsing and every decision) and
+#: the pure halves of replication (the recorder, the follower, the link's framing and sessions).
+COMPILED_PACKAGES = ("sip", "core", "replication", "link")
+#: Left as Python (package/file): msgspec reads the annotations of its Structs (the record, the
+#: log entry, the wire's messages, the handshake's) and of a dataclass it decodes (the counters,
+#: in the status document), and mypyc does not keep them as written; `replica.py` subclasses a
+#: builtin, which mypyc cannot compile.
+NOT_COMPILED = frozenset({"__init__.py", "core/records.py", "core/counters.py", "replication/log.py",
+                          "replication/wire.py", "replication/streams.py", "replication/replica.py",
+                          "link/handshake.py"})  # fmt: skip
 _ROOT = Path(__file__).resolve().parent
 _SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]  # ".cpython-311-x86_64-linux-gnu.so"
 
@@ -42,7 +47,7 @@ def extension_of(source: Path) -> Path:
 def sources(root: Path = _ROOT) -> list[Path]:
     """The modules the build compiles, in a stable order."""
     return sorted(path for package in COMPILED_PACKAGES for path in (root / package).glob("*.py")
-                  if path.name not in NOT_COMPILED)  # fmt: skip
+                  if path.name != "__init__.py" and f"{package}/{path.name}" not in NOT_COMPILED)  # fmt: skip
 
 
 def state(root: Path = _ROOT, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:

@@ -130,7 +130,8 @@ class MessageCodec:
 
     def encode(self, message: Any) -> bytes:
         """Kind byte and msgpack body of `message`. Raises KeyError for a type not in `kinds`."""
-        return bytes((self.kinds[type(message)],)) + self._encoder.encode(message)
+        # no bytes `+` in a compiled module (link/session.py says why)
+        return b"".join((bytes((self.kinds[type(message)],)), self._encoder.encode(message)))
 
     def decode(self, plaintext: bytes) -> Any:
         """The message in a sealed frame's opened body, or `Refused` (never raises)."""
