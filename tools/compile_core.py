@@ -1,4 +1,4 @@
-"""Compile the pure packages (`sip/`, `core/`) with mypyc, beside their sources.
+"""Compile the pure packages (`sipshadow._native.sources()`) with mypyc, beside their sources.
 
 `make setup` runs it. mypyc turns the type-hinted modules into one C extension group: classes
 become native (attribute access by offset), calls between the compiled modules go straight to

@@ -1,7 +1,8 @@
 """The compiled build of the pure packages (mypyc), used only while it matches its source.
 
-`make setup` compiles `sip/` and `core/` with mypyc (`tools/compile_core.py`) into extension
-modules beside their sources, and Python imports an extension before a `.py` of the same name.
+`make setup` compiles `sip/`, `core/` and replication's pure halves with mypyc
+(`tools/compile_core.py`) into extension modules beside their sources, and Python imports an
+extension before a `.py` of the same name.
 A build older than any of its sources (one edited or checked out since) would run old code,
 and mypyc binds the calls between the modules it compiled together, so such a build is not
 used at all: every module then imports from its source. `SIPSHADOW_PURE=1` does the same on
