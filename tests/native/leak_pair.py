@@ -3,32 +3,22 @@ sealed link and wire format); prints the RSS growth as JSON, like tests/native/l
 
 from __future__ import annotations
 
-import gc
 import json
-import resource
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "unit"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests" / "unit"), str(ROOT / "tests" / "native")]
 
+from leak import CONFIG, rss_kib  # noqa: E402
 from replication_pair import Pair  # noqa: E402
 
-from core_calls import ALG, CALLER, IN_DIALOG, INVITE, MEMBERS, SDP, respond  # noqa: E402
+from core_calls import CALLER, IN_DIALOG, INVITE, SDP, respond  # noqa: E402
 from sipshadow import _native  # noqa: E402
-from sipshadow.core import GatewayConfig, MemberSpec  # noqa: E402
-
-
-def rss_kib() -> int:
-    gc.collect()
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() // 1024
 
 
 def main(calls: int) -> None:
-    config = GatewayConfig(ALG, tuple(MemberSpec(m) for m in MEMBERS), probe_interval_s=0, call_records=True,
-                           terminated_linger_s=0.5)  # fmt: skip
-    pair = Pair(config)
+    pair = Pair(CONFIG)
     pair.connect()
     pair.deliver()
     warm, start = calls // 4, 0
