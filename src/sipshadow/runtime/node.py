@@ -133,6 +133,9 @@ class Node:
         #: `STALL_FENCE_S`; the node has fenced itself by then (an HA node; None: solo).
         self.on_stall: Callable[[float], None] | None = None
         self._loop = asyncio.get_running_loop()
+        #: Outputs `send` queued this loop turn, and the `flush` that sends them at its end.
+        self._outbox: list[SendMessage] = []
+        self._flush_handle: asyncio.Handle | None = None
         #: The only way out to the SIP side: names resolved off the loop, failures counted.
         self.sender = DatagramSender(self._loop)
         self._transport: asyncio.DatagramTransport | None = None
@@ -337,6 +340,7 @@ class Node:
         listener, this node's copies closed, and the datagrams that arrived while fenced
         (held for the next primary, in order). Call once fenced (`fence`)."""
         sockets = ServiceSockets()
+        self.flush()
         if self._transport is not None:
             sock = self._transport.get_extra_info("socket")
             sockets.udp = socket.socket(fileno=os.dup(sock.fileno()))
@@ -349,7 +353,35 @@ class Node:
         return sockets
 
     def send(self, outputs: list[SendMessage]) -> None:
-        """Send the core's outputs; never raises (what cannot be sent is dropped and counted)."""
+        """Queue the core's outputs, in order; they leave at the end of this loop turn (`flush`).
+
+        A loop turn handles every datagram that was waiting, so its outputs then go out back to
+        back: a receiver woken by the first is still awake for the rest, where one send per
+        datagram between the receives woke it (an IPI and a context switch) every time. That
+        cut the node's CPU per call by a fifth (docs/performance.md). Never raises.
+        """
+        if not outputs:
+            return
+        self._outbox.extend(outputs)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Send what `send` queued (what cannot be sent is dropped and counted); never raises.
+        Also called before the node closes or hands its sockets over."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        outputs, self._outbox = self._outbox, []
+        if not outputs:
+            return
+        try:
+            self._send_now(outputs)
+        except Exception:  # a bug here must not reach the loop's callbacks or the replication link
+            self.internal_errors += 1
+            log.exception("sending %d outputs failed; dropped", len(outputs))
+
+    def _send_now(self, outputs: list[SendMessage]) -> None:
         if self._transport is None:
             return
         if self.on_stall is not None and self._held_outputs is None:
@@ -433,6 +465,7 @@ class Node:
         return mismatches
 
     def close(self) -> None:
+        self.flush()
         self._pulse.cancel()
         if self._held_outputs:
             log.warning("%d outputs held since a stall were never sent (another node serves)", len(self._held_outputs))
