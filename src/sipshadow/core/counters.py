@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-#: The methods counted by name (RFC 3261 and its extensions); any other is counted as "other",
-#: so a sender cannot grow the table (or a metric's label set) without bound.
-COUNTED_METHODS = frozenset({
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
-    "INFO", "REFER", "MESSAGE", "UPDATE",
-})  # fmt: skip
+from sipshadow.core.counting import COUNTED_METHODS, count_request, count_response
+
+__all__ = ["COUNTED_METHODS", "Counters"]
 
 
 @dataclass(slots=True)
@@ -57,14 +54,10 @@ class Counters:
     call_records: int = 0
 
     def request(self, method: str) -> None:
-        self.requests += 1
-        name = method if method in COUNTED_METHODS else "other"
-        self.requests_by_method[name] = self.requests_by_method.get(name, 0) + 1
+        count_request(self, method)
 
     def response(self, status: int) -> None:
-        self.responses += 1
-        name = f"{status // 100}xx"
-        self.responses_by_class[name] = self.responses_by_class.get(name, 0) + 1
+        count_response(self, status)
 
     def reject(self, status: int) -> None:
         self.rejected[status] = self.rejected.get(status, 0) + 1

@@ -66,8 +66,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from sipshadow.core.actions import UDP, Address
 
@@ -176,6 +177,8 @@ class Dialog:
 DialogKey = tuple[str, str]
 #: Calls changed since the digest was last read, at most (then their hashes are taken).
 _DIRTY_LIMIT = 4096
+#: "No deadline". A constant: compiled, `float("inf")` would parse its string at every call.
+_NEVER: Final = math.inf
 
 
 class Call:
@@ -195,16 +198,21 @@ class Call:
         self.dialogs: dict[DialogKey, Dialog] = {}
         self.active = False
         self.hash = 0
-        self.heap_at = float("inf")
+        self.heap_at = _NEVER
 
     @property
     def live(self) -> bool:
         """Holds its member: an attempt pending, or a live dialog."""
-        return bool(self.attempts) or any(dialog.live for dialog in self.dialogs.values())
+        if self.attempts:
+            return True
+        for dialog in self.dialogs.values():  # noqa: SIM110 -- a loop, not any(): compiled, no generator per call
+            if dialog.live:
+                return True
+        return False
 
     def deadline(self) -> float:
         """The earliest expiry of its attempts and dialogs (infinity if it has none)."""
-        deadline = float("inf")
+        deadline = _NEVER
         for part in self.attempts.values():
             deadline = min(deadline, part.expires_at)
         for dialog in self.dialogs.values():
@@ -475,7 +483,7 @@ class DialogTable:
                 continue
             if self._export is not None:
                 self._export.preserve(call)
-            call.heap_at = float("inf")
+            call.heap_at = _NEVER
             lost: list[Attempt | Dialog] = [part for part in call.attempts.values() if part.expires_at <= now]
             lost.extend(dialog for dialog in call.dialogs.values() if dialog.expires_at <= now)
             if not lost:
@@ -565,7 +573,7 @@ class DialogTable:
         if digest is not None and digest != computed:
             raise ValueError("snapshot digest does not match its dialog rows")
         self._digest = computed
-        self._expiry = [(call.heap_at, call_id) for call_id, call in self.calls.items() if call.heap_at != float("inf")]
+        self._expiry = [(call.heap_at, call_id) for call_id, call in self.calls.items() if call.heap_at != _NEVER]
         heapq.heapify(self._expiry)
 
 

@@ -25,6 +25,7 @@ from sipshadow.core.actions import (
 )
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
+from sipshadow.core.counting import count_request, count_response
 from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, Draft, TableExport
 from sipshadow.core.entropy import Entropy
 from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetClock, SetDraining, TimerExpired
@@ -70,6 +71,8 @@ _RETRY_AFTER = "Retry-After: 5"
 _RECORD_STORE: Address = ("", 0)
 #: From and To URIs are kept this long at most in a record (bounded memory per call).
 _URI_LIMIT = 256
+#: `_mac`'s memo holds at most this many MACs (a few transactions' worth per call), then empties.
+_MAC_MEMO_ENTRIES = 8192
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -140,6 +143,8 @@ class Gateway:
         self.utc_offset = 0.0
         #: Call records made during the current event, appended to its outputs.
         self._records: list[SendMessage] = []
+        #: MACs by their input (`_mac`): a pure function's memo, so it is no state to replicate.
+        self._macs: dict[str, str] = {}
         self._follow_membership()
 
     # -- the one entry point --------------------------------------------------------------
@@ -346,7 +351,7 @@ class Gateway:
 
     def _on_request(self, request: SipMessage, event: MessageReceived) -> Outputs:
         """Validate the whole request, then route it; state changes only for one that passes."""
-        self.counters.request(request.method or "")
+        count_request(self.counters, request.method or "")
         via, max_forwards = check_request(request)
         self._preprocess_route(request)
         method = request.method
@@ -611,8 +616,14 @@ class Gateway:
         host, port = peer
         kind = "INVITE" if method in _INVITE_CLASS else method
         text = f"{payload}\x1f{number}\x1f{kind}\x1f{host.lower()}\x1f{port}\x1f{call_id}"
-        data = text.encode("utf-8", "surrogatepass")
-        return hashlib.blake2b(data, key=self.config.branch_key, digest_size=MAC_BYTES).hexdigest()
+        mac = self._macs.get(text)  # the request's own MAC, when its responses come to be checked
+        if mac is None:
+            data = text.encode("utf-8", "surrogatepass")
+            mac = hashlib.blake2b(data, key=self.config.branch_key, digest_size=MAC_BYTES).hexdigest()
+            if len(self._macs) >= _MAC_MEMO_ENTRIES:
+                self._macs.clear()
+            self._macs[text] = mac
+        return mac
 
     def _authentic(self, branch: str, response: SipMessage, cseq: tuple[int, str], source: Address) -> str | None:
         """The payload of our `branch` if its MAC matches the response's Call-ID, CSeq and
@@ -650,7 +661,7 @@ class Gateway:
     # -- responses (§16.7) ----------------------------------------------------------------
 
     def _on_response(self, response: SipMessage, event: MessageReceived) -> Outputs:
-        self.counters.response(response.status)
+        count_response(self.counters, response.status)
         via = response.top_via
         cseq = response.cseq
         if via is None or cseq is None or not response.call_id:

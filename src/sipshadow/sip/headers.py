@@ -7,10 +7,13 @@ input. Headers the gateway does not route on are never parsed: they pass through
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Generic, TypeVar
 
 from sipshadow.sip.errors import SipParseError
+
+_Parsed = TypeVar("_Parsed")
 
 #: RFC 3261 §7.3.3 compact forms, plus the later RFCs' (3265 o/u, 3515 r, 3892 b, 4028 x,
 #: 3841 a/j/d, 4474 y/n).
@@ -45,6 +48,8 @@ _SENT_PROTOCOL_RE = re.compile(
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*$",
     re.IGNORECASE,
 )
+#: Parameter names seen in nearly every message: tokens, so they skip the token check.
+_COMMON_PARAMS = frozenset({"branch", "received", "rport", "tag", "lr", "transport", "maddr", "user", "ttl"})
 _CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+(" + _TOKEN + r")[ \t]*$")
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?$")
 _URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
@@ -101,7 +106,7 @@ def parse_params(text: str) -> dict[str, str | None]:
             continue
         name, sep, value = item.partition("=")
         name = name.strip().lower()
-        if not TOKEN_RE.fullmatch(name):
+        if name not in _COMMON_PARAMS and not TOKEN_RE.fullmatch(name):
             raise SipParseError("Malformed parameter")
         params[name] = value.strip() if sep else None
     return params
@@ -363,6 +368,34 @@ def parse_cseq(text: str) -> tuple[int, str]:
 # values are frozen (callers copy `params` before changing it).
 # Only short values are memoized, so a flood of huge headers cannot pin much memory.
 _MEMO_MAX_CHARS = 256
-_parse_via = lru_cache(maxsize=4096)(Via._parse)
-_parse_name_addr = lru_cache(maxsize=4096)(NameAddr._parse)
-_parse_uri = lru_cache(maxsize=4096)(Uri._parse)
+_MEMO_ENTRIES = 4096
+
+
+class _Memo(Generic[_Parsed]):
+    """A parse memo of at most `_MEMO_ENTRIES` values, emptied when full. Cheaper than an LRU:
+    a Via's branch is new in every transaction, so most lookups miss, and an LRU pays its
+    bookkeeping on every miss; a call's values come back within the call, long before a
+    clearing. `cache_clear` as functools' memos have it (the mutation tests empty memos)."""
+
+    __slots__ = ("_entries", "_parse")
+
+    def __init__(self, parse: Callable[[str], _Parsed]) -> None:
+        self._parse = parse
+        self._entries: dict[str, _Parsed] = {}
+
+    def __call__(self, text: str) -> _Parsed:
+        found = self._entries.get(text)
+        if found is None:
+            found = self._parse(text)  # raises for bad input: errors are never memoized
+            if len(self._entries) >= _MEMO_ENTRIES:
+                self._entries.clear()
+            self._entries[text] = found
+        return found
+
+    def cache_clear(self) -> None:
+        self._entries.clear()
+
+
+_parse_via = _Memo(Via._parse)
+_parse_name_addr = _Memo(NameAddr._parse)
+_parse_uri = _Memo(Uri._parse)

@@ -63,14 +63,6 @@ _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 #: The largest Content-Length worth reading: a UDP datagram is below 64 KiB anyway.
 _MAX_LENGTH_DIGITS = 9
 _UNSET: Final = object()
-#: The cached typed value each header feeds, forgotten when that header is rewritten.
-_CACHE_SLOTS: Final = {
-    "via": "_top_via",
-    "call-id": "_call_id",
-    "cseq": "_cseq",
-    "from": "_from_tag",
-    "to": "_to_tag",
-}
 
 #: A header entry: (key, name as written, value, raw line or None once rewritten).
 Header = tuple[str, str, str, str | None]
@@ -200,9 +192,17 @@ class SipMessage:
     # -- rewriting (what a proxy does, §16.6) ---------------------------------------------
 
     def _forget(self, key: str) -> None:
-        slot = _CACHE_SLOTS.get(key)
-        if slot is not None:
-            setattr(self, slot, _UNSET)
+        # branches, not setattr by name: compiled, each is a store at a fixed offset
+        if key == "via":
+            self._top_via = _UNSET
+        elif key == "call-id":
+            self._call_id = _UNSET
+        elif key == "cseq":
+            self._cseq = _UNSET
+        elif key == "from":
+            self._from_tag = _UNSET
+        elif key == "to":
+            self._to_tag = _UNSET
 
     def _index(self, key: str) -> int:
         for index, entry in enumerate(self.headers):
