@@ -7,9 +7,8 @@ input. Headers the gateway does not route on are never parsed: they pass through
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from sipshadow.sip.errors import SipParseError
 
@@ -48,6 +47,9 @@ _SENT_PROTOCOL_RE = re.compile(
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*$",
     re.IGNORECASE,
 )
+#: CSeq methods seen in nearly every message: tokens, so they skip the grammar.
+_COMMON_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+                             "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})  # fmt: skip
 #: Parameter names seen in nearly every message: tokens, so they skip the token check.
 _COMMON_PARAMS = frozenset({"branch", "received", "rport", "tag", "lr", "transport", "maddr", "user", "ttl"})
 _CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+(" + _TOKEN + r")[ \t]*$")
@@ -236,16 +238,15 @@ class Via:
     @classmethod
     def _parse(cls, text: str) -> Via:
         head, _, params = text.partition(";")
-        match = _SENT_PROTOCOL_RE.match(head)
-        if match is None:
-            raise SipParseError("Malformed Via")
-        port = match.group(3)
-        return cls(
-            match.group(1).upper(),
-            match.group(2).lower(),
-            _port(port) if port else None,
-            parse_params(params),
-        )
+        sent_by = _plain_sent_by(head)
+        if sent_by is not None:
+            transport, host, port_text = sent_by
+        else:
+            match = _SENT_PROTOCOL_RE.match(head)
+            if match is None:
+                raise SipParseError("Malformed Via")
+            transport, host, port_text = match.group(1), match.group(2), match.group(3) or ""
+        return cls(transport.upper(), host.lower(), _port(port_text) if port_text else None, parse_params(params))
 
     @property
     def branch(self) -> str | None:
@@ -355,13 +356,39 @@ def parse_cseq(text: str) -> tuple[int, str]:
 
     Raises `SipParseError` otherwise or on a malformed value.
     """
-    match = _CSEQ_RE.match(text)
-    if match is None:
-        raise SipParseError("Malformed CSeq")
-    number = int(match.group(1))
+    digits, space, method = text.partition(" ")
+    if not (space and _is_digits(digits, 10) and method in _COMMON_METHODS):  # else the grammar's way
+        match = _CSEQ_RE.match(text)
+        if match is None:
+            raise SipParseError("Malformed CSeq")
+        digits, method = match.group(1), match.group(2)
+    number = int(digits)
     if number >= 2**31:
         raise SipParseError("CSeq number too large")
-    return number, match.group(2)
+    return number, method
+
+
+def _is_digits(text: str, most: int) -> bool:
+    """1 to `most` ASCII digits (str.isdigit alone takes "²" and the other Unicode digits)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def _plain_sent_by(head: str) -> tuple[str, str, str] | None:
+    """(transport, host, port or "") of a Via's `SIP/2.0/transport host[:port]` written the
+    common way (no spaces but the one, no brackets); None for any other spelling, which the
+    grammar (`_SENT_PROTOCOL_RE`) then reads. Never accepts what the grammar refuses."""
+    if not head.startswith("SIP/2.0/"):
+        return None
+    transport, space, sent_by = head[8:].partition(" ")
+    if not (space and transport.isascii() and transport.isalnum()):
+        return None
+    host, colon, port = sent_by.partition(":")
+    if colon and not _is_digits(port, 5):
+        return None
+    letters = host.replace(".", "").replace("-", "")
+    if not (letters and host.isascii() and letters.isalnum()):
+        return None
+    return transport, host, port
 
 
 # Pure functions of their text, so memoizing them changes no result, only the cost. Parsed
@@ -371,31 +398,52 @@ _MEMO_MAX_CHARS = 256
 _MEMO_ENTRIES = 4096
 
 
-class _Memo(Generic[_Parsed]):
-    """A parse memo of at most `_MEMO_ENTRIES` values, emptied when full. Cheaper than an LRU:
-    a Via's branch is new in every transaction, so most lookups miss, and an LRU pays its
-    bookkeeping on every miss; a call's values come back within the call, long before a
-    clearing. `cache_clear` as functools' memos have it (the mutation tests empty memos)."""
+#: The memos: dicts of at most `_MEMO_ENTRIES` values, emptied when full. Cheaper than an LRU:
+#: a Via's branch is new in every transaction, so most lookups miss, and an LRU pays its
+#: bookkeeping on every miss; a call's values come back within the call, long before a clearing.
+#: Each parse is called by name, not through a stored callable: compiled, a direct C call.
+_VIAS: dict[str, Via] = {}
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_URIS: dict[str, Uri] = {}
 
-    __slots__ = ("_entries", "_parse")
 
-    def __init__(self, parse: Callable[[str], _Parsed]) -> None:
-        self._parse = parse
-        self._entries: dict[str, _Parsed] = {}
+def _parse_via(text: str) -> Via:
+    found = _VIAS.get(text)
+    if found is None:
+        found = Via._parse(text)  # raises for bad input: errors are never memoized
+        _keep(_VIAS, text, found)
+    return found
 
-    def __call__(self, text: str) -> _Parsed:
-        found = self._entries.get(text)
-        if found is None:
-            found = self._parse(text)  # raises for bad input: errors are never memoized
-            if len(self._entries) >= _MEMO_ENTRIES:
-                self._entries.clear()
-            self._entries[text] = found
-        return found
+
+def _parse_name_addr(text: str) -> NameAddr:
+    found = _NAME_ADDRS.get(text)
+    if found is None:
+        found = NameAddr._parse(text)
+        _keep(_NAME_ADDRS, text, found)
+    return found
+
+
+def _parse_uri(text: str) -> Uri:
+    found = _URIS.get(text)
+    if found is None:
+        found = Uri._parse(text)
+        _keep(_URIS, text, found)
+    return found
+
+
+def _keep(memo: dict[str, _Parsed], text: str, parsed: _Parsed) -> None:
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[text] = parsed
+
+
+class _Memos:
+    """`cache_clear` as functools' memos have it: the mutation tests empty every memo."""
 
     def cache_clear(self) -> None:
-        self._entries.clear()
+        _VIAS.clear()
+        _NAME_ADDRS.clear()
+        _URIS.clear()
 
 
-_parse_via = _Memo(Via._parse)
-_parse_name_addr = _Memo(NameAddr._parse)
-_parse_uri = _Memo(Uri._parse)
+PARSE_MEMOS = _Memos()

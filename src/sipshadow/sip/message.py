@@ -58,6 +58,8 @@ for _short, _long in COMPACT_FORMS.items():
 LIST_HEADERS: Final = frozenset({"via", "route", "record-route", "contact"})
 
 _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9]{2})(?: (.*))?$", re.IGNORECASE | re.DOTALL)
+#: Every status code the grammar admits (`_STATUS_RE`: 100-699), for its fast path.
+_STATUS_CODES: Final = frozenset(str(code) for code in range(100, 700))
 _FOLD_RE = re.compile(r"\r\n[ \t]+")
 _VERSION_RE = re.compile(r"SIP/[0-9]+\.[0-9]+", re.IGNORECASE)
 #: The largest Content-Length worth reading: a UDP datagram is below 64 KiB anyway.
@@ -378,6 +380,9 @@ def parse_message(data: bytes) -> SipMessage:
 
 def _with_start_line(line: str, headers: list[Header], body: bytes) -> SipMessage:
     if line[:4].upper() == "SIP/":
+        code = line[8:11]
+        if line.startswith("SIP/2.0 ") and code in _STATUS_CODES and (len(line) == 11 or line[11] == " "):
+            return SipMessage(headers, body, status=int(code), reason=line[12:])  # as the grammar reads it
         match = _STATUS_RE.match(line)
         if match is None:
             raise SipParseError("Malformed status line")
