@@ -1,6 +1,7 @@
 """The parser's fast paths read exactly what the grammar reads, or leave the text to it.
 
-Via's sent-by, CSeq and the status line each have a fast path for the common spelling
+The head's lines (unfolded only when a continuation line is there), Via's sent-by, CSeq and
+the status line each have a fast path for the common spelling
 (string operations, no regular expression) in front of the grammar. A fast path that accepted
 what the grammar refuses, or read a field differently, would make a replica built one way
 decide otherwise than one built the other way. So for generated text, spellings close to the
@@ -10,12 +11,14 @@ fields, and the parse as a whole gives what the grammar alone gives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipshadow.sip import SipParseError
+from sipshadow.sip import SipMessage, SipParseError, parse_message
 from sipshadow.sip.headers import _CSEQ_RE, _SENT_PROTOCOL_RE, _plain_sent_by, parse_cseq
-from sipshadow.sip.message import _STATUS_RE, _with_start_line
+from sipshadow.sip.message import _FOLD_RE, _STATUS_RE, Header, _header_key, _with_start_line
 
 #: Characters that matter to the three grammars, and a few that must never pass.
 _TRICKY = "SIPsip/2.0 \t:;[]-_.abcXYZ0123456789²¹é\x00"
@@ -91,3 +94,56 @@ def test_a_status_line_read_fast_is_what_the_grammar_reads(version: str, code: s
         assert expected is None, line
         return
     assert (message.status, message.reason) == expected, line
+
+
+def grammar_parse(data: bytes) -> SipMessage:
+    """`parse_message` as it was before its fast path: unfold, check, then read every line."""
+    data = data.lstrip(b"\r\n")
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head, body = data[:end], data[end + 4 :]
+    else:
+        bare = data.find(b"\n\n")
+        if bare < 0:
+            raise SipParseError("Missing end of headers")
+        head, body = data[:bare].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), data[bare + 2 :]
+    text = head.decode("latin-1")
+    if "\r\n " in text or "\r\n\t" in text:
+        text = _FOLD_RE.sub(" ", text)
+    lines = text.split("\r\n")
+    breaks = len(lines) - 1
+    if text.count("\n") != breaks or text.count("\r") != breaks:
+        raise SipParseError("Bare CR or LF in header")
+    headers: list[Header] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError("Malformed header line")
+        headers.append((_header_key(name), name, value.strip(), line))
+    return _with_start_line(lines[0], headers, body)
+
+
+def outcome(parse: Callable[[bytes], SipMessage], data: bytes) -> tuple[object, ...]:
+    try:
+        message = parse(data)
+    except SipParseError as error:
+        return ("error", error.status, str(error))
+    return (message.start_line(), message.headers, message.body)
+
+
+_LINES = st.sampled_from([
+    "Via: SIP/2.0/UDP h;branch=z9hG4bK1", "From: <sip:a@b>;tag=1", "To: <sip:b@c>", "Call-ID: x", "CSeq: 1 INVITE",
+    " folded", "\tfolded", "NoColon", " : after", "Via\xa0: x", "Bad Name: x", "X:\r", "Y: a\nb", "Z:", ": empty",
+    "Content-Length: 0", "NoColon\r\n : after", "Bad\r\n Name: x", "Via: a\r\n\tb",
+]) | st.text(alphabet="ab: \t\r\n;", max_size=8)  # fmt: skip
+
+
+@settings(max_examples=3000)
+@given(
+    st.sampled_from(["INVITE sip:b@c SIP/2.0", "SIP/2.0 180 Ringing", "sip/2.0 200 OK", "BYE x", ""]),
+    st.lists(_LINES, max_size=6),
+    st.sampled_from(["\r\n\r\n", "\r\n\r\nbody", "\n\n", "\r\n"]),
+)
+def test_a_message_read_fast_is_what_the_grammar_reads(start: str, lines: list[str], end: str) -> None:
+    data = "\r\n".join([start, *lines]).encode("latin-1") + end.encode()
+    assert outcome(parse_message, data) == outcome(grammar_parse, data), data

@@ -363,12 +363,34 @@ def parse_message(data: bytes) -> SipMessage:
             raise SipParseError("Missing end of headers")
         head, body = data[:bare].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), data[bare + 2 :]
     text = head.decode("latin-1")
-    if "\r\n " in text or "\r\n\t" in text:
-        text = _FOLD_RE.sub(" ", text)
     lines = text.split("\r\n")
     breaks = len(lines) - 1
+    # Unfolding takes out whole CRLFs, so it never changes this verdict: it may come first.
     if text.count("\n") != breaks or text.count("\r") != breaks:
         raise SipParseError("Bare CR or LF in header")  # would smuggle a header downstream
+    headers: list[Header] = []
+    try:
+        for index in range(1, len(lines)):
+            line = lines[index]
+            lead = line[:1]
+            if lead == " " or lead == "\t":
+                return _parse_folded(text, body)  # a continuation line (§7.3.1)
+            colon = line.find(":")
+            if colon < 0:
+                raise SipParseError("Malformed header line")
+            name = line[:colon]
+            key = _KNOWN_NAMES.get(name)
+            headers.append((key if key is not None else _header_key(name), name, line[colon + 1 :].strip(), line))
+    except SipParseError:
+        if "\r\n " in text or "\r\n\t" in text:
+            return _parse_folded(text, body)  # a later continuation may join this line to another
+        raise
+    return _with_start_line(lines[0], headers, body)
+
+
+def _parse_folded(text: str, body: bytes) -> SipMessage:
+    """`parse_message` for a head with continuation lines: unfolded first, then read whole."""
+    lines = _FOLD_RE.sub(" ", text).split("\r\n")
     headers: list[Header] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
