@@ -1,4 +1,4 @@
-"""The pair's links (version 2): handshake, sealed sessions, bounded frames, refusals counted.
+"""The pair's links (version 3): handshake, sealed sessions, bounded frames, refusals counted.
 
 Both ends of a connection (`StreamChannel`) or a heartbeat peering (`DatagramChannel`) are
 wired together in memory: bytes out of one are fed to the other, and an attacker is a test
@@ -598,14 +598,14 @@ def test_the_handshake_is_signed_under_a_derived_key_not_the_psk() -> None:
 # === protocol version ======================================================================
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_a_stream_header_of_another_version_is_refused_and_raises_the_alarm(version: int) -> None:
     _, primary = stream_pair()
     refused_as(primary.feed(header(40, kind=OFFER, version=version)), "version")
     assert primary.peering.alarm is not None and primary.peering.alarm.startswith(ALARMS["version"])
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_a_datagram_of_another_version_is_refused(version: int) -> None:
     a, b = datagram_pair()
     offer_answer(a, b)
@@ -617,8 +617,8 @@ def test_a_datagram_of_another_version_is_refused(version: int) -> None:
 
 def test_the_frame_header_is_magic_version_kind_length() -> None:
     frame = Session.between(KEY, "a", nonce(1), "b", nonce(2)).seal(b"\x07\x01")
-    assert frame[: HEADER.size] == b"SS" + bytes([2, SEALED]) + (len(frame) - HEADER.size).to_bytes(4, "big")
-    assert VERSION == 2 and MAGIC == b"SS" and HEADER.size == 8
+    assert frame[: HEADER.size] == b"SS" + bytes([3, SEALED]) + (len(frame) - HEADER.size).to_bytes(4, "big")
+    assert VERSION == 3 and MAGIC == b"SS" and HEADER.size == 8
 
 
 # === refusal counts ===========================================================================

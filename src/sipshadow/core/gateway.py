@@ -26,7 +26,16 @@ from sipshadow.core.actions import (
 from sipshadow.core.config import GatewayConfig
 from sipshadow.core.counters import Counters
 from sipshadow.core.counting import count_request, count_response
-from sipshadow.core.dialogs import Attempt, Call, Dialog, DialogState, DialogTable, Draft, TableExport
+from sipshadow.core.dialogs import (
+    Attempt,
+    Call,
+    Dialog,
+    DialogState,
+    DialogTable,
+    Draft,
+    TableExport,
+    stable_hash64,
+)
 from sipshadow.core.entropy import Entropy
 from sipshadow.core.events import Event, MessageReceived, Reconfigure, SetClock, SetDraining, TimerExpired
 from sipshadow.core.health import HealthMonitor
@@ -205,13 +214,11 @@ class Gateway:
         the last digest). Never raises.
         """
         counters = self.counters
-        summary = (
-            f"{self.table.digest}\x1f{self.policy.cursor}\x1f{self.health.summary()}"
-            f"\x1f{counters.calls}\x1f{counters.requests}\x1f{counters.responses}"
-            f"\x1f{self.config.policy}\x1f{self.membership.summary()}"
-            f"\x1f{self.config.call_records:d}\x1f{self.utc_offset!r}"
-        )
-        return int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little")
+        return stable_hash64((
+            self.table.digest, self.policy.cursor, self.health.summary(), counters.calls, counters.requests,
+            counters.responses, self.config.policy, self.membership.summary(), self.config.call_records,
+            self.utc_offset,
+        ))  # fmt: skip
 
     def export_state(self) -> dict[str, Any]:
         """The whole replicated state as a fresh copy in plain data, for a joining shadow:

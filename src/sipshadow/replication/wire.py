@@ -1,4 +1,4 @@
-"""The replication link's messages, sealed per session by `sipshadow.link` (version 2 frames).
+"""The replication link's messages, sealed per session by `sipshadow.link` (version 3 frames).
 
 Every message travels inside a session (handshake, ChaCha20-Poly1305, strictly increasing
 counters); a refused frame closes the connection and the shadow rejoins by state transfer.
