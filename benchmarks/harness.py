@@ -125,6 +125,12 @@ def cpu_seconds(front: Any, which: str = "cpu_seconds") -> float | None:
     return None if measure is None else float(measure())
 
 
+def cpu_times(front: Any) -> tuple[float, float] | None:
+    """(user, system) CPU used so far by the front; None when there is none to measure."""
+    measure = getattr(front, "cpu_times", None)
+    return None if measure is None else measure()
+
+
 def per_1000(before: float | None, after: float | None, calls: int) -> float | None:
     return None if before is None or after is None else round((after - before) / calls * 1000, 3)
 
@@ -150,6 +156,7 @@ def trial(
             stack.enter_context(member)
         front = stack.enter_context(front_factory([member.address for member in uas], workdir))
         cpu_before, shadow_before = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
+        times_before = cpu_times(front)
         started = time.monotonic()
         uac = SippUac(
             target_of(front, [member.address for member in uas]), workdir, calls=calls, rate=rate,
@@ -160,6 +167,7 @@ def trial(
         result = uac.wait()
         elapsed = time.monotonic() - started
         cpu_after, shadow_after = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
+        times_after = cpu_times(front)
         intact = front.replication_intact() if hasattr(front, "replication_intact") else None
     return {
         "rate_cps": rate,
@@ -173,10 +181,18 @@ def trial(
         "passed": result.failed_calls == 0 and result.successful_calls == calls and intact is not False,
         "replication_intact": intact,
         "front_cpu_s_per_1000_calls": per_1000(cpu_before, cpu_after, calls),
+        # the split: system time is the kernel's work for the front (its sends and receives)
+        "front_user_s_per_1000_calls": per_1000(*_nth(times_before, times_after, 0), calls),
+        "front_system_s_per_1000_calls": per_1000(*_nth(times_before, times_after, 1), calls),
         "shadow_cpu_s_per_1000_calls": per_1000(shadow_before, shadow_after, calls),
         "response_time_ms": {k: round(v * 1000, 2) for k, v in result.response_times_s.items()},
         **settled,
     }
+
+
+def _nth(before: tuple[float, float] | None, after: tuple[float, float] | None,
+         index: int) -> tuple[float | None, float | None]:  # fmt: skip
+    return (None, None) if before is None or after is None else (before[index], after[index])
 
 
 def capacity(

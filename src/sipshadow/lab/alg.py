@@ -141,6 +141,10 @@ class AlgProcess:
         """User plus system CPU time the node has used so far."""
         return self.child.cpu_seconds()
 
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds used so far (`ChildProcess.cpu_times`)."""
+        return self.child.cpu_times()
+
     def status(self) -> StatusDocument:
         """The node's last status file (OSError before the first; ValueError if not one)."""
         return read_status(self.status_file)

@@ -412,6 +412,10 @@ class KamailioProcess:
         """User+system CPU of the whole group, to see if Kamailio saturated."""
         return self.child.cpu_seconds()
 
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds used so far (`ChildProcess.cpu_times`)."""
+        return self.child.cpu_times()
+
     def log_tail(self, limit: int = 4000) -> str:
         """Last part of Kamailio's stderr log, for error messages."""
         try:

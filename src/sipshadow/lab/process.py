@@ -183,13 +183,20 @@ class ChildProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the group's live processes have used, to see if a run saturated it."""
+        user, system = self.cpu_times()
+        return user + system
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the group's live processes have used: system time is the
+        kernel's work for them (the sockets' sends and receives above all)."""
         ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
+        user = system = 0
         for pid in self.group_pids():
             try:
                 stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
             fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / ticks
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
+        return user / ticks, system / ticks
