@@ -408,33 +408,25 @@ _URIS: dict[str, Uri] = {}
 
 
 def _parse_via(text: str) -> Via:
-    found = _VIAS.get(text)
-    if found is None:
-        found = Via._parse(text)  # raises for bad input: errors are never memoized
-        _keep(_VIAS, text, found)
-    return found
+    found = _VIAS.get(text)  # a parse that raises (bad input) is never memoized
+    return found if found is not None else _keep(_VIAS, text, Via._parse(text))
 
 
 def _parse_name_addr(text: str) -> NameAddr:
     found = _NAME_ADDRS.get(text)
-    if found is None:
-        found = NameAddr._parse(text)
-        _keep(_NAME_ADDRS, text, found)
-    return found
+    return found if found is not None else _keep(_NAME_ADDRS, text, NameAddr._parse(text))
 
 
 def _parse_uri(text: str) -> Uri:
     found = _URIS.get(text)
-    if found is None:
-        found = Uri._parse(text)
-        _keep(_URIS, text, found)
-    return found
+    return found if found is not None else _keep(_URIS, text, Uri._parse(text))
 
 
-def _keep(memo: dict[str, _Parsed], text: str, parsed: _Parsed) -> None:
+def _keep(memo: dict[str, _Parsed], text: str, parsed: _Parsed) -> _Parsed:
     if len(memo) >= _MEMO_ENTRIES:
         memo.clear()
     memo[text] = parsed
+    return parsed
 
 
 class _Memos:

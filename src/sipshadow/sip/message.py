@@ -353,16 +353,7 @@ def parse_message(data: bytes) -> SipMessage:
     the header lines' shape and names are checked here; values are parsed on use, and the body
     is everything after the blank line until `frame_datagram` applies Content-Length.
     """
-    data = data.lstrip(b"\r\n")  # §7.5: ignore CRLFs before the start line (no copy if none)
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        head, body = data[:end], data[end + 4 :]
-    else:
-        bare = data.find(b"\n\n")
-        if bare < 0:
-            raise SipParseError("Missing end of headers")
-        head, body = data[:bare].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), data[bare + 2 :]
-    text = head.decode("latin-1")
+    text, body = split_head(data)
     lines = text.split("\r\n")
     breaks = len(lines) - 1
     # Unfolding takes out whole CRLFs, so it never changes this verdict: it may come first.
@@ -386,6 +377,21 @@ def parse_message(data: bytes) -> SipMessage:
             return _parse_folded(text, body)  # a later continuation may join this line to another
         raise
     return _with_start_line(lines[0], headers, body)
+
+
+def split_head(data: bytes) -> tuple[str, bytes]:
+    """A datagram's head (Latin-1 text, CRLF line ends) and body; `SipParseError` if it has no
+    blank line. Leading CRLFs are skipped (§7.5) and bare-LF line ends accepted."""
+    data = data.lstrip(b"\r\n")  # no copy if there are none
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        head, body = data[:end], data[end + 4 :]
+    else:
+        bare = data.find(b"\n\n")
+        if bare < 0:
+            raise SipParseError("Missing end of headers")
+        head, body = data[:bare].replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), data[bare + 2 :]
+    return head.decode("latin-1"), body
 
 
 def _parse_folded(text: str, body: bytes) -> SipMessage:
