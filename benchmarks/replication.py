@@ -2,6 +2,8 @@
 
 overhead   highest zero-failure call rate for solo, primary+shadow with output commit on,
            and with it off, side by side in one run; CPU per 1000 calls on each node
+side       CPU per 1000 calls of solo, commit on and commit off back to back at a few rates,
+           several rounds: the primary/solo and shadow/primary ratios, each within a round
 latency    the added response time: OPTIONS round trips to the ALG (answered by its core,
            so they pass through output commit) while SIPp holds a steady load
 takeover   SIGKILL the primary, time until a request is answered again (>= 20 trials)
@@ -27,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from harness import LADDER, alg_front, capacity, log, machine, nearest_rank
+from harness import LADDER, alg_front, capacity, log, machine, nearest_rank, trial
 from sipshadow.lab.pair import LoopbackPair
 from sipshadow.lab.pinger import Pinger
 from sipshadow.lab.sipp import SippUac, SippUas, free_port
@@ -68,6 +70,41 @@ def pair_front(output_commit: bool) -> Any:
 #: Solo as bare as the pair's nodes (no call records, no metrics endpoint): like against like.
 FRONTS = {"solo": functools.partial(alg_front, features=False), "commit-on": pair_front(True),
           "commit-off": pair_front(False)}  # fmt: skip
+
+
+# -- CPU side by side ----------------------------------------------------------------------------
+
+
+def side_by_side(rates: tuple[int, ...], rounds: int, seconds: float, root: Path) -> dict[str, Any]:
+    """Per rate, `rounds` rounds of solo, commit on and commit off back to back, so that each
+    ratio compares runs minutes apart at most (the capacity climb runs each mode's whole
+    ladder in turn, and this machine's speed drifts over that time). The ratios are medians
+    over the rounds of each round's own ratio."""
+    result: dict[str, Any] = {"rounds": rounds}
+    for rate in rates:
+        per_round: list[dict[str, Any]] = []
+        for index in range(rounds):
+            runs = {name: trial(FRONTS[name], rate, seconds, root / f"side-{rate}-{index}-{name}", 2)
+                    for name in FRONTS}  # fmt: skip
+            solo = runs["solo"]["front_cpu_s_per_1000_calls"]
+            row: dict[str, Any] = {"solo": solo, "all_passed": all(run["passed"] for run in runs.values())}
+            for name in ("commit-on", "commit-off"):
+                primary, shadow = runs[name]["front_cpu_s_per_1000_calls"], runs[name]["shadow_cpu_s_per_1000_calls"]
+                row[name] = {
+                    "primary": primary,
+                    "shadow": shadow,
+                    "primary_over_solo": round(primary / solo, 3) if primary and solo else None,
+                    "shadow_over_primary": round(shadow / primary, 3) if primary and shadow else None,
+                }
+            log(f"side by side {rate} cps, round {index + 1}: {row}")
+            per_round.append(row)
+        medians = {
+            f"{name}_{ratio}": statistics.median(r[name][ratio] for r in per_round if r[name][ratio] is not None)
+            for name in ("commit-on", "commit-off")
+            for ratio in ("primary_over_solo", "shadow_over_primary")
+        }
+        result[str(rate)] = {"rounds": per_round, "medians": medians}
+    return result
 
 
 # -- response time ----------------------------------------------------------------------------
@@ -196,7 +233,10 @@ def main() -> None:
     parser.add_argument("--takeover-trials", type=int, default=20)
     parser.add_argument("--soak-minutes", type=float, default=0.0)
     parser.add_argument("--soak-rate", type=int, default=0, help="default: half the solo capacity measured")
-    parser.add_argument("--skip", default="", help="comma list of: overhead,latency,takeover")
+    parser.add_argument("--skip", default="", help="comma list of: overhead,side,latency,takeover")
+    parser.add_argument("--side-rates", type=lambda text: tuple(int(x) for x in text.split(",")), default=(500, 1000),
+                        help="rates of the side-by-side CPU rounds")  # fmt: skip
+    parser.add_argument("--side-rounds", type=int, default=3)
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     report: dict[str, Any] = {"benchmark": "replication", "machine": machine()}
@@ -210,6 +250,8 @@ def main() -> None:
             report["overhead"]["rate_lost_with_commit_on"] = round(
                 1 - report["overhead"]["commit-on"]["max_zero_failure_cps"] / solo, 3
             )
+        if "side" not in skip:
+            report["side_by_side"] = side_by_side(args.side_rates, args.side_rounds, args.seconds, root)
         if "latency" not in skip:
             report["latency"] = {name: latency(name, args.latency_rate, args.seconds, root) for name in FRONTS}
             solo_median = report["latency"]["solo"]["median_ms"]
