@@ -82,6 +82,7 @@ _RECORD_STORE: Address = ("", 0)
 _URI_LIMIT = 256
 #: `_mac`'s memo holds at most this many MACs (a few transactions' worth per call), then empties.
 _MAC_MEMO_ENTRIES = 8192
+_MAC_MEMO_MAX_CHARS = 512
 _ALLOW = "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
 
 
@@ -627,9 +628,10 @@ class Gateway:
         if mac is None:
             data = text.encode("utf-8", "surrogatepass")
             mac = hashlib.blake2b(data, key=self.config.branch_key, digest_size=MAC_BYTES).hexdigest()
-            if len(self._macs) >= _MAC_MEMO_ENTRIES:
-                self._macs.clear()
-            self._macs[text] = mac
+            if len(text) <= _MAC_MEMO_MAX_CHARS:  # a flood of huge Call-IDs must not pin memory
+                if len(self._macs) >= _MAC_MEMO_ENTRIES:
+                    self._macs.clear()
+                self._macs[text] = mac
         return mac
 
     def _authentic(self, branch: str, response: SipMessage, cseq: tuple[int, str], source: Address) -> str | None:
