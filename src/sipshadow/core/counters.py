@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sipshadow.core.counting import COUNTED_METHODS, count_request, count_response
-
-__all__ = ["COUNTED_METHODS", "Counters"]
+from sipshadow.core.counting import count_request, count_response
 
 
 @dataclass(slots=True)
@@ -23,7 +21,7 @@ class Counters:
     #: SUBSCRIBE and REFER attempts that opened a Call-ID (routed like calls, not counted as one).
     subscriptions: int = 0
     calls_per_member: list[int] = field(default_factory=list)
-    #: Requests that parsed, by method (`COUNTED_METHODS`, else "other").
+    #: Requests that parsed, by method (`counting.COUNTED_METHODS`, else "other").
     requests_by_method: dict[str, int] = field(default_factory=dict)
     #: Responses that parsed, by status class: "1xx" ... "6xx".
     responses_by_class: dict[str, int] = field(default_factory=dict)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from sipshadow.sip.headers import METHODS
+
 if TYPE_CHECKING:
     from sipshadow.core.counters import Counters
 
 #: The methods counted by name (RFC 3261 and its extensions); any other is counted as "other",
 #: so a sender cannot grow the table (or a metric's label set) without bound.
-COUNTED_METHODS: Final = frozenset({
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
-    "INFO", "REFER", "MESSAGE", "UPDATE",
-})  # fmt: skip
+COUNTED_METHODS: Final = METHODS
 #: A status's class by its first digit (the parser admits 100-699 only).
 _CLASSES: Final = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 

@@ -60,6 +60,7 @@ from sipshadow.core.replies import build_reply, lenient_via, salvage_reply
 from sipshadow.core.validation import Rejection, check_request, unsupported_extensions
 from sipshadow.sip import NameAddr, SipMessage, SipParseError, Via, parse_message
 from sipshadow.sip.headers import Uri
+from sipshadow.sip.memo import remember
 from sipshadow.sip.stream import PING, PONG
 
 MAGIC_COOKIE = "z9hG4bK"
@@ -629,9 +630,7 @@ class Gateway:
             data = text.encode("utf-8", "surrogatepass")
             mac = hashlib.blake2b(data, key=self.config.branch_key, digest_size=MAC_BYTES).hexdigest()
             if len(text) <= _MAC_MEMO_MAX_CHARS:  # a flood of huge Call-IDs must not pin memory
-                if len(self._macs) >= _MAC_MEMO_ENTRIES:
-                    self._macs.clear()
-                self._macs[text] = mac
+                remember(self._macs, text, mac, _MAC_MEMO_ENTRIES)
         return mac
 
     def _authentic(self, branch: str, response: SipMessage, cseq: tuple[int, str], source: Address) -> str | None:
@@ -1015,7 +1014,4 @@ def _is_ip_literal(host: str) -> bool:
         literal = True
     except ValueError:
         literal = False
-    if len(_IP_LITERALS) >= _IP_LITERALS_LIMIT:
-        _IP_LITERALS.clear()
-    _IP_LITERALS[host] = literal
-    return literal
+    return remember(_IP_LITERALS, host, literal, _IP_LITERALS_LIMIT)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sipshadow.sip.errors import SipParseError
-
-_Parsed = TypeVar("_Parsed")
+from sipshadow.sip.memo import remember
 
 #: RFC 3261 §7.3.3 compact forms, plus the later RFCs' (3265 o/u, 3515 r, 3892 b, 4028 x,
 #: 3841 a/j/d, 4474 y/n).
@@ -47,9 +45,12 @@ _SENT_PROTOCOL_RE = re.compile(
     r"(?:[ \t]*:[ \t]*([0-9]{1,5}))?[ \t]*$",
     re.IGNORECASE,
 )
-#: CSeq methods seen in nearly every message: tokens, so they skip the grammar.
-_COMMON_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
-                             "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})  # fmt: skip
+#: The methods of RFC 3261 and its extensions: tokens, so a CSeq naming one skips the grammar
+#: (and the core counts requests by them).
+METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+    "INFO", "REFER", "MESSAGE", "UPDATE",
+})  # fmt: skip
 #: Parameter names seen in nearly every message: tokens, so they skip the token check.
 _COMMON_PARAMS = frozenset({"branch", "received", "rport", "tag", "lr", "transport", "maddr", "user", "ttl"})
 _CSEQ_RE = re.compile(r"[ \t]*([0-9]{1,10})[ \t]+(" + _TOKEN + r")[ \t]*$")
@@ -357,7 +358,7 @@ def parse_cseq(text: str) -> tuple[int, str]:
     Raises `SipParseError` otherwise or on a malformed value.
     """
     digits, space, method = text.partition(" ")
-    if not (space and _is_digits(digits, 10) and method in _COMMON_METHODS):  # else the grammar's way
+    if not (space and _is_digits(digits, 10) and method in METHODS):  # else the grammar's way
         match = _CSEQ_RE.match(text)
         if match is None:
             raise SipParseError("Malformed CSeq")
@@ -398,10 +399,8 @@ _MEMO_MAX_CHARS = 256
 _MEMO_ENTRIES = 4096
 
 
-#: The memos: dicts of at most `_MEMO_ENTRIES` values, emptied when full. Cheaper than an LRU:
-#: a Via's branch is new in every transaction, so most lookups miss, and an LRU pays its
-#: bookkeeping on every miss; a call's values come back within the call, long before a clearing.
-#: Each parse is called by name, not through a stored callable: compiled, a direct C call.
+#: The memos (`sip.memo`: at most `_MEMO_ENTRIES` values, emptied when full). Each parse is
+#: called by name, not through a stored callable: compiled, a direct C call.
 _VIAS: dict[str, Via] = {}
 _NAME_ADDRS: dict[str, NameAddr] = {}
 _URIS: dict[str, Uri] = {}
@@ -409,24 +408,17 @@ _URIS: dict[str, Uri] = {}
 
 def _parse_via(text: str) -> Via:
     found = _VIAS.get(text)  # a parse that raises (bad input) is never memoized
-    return found if found is not None else _keep(_VIAS, text, Via._parse(text))
+    return found if found is not None else remember(_VIAS, text, Via._parse(text), _MEMO_ENTRIES)
 
 
 def _parse_name_addr(text: str) -> NameAddr:
     found = _NAME_ADDRS.get(text)
-    return found if found is not None else _keep(_NAME_ADDRS, text, NameAddr._parse(text))
+    return found if found is not None else remember(_NAME_ADDRS, text, NameAddr._parse(text), _MEMO_ENTRIES)
 
 
 def _parse_uri(text: str) -> Uri:
     found = _URIS.get(text)
-    return found if found is not None else _keep(_URIS, text, Uri._parse(text))
-
-
-def _keep(memo: dict[str, _Parsed], text: str, parsed: _Parsed) -> _Parsed:
-    if len(memo) >= _MEMO_ENTRIES:
-        memo.clear()
-    memo[text] = parsed
-    return parsed
+    return found if found is not None else remember(_URIS, text, Uri._parse(text), _MEMO_ENTRIES)
 
 
 class _Memos:
