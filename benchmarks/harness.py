@@ -155,8 +155,8 @@ def trial(
         for member in uas:
             stack.enter_context(member)
         front = stack.enter_context(front_factory([member.address for member in uas], workdir))
-        cpu_before, shadow_before = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
         times_before = cpu_times(front)
+        cpu_before, shadow_before = _total(front, times_before), cpu_seconds(front, "shadow_cpu_seconds")
         started = time.monotonic()
         uac = SippUac(
             target_of(front, [member.address for member in uas]), workdir, calls=calls, rate=rate,
@@ -166,8 +166,8 @@ def trial(
         stack.enter_context(uac)  # a SIGTERM mid-step stops the UAC too
         result = uac.wait()
         elapsed = time.monotonic() - started
-        cpu_after, shadow_after = cpu_seconds(front), cpu_seconds(front, "shadow_cpu_seconds")
         times_after = cpu_times(front)
+        cpu_after, shadow_after = _total(front, times_after), cpu_seconds(front, "shadow_cpu_seconds")
         intact = front.replication_intact() if hasattr(front, "replication_intact") else None
     return {
         "rate_cps": rate,
@@ -188,6 +188,11 @@ def trial(
         "response_time_ms": {k: round(v * 1000, 2) for k, v in result.response_times_s.items()},
         **settled,
     }
+
+
+def _total(front: Any, times: tuple[float, float] | None) -> float | None:
+    """User + system from one reading of `times`, else the front's own total (a pair's)."""
+    return sum(times) if times is not None else cpu_seconds(front)
 
 
 def _nth(before: tuple[float, float] | None, after: tuple[float, float] | None,

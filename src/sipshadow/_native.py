@@ -29,11 +29,11 @@ PURE_ENV = "SIPSHADOW_PURE"
 #: The subpackages tools/compile_core.py compiles: the hot path (parsing and every decision) and
 #: the pure halves of replication (the recorder, the follower, the link's framing and sessions).
 COMPILED_PACKAGES = ("sip", "core", "replication", "link")
-#: Left as Python (package/file): msgspec reads the annotations of its Structs (the record, the
-#: log entry, the wire's messages, the handshake's) and of a dataclass it decodes (the counters,
-#: in the status document), and mypyc does not keep them as written; `replica.py` subclasses a
-#: builtin, which mypyc cannot compile.
-NOT_COMPILED = frozenset({"__init__.py", "core/records.py", "core/counters.py", "replication/log.py",
+#: Left as Python (package/file), with every `__init__.py`: msgspec reads the annotations of its
+#: Structs (the record, the log entry, the wire's messages, the handshake's) and of a dataclass
+#: it decodes (the counters, in the status document), and mypyc does not keep them as written;
+#: `replica.py` subclasses a builtin, which mypyc cannot compile.
+NOT_COMPILED = frozenset({"core/records.py", "core/counters.py", "replication/log.py",
                           "replication/wire.py", "replication/streams.py", "replication/replica.py",
                           "link/handshake.py"})  # fmt: skip
 _ROOT = Path(__file__).resolve().parent

@@ -50,7 +50,7 @@ def tree(root: Path) -> list[Path]:
         (root / package / "__init__.py").write_text("")
         modules.append(root / package / "mod.py")
         modules[-1].write_text("")
-    for left_as_python in _native.NOT_COMPILED - {"__init__.py"}:
+    for left_as_python in _native.NOT_COMPILED:
         (root / left_as_python).write_text("")  # never compiled: no build expected
     return modules
 
